@@ -1,0 +1,151 @@
+//! The only module that imports `aws_sdk_*`. It owns client construction per [`Target`]
+//! (region + role), credential warm-up, and the adapters behind two small traits in our own
+//! types, [`KeyStoreControl`] and [`AlarmSource`], so the engine and the daemon are testable with
+//! in-memory fakes. It knows nothing of policies' YAML, triggers, latches or the audit log.
+
+use std::fmt;
+use std::future::Future;
+
+pub use crate::policy::Target;
+
+/// A custom key store's `ConnectionState`, as KMS reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ConnectionState {
+    Connected,
+    Connecting,
+    Failed,
+    Disconnected,
+    Disconnecting,
+    /// A value this build does not know (KMS may add states).
+    Unknown(String),
+}
+
+impl ConnectionState {
+    /// The KMS spelling, e.g. `DISCONNECTED`.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ConnectionState::Connected => "CONNECTED",
+            ConnectionState::Connecting => "CONNECTING",
+            ConnectionState::Failed => "FAILED",
+            ConnectionState::Disconnected => "DISCONNECTED",
+            ConnectionState::Disconnecting => "DISCONNECTING",
+            ConnectionState::Unknown(s) => s,
+        }
+    }
+
+    /// Parse the KMS spelling; anything else is `Unknown`.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "CONNECTED" => ConnectionState::Connected,
+            "CONNECTING" => ConnectionState::Connecting,
+            "FAILED" => ConnectionState::Failed,
+            "DISCONNECTED" => ConnectionState::Disconnected,
+            "DISCONNECTING" => ConnectionState::Disconnecting,
+            other => ConnectionState::Unknown(other.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for ConnectionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One entry of DescribeCustomKeyStores, in our own types.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyStore {
+    pub custom_key_store_id: String,
+    pub custom_key_store_name: Option<String>,
+    /// `AWS_CLOUDHSM` or `EXTERNAL_KEY_STORE`.
+    pub custom_key_store_type: Option<String>,
+    pub connection_state: ConnectionState,
+    /// Set when `connection_state` is FAILED.
+    pub connection_error_code: Option<String>,
+}
+
+/// How the engine should treat an AWS error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// `CustomKeyStoreInvalidStateException`: look at the state and carry on.
+    InvalidState,
+    /// `CustomKeyStoreNotFoundException`: this store fails, the others continue.
+    NotFound,
+    /// `AccessDeniedException` (or an STS refusal): this account fails, the others continue.
+    AccessDenied,
+    /// `ThrottlingException` and friends: back off and retry.
+    Throttled,
+    /// 5xx, `KMSInternalException`, timeouts, dropped connections: retry.
+    Transient,
+    /// Anything else: not retried.
+    Other,
+}
+
+/// An AWS call that failed, classified, with the context an operator needs.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{operation} in {region}: {code}: {message}")]
+pub struct AwsError {
+    /// e.g. `DisconnectCustomKeyStore`.
+    pub operation: &'static str,
+    pub region: String,
+    pub kind: ErrorKind,
+    /// The AWS error code (`ThrottlingException`), or a short description of a transport failure.
+    pub code: String,
+    pub message: String,
+    /// `x-amzn-RequestId`, when AWS answered.
+    pub request_id: Option<String>,
+}
+
+/// A Disconnect that KMS accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisconnectAccepted {
+    pub request_id: Option<String>,
+}
+
+/// The KMS operations the engine needs, for any target. Implemented by the AWS adapter and by
+/// in-memory fakes in tests.
+pub trait KeyStoreControl: Send + Sync + 'static {
+    /// DisconnectCustomKeyStore for one store. One attempt: no retries here (the engine paces
+    /// and retries).
+    fn disconnect(
+        &self,
+        target: &Target,
+        custom_key_store_id: &str,
+    ) -> impl Future<Output = Result<DisconnectAccepted, AwsError>> + Send;
+
+    /// One page of an unfiltered DescribeCustomKeyStores in the target's account and region
+    /// (`Limit` 1000). `marker` is the previous page's `NextMarker`; the result carries the next
+    /// one, `None` on the last page. One call is one request against the quota, so the engine
+    /// paces and loops.
+    fn describe_page(
+        &self,
+        target: &Target,
+        marker: Option<&str>,
+    ) -> impl Future<Output = Result<(Vec<KeyStore>, Option<String>), AwsError>> + Send;
+
+    /// The account id the target's credentials belong to (from the role ARN, or the caller
+    /// identity of the base credentials). Cached.
+    fn account(&self, target: &Target) -> impl Future<Output = Result<String, AwsError>> + Send;
+}
+
+/// A CloudWatch alarm's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlarmState {
+    pub alarm_name: String,
+    /// `OK`, `ALARM` or `INSUFFICIENT_DATA`.
+    pub state_value: String,
+    pub state_reason: Option<String>,
+    /// `metric` or `composite`.
+    pub alarm_type: &'static str,
+}
+
+/// CloudWatch DescribeAlarms for the alarm trigger.
+pub trait AlarmSource: Send + Sync + 'static {
+    /// The named alarms (metric and composite) in the target: one DescribeAlarms per ≤ 100 names,
+    /// following `NextToken`. An alarm that does not exist is simply absent from the result.
+    fn describe_alarms(
+        &self,
+        target: &Target,
+        alarm_names: &[String],
+    ) -> impl Future<Output = Result<Vec<AlarmState>, AwsError>> + Send;
+}

@@ -1,0 +1,172 @@
+//! The command line: clap types, logging set-up and dispatch to [`crate::cmd`]. Owns the mapping
+//! from a command's outcome or error to the process exit code (DESIGN.md §4). It holds no logic of
+//! its own beyond that: every subcommand lives in its own file under `src/cmd/`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::cmd::{self, Exit};
+use crate::logging;
+
+/// Default policy path when neither `--config` nor `KMS_KILLSWITCH_CONFIG` is given.
+pub const DEFAULT_CONFIG: &str = "/etc/kms-killswitch/policy.yaml";
+
+/// Emergency kill switch for AWS KMS custom key stores (CloudHSM and external/XKS).
+///
+/// When a trigger fires it disconnects every key store its policy lists, verifies with KMS that
+/// each reached DISCONNECTED, keeps them disconnected while latched, and writes a hash-chained
+/// audit trail of every step.
+#[derive(Debug, Parser)]
+#[command(name = "kms-killswitch", version, propagate_version = true)]
+pub struct Cli {
+    /// Policy file (YAML). Wins over KMS_KILLSWITCH_CONFIG, which wins over the default path.
+    #[arg(long, global = true, env = "KMS_KILLSWITCH_CONFIG", default_value = DEFAULT_CONFIG, value_name = "PATH")]
+    pub config: PathBuf,
+
+    /// Accept a policy file that is writable by group/others or owned by another user
+    /// (development only: prints a warning instead of refusing).
+    #[arg(long, global = true)]
+    pub insecure_policy_permissions: bool,
+
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground (systemd Type=notify).
+    ///
+    /// Watches the triggers of the policy (file flag, signal, CloudWatch alarms). When one fires,
+    /// the latch is written, every listed key store is disconnected and verified DISCONNECTED, and
+    /// the stores are kept disconnected until `kms-killswitch rearm`. SIGHUP reloads the policy;
+    /// SIGTERM stops after any lockdown in flight has finished.
+    Run,
+    /// Validate the policy file; exit 0 if valid, 78 if not.
+    ///
+    /// Offline by default: syntax, schema, values and file permissions. With --online it also
+    /// resolves every key store and alarm in AWS and checks the credentials can describe them
+    /// (exit 1 if something is missing).
+    Check(CheckArgs),
+    /// Lock down now, without the daemon: disconnect every listed key store and wait for KMS to
+    /// report each DISCONNECTED.
+    ///
+    /// Exit 0 only when every store is verified DISCONNECTED, 1 when some are not. Writes the latch
+    /// and the audit log like the daemon does. --dry-run resolves and describes the stores and
+    /// shows what would be disconnected, sending no Disconnect.
+    Trip(TripArgs),
+    /// Show the latch and each key store's ConnectionState as KMS reports it.
+    Status(StatusArgs),
+    /// Clear the latch after an incident, so the switch can fire again.
+    ///
+    /// Refuses while a trigger is still active (the flag file exists, or a watched alarm is in
+    /// ALARM). A running daemon is armed again within a second, without a restart.
+    Rearm(RearmArgs),
+    /// Audit log tools.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Also resolve every key store and alarm in AWS and check the credentials can describe them.
+    #[arg(long)]
+    pub online: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TripArgs {
+    /// Why the switch is being pulled (recorded in the audit log and the latch).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Resolve and describe the stores and show what would be disconnected; send no Disconnect.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RearmArgs {
+    /// Why the switch is being re-armed (recorded in the audit log).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check an audit log's hash chain; exit 0 with a summary, or 1 naming the first broken line.
+    Verify {
+        /// The audit log (JSON Lines).
+        path: PathBuf,
+    },
+}
+
+/// Parse the command line, run the command and return its exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            // clap prints help/version to stdout (exit 0) and usage errors to stderr (exit 2).
+            let _ = err.print();
+            return ExitCode::from(if err.use_stderr() { Exit::Usage as u8 } else { 0 });
+        }
+    };
+    logging::init(cli.log_format);
+    let exit = match dispatch(&cli) {
+        Ok(exit) => exit,
+        Err(err) => {
+            // One readable sentence with its cause chain, never a Debug dump.
+            eprintln!("kms-killswitch: error: {err:#}");
+            cmd::exit_for_error(&err)
+        }
+    };
+    ExitCode::from(exit as u8)
+}
+
+/// Run one subcommand. Each lives in its own file under `src/cmd/`.
+pub fn dispatch(cli: &Cli) -> anyhow::Result<Exit> {
+    let ctx = cmd::Context {
+        config: cli.config.clone(),
+        insecure_policy_permissions: cli.insecure_policy_permissions,
+        log_format: cli.log_format,
+    };
+    match &cli.command {
+        Command::Run => cmd::run::run(&ctx),
+        Command::Check(args) => cmd::check::run(&ctx, args),
+        Command::Trip(args) => cmd::trip::run(&ctx, args),
+        Command::Status(args) => cmd::status::run(&ctx, args),
+        Command::Rearm(args) => cmd::rearm::run(&ctx, args),
+        Command::Audit(AuditCommand::Verify { path }) => cmd::audit_verify::run(&ctx, path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

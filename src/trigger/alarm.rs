@@ -1,0 +1,1 @@
+//! The alarm trigger: placeholder until issue 6 lands.

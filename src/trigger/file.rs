@@ -1,0 +1,1 @@
+//! The file trigger: placeholder until issue 6 lands.

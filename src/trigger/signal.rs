@@ -1,0 +1,1 @@
+//! The signal trigger: placeholder until issue 6 lands.
