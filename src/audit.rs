@@ -132,3 +132,37 @@ pub enum Event {
 pub trait AuditSink: Send + Sync {
     fn record(&self, event: Event);
 }
+
+/// Why the audit log could not be opened, written or verified.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// Placeholder until the audit issue lands.
+    #[error("audit log {path}: not yet implemented")]
+    NotImplemented { path: std::path::PathBuf },
+}
+
+/// The hash-chained JSON Lines writer. Placeholder API until issue 5 lands:
+/// `AuditLog::open(path, policy_sha256)` continues an existing chain (recovering a torn last
+/// line), and implements [`AuditSink`].
+pub struct AuditLog {
+    _private: (),
+}
+
+impl AuditLog {
+    /// Open (or create, 0600 in a 0700 directory) the log at `path` and continue its chain.
+    /// Never fails because the file cannot be written: the log then keeps records in memory and
+    /// reports itself unhealthy. Fails only for a chain it cannot continue safely.
+    pub fn open(path: &std::path::Path, policy_sha256: &str) -> Result<AuditLog, AuditError> {
+        let _ = policy_sha256;
+        Err(AuditError::NotImplemented { path: path.to_path_buf() })
+    }
+
+    /// False once any record could not be made durable (it is then held in memory).
+    pub fn healthy(&self) -> bool {
+        true
+    }
+}
+
+impl AuditSink for AuditLog {
+    fn record(&self, _event: Event) {}
+}

@@ -1,3 +1,178 @@
-//! The latch: the on-disk record that the switch has fired (`state_file`). Written atomically
-//! (temp file, fsync, rename, fsync dir) before the first Disconnect; cleared only by `rearm`.
-//! Placeholder until issue 6 lands.
+//! The latch: the on-disk record that the switch has fired (`state_file`, JSON). Written
+//! atomically (temp file in the same directory, fsync, rename, fsync the directory) *before* the
+//! first Disconnect, so that a crash at any point leaves either no latch or a whole one. Cleared
+//! only by `rearm`. Owns that one file; it knows nothing of AWS or triggers.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::audit::TriggerSource;
+
+/// What the latch file holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Latch {
+    /// What fired it first.
+    pub trigger: TriggerSourceName,
+    /// RFC 3339 UTC with milliseconds.
+    pub fired_at: String,
+    /// The lockdown it started.
+    pub lockdown_id: String,
+    /// Free text: the CLI reason, the flag path, the alarm name, the signal sender.
+    pub detail: String,
+}
+
+/// The trigger source as stored in the latch (same spelling as the audit log's `source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TriggerSourceName {
+    File,
+    Signal,
+    Alarm,
+    Cli,
+    Resume,
+}
+
+impl From<TriggerSource> for TriggerSourceName {
+    fn from(source: TriggerSource) -> Self {
+        match source {
+            TriggerSource::File => TriggerSourceName::File,
+            TriggerSource::Signal => TriggerSourceName::Signal,
+            TriggerSource::Alarm => TriggerSourceName::Alarm,
+            TriggerSource::Cli => TriggerSourceName::Cli,
+            TriggerSource::Resume => TriggerSourceName::Resume,
+        }
+    }
+}
+
+/// Why the latch could not be read, written or cleared.
+#[derive(Debug, thiserror::Error)]
+pub enum LatchError {
+    #[error("cannot {operation} latch file {path}")]
+    Io {
+        operation: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("latch file {path} is not valid (delete it only if you know the switch is not latched)")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+fn io_err(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> LatchError {
+    let path = path.to_path_buf();
+    move |source| LatchError::Io { operation, path, source }
+}
+
+/// Read the latch; `Ok(None)` when the switch is not latched (no file).
+pub fn read(path: &Path) -> Result<Option<Latch>, LatchError> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| LatchError::Corrupt { path: path.to_path_buf(), source }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err("read", path)(e)),
+    }
+}
+
+/// Write the latch atomically and durably. Creates the parent directory (0700) if missing.
+pub fn write(path: &Path, latch: &Latch) -> Result<(), LatchError> {
+    let dir = parent_dir(path);
+    if !dir.exists() {
+        create_private_dir(dir).map_err(io_err("create directory for", path))?;
+    }
+    let mut bytes = serde_json::to_vec_pretty(latch)
+        .map_err(|source| LatchError::Corrupt { path: path.to_path_buf(), source })?;
+    bytes.push(b'\n');
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("latch"),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut file = private_file(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        fsync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(io_err("write", path))
+}
+
+/// Remove the latch durably. Removing a latch that is not there is not an error.
+pub fn clear(path: &Path) -> Result<(), LatchError> {
+    match fs::remove_file(path) {
+        Ok(()) => fsync_dir(parent_dir(path)).map_err(io_err("clear", path)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("clear", path)(e)),
+    }
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+fn private_file(path: &Path) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Latch {
+        Latch {
+            trigger: TriggerSourceName::Cli,
+            fired_at: "2026-11-29T11:00:00.000Z".into(),
+            lockdown_id: "ld-1".into(),
+            detail: "drill".into(),
+        }
+    }
+
+    #[test]
+    fn write_read_clear_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/latch.json");
+        assert_eq!(read(&path).unwrap(), None);
+        write(&path, &sample()).unwrap();
+        assert_eq!(read(&path).unwrap(), Some(sample()));
+        clear(&path).unwrap();
+        assert_eq!(read(&path).unwrap(), None);
+        clear(&path).unwrap();
+    }
+
+    #[test]
+    fn corrupt_latch_is_an_error_not_unlatched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("latch.json");
+        fs::write(&path, b"{\"trig").unwrap();
+        assert!(matches!(read(&path), Err(LatchError::Corrupt { .. })));
+    }
+}

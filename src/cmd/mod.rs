@@ -8,6 +8,7 @@ use crate::cli::LogFormat;
 
 pub mod audit_verify;
 pub mod check;
+pub mod check_online;
 pub mod rearm;
 pub mod run;
 pub mod status;

@@ -1,0 +1,1 @@
+//! Integration tests for audit (filled by its issue).

@@ -1,0 +1,1 @@
+//! Integration tests for daemon (filled by its issue).

@@ -1,0 +1,1 @@
+//! Integration tests for lockdown (filled by its issue).

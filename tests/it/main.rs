@@ -1,0 +1,9 @@
+//! Integration tests: the real `kms-killswitch` binary, against the real kms-sim over HTTP with
+//! the real AWS SDK. One test binary (faster to build and link); one module per capability.
+
+mod support;
+
+mod audit;
+mod daemon;
+mod lockdown;
+mod policy_check;

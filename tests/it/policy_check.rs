@@ -1,0 +1,1 @@
+//! Integration tests for policy_check (filled by its issue).
