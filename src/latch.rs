@@ -57,7 +57,9 @@ pub enum LatchError {
         #[source]
         source: std::io::Error,
     },
-    #[error("latch file {path} is not valid (delete it only if you know the switch is not latched)")]
+    #[error(
+        "latch file {path} is not valid (delete it only if you know the switch is not latched)"
+    )]
     Corrupt {
         path: PathBuf,
         #[source]
@@ -67,15 +69,24 @@ pub enum LatchError {
 
 fn io_err(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> LatchError {
     let path = path.to_path_buf();
-    move |source| LatchError::Io { operation, path, source }
+    move |source| LatchError::Io {
+        operation,
+        path,
+        source,
+    }
 }
 
 /// Read the latch; `Ok(None)` when the switch is not latched (no file).
 pub fn read(path: &Path) -> Result<Option<Latch>, LatchError> {
     match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| LatchError::Corrupt { path: path.to_path_buf(), source }),
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| LatchError::Corrupt {
+                    path: path.to_path_buf(),
+                    source,
+                })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_err("read", path)(e)),
     }
@@ -87,8 +98,10 @@ pub fn write(path: &Path, latch: &Latch) -> Result<(), LatchError> {
     if !dir.exists() {
         create_private_dir(dir).map_err(io_err("create directory for", path))?;
     }
-    let mut bytes = serde_json::to_vec_pretty(latch)
-        .map_err(|source| LatchError::Corrupt { path: path.to_path_buf(), source })?;
+    let mut bytes = serde_json::to_vec_pretty(latch).map_err(|source| LatchError::Corrupt {
+        path: path.to_path_buf(),
+        source,
+    })?;
     bytes.push(b'\n');
     let tmp = dir.join(format!(
         ".{}.tmp.{}",
@@ -126,7 +139,10 @@ fn parent_dir(path: &Path) -> &Path {
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 fn private_file(path: &Path) -> std::io::Result<fs::File> {

@@ -1,3 +1,200 @@
 //! kms-sim: a local, wire-faithful simulator of AWS KMS custom key stores, CloudWatch alarms and
-//! STS. Placeholder until issue 3 lands.
+//! STS, on one loopback port, for tests, the benchmark and the demo.
+//!
+//! Map (a request flows top to bottom):
+//! - `server`   — hyper server: recognise, authenticate (`sigv4`), apply `faults` and quotas,
+//!   dispatch, respond, log; `control` serves the `/_sim/` JSON API.
+//! - `protocol` — the wire formats (awsJson 1.0/1.1, RPC v2 CBOR via `value`, awsQuery XML) and
+//!   the AWS error shapes; `input` reads operation inputs.
+//! - `kms`, `cloudwatch`, `sts` — the operations.
+//! - `state`    — the running world behind one lock (lazy, timestamped state machine);
+//!   `world` — the YAML world file.
+//!
+//! This crate must not depend on the kms-killswitch crate: it stands in for AWS.
 #![forbid(unsafe_code)]
+
+mod cloudwatch;
+mod control;
+mod error;
+mod faults;
+mod input;
+mod kms;
+mod protocol;
+mod server;
+pub mod sigv4;
+mod state;
+mod sts;
+mod value;
+mod world;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+pub use error::SimError;
+pub use faults::{FaultRule, Faults};
+pub use state::{AlarmView, RequestRecord, StoreView};
+pub use world::{
+    AlarmDecl, AlarmKind, AlarmState, ConnectionState, Credential, KeyStoreDecl, KeyStoreType,
+    RegionWorld, Role, Settings, World,
+};
+
+use state::Sim;
+
+/// Worker threads of the runtime `spawn` starts: the machine has 2 cores, and the benchmark
+/// needs both; tests need far less.
+const SPAWN_WORKER_THREADS: usize = 2;
+
+/// Serve `world` on `listener` until `shutdown` completes (for the binary, or a caller that owns
+/// its runtime). Open connections are closed when it returns.
+pub async fn serve(
+    world: World,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SimError> {
+    server::run(Arc::new(Sim::new(world)), listener, shutdown).await
+}
+
+/// Start the simulator on 127.0.0.1:0 on its own thread with its own tokio runtime, so it works
+/// from a plain `#[test]` and from `#[tokio::test]` alike. Dropping the handle stops it.
+pub fn spawn(world: World) -> Result<SimHandle, SimError> {
+    world.validate()?;
+    let wanted: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
+    let listener = std::net::TcpListener::bind(wanted).map_err(|source| SimError::Bind {
+        addr: wanted,
+        source,
+    })?;
+    let addr = listener.local_addr().map_err(|source| SimError::Bind {
+        addr: wanted,
+        source,
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| SimError::Bind { addr, source })?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(SPAWN_WORKER_THREADS)
+        .thread_name("kms-sim")
+        .enable_all()
+        .build()
+        .map_err(|source| SimError::Runtime { source })?;
+    let sim = Arc::new(Sim::new(world));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = Arc::clone(&sim);
+    let thread = std::thread::Builder::new()
+        .name("kms-sim".to_owned())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)
+                    .map_err(|source| SimError::Bind { addr, source })?;
+                server::run(served, listener, async {
+                    // Either a stop message or the handle being dropped ends the server.
+                    let _ = stopped.await;
+                })
+                .await
+            })
+        })
+        .map_err(|source| SimError::Runtime { source })?;
+    Ok(SimHandle {
+        sim,
+        addr,
+        stop: Some(stop),
+        thread: Some(thread),
+    })
+}
+
+/// A running simulator started by [`spawn`]. Dropping it stops the server and its runtime.
+pub struct SimHandle {
+    /// The state the server thread serves, shared so the handle sees and changes it directly.
+    sim: Arc<Sim>,
+    addr: SocketAddr,
+    /// Sending (or dropping) this stops the server loop.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The server thread; joined on drop so the port is free afterwards.
+    thread: Option<JoinHandle<Result<(), SimError>>>,
+}
+
+impl SimHandle {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`, for `endpoint_url` / `--endpoint-url`.
+    pub fn endpoint_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The simulator's true current key stores of an account and region (no consistency lag).
+    pub fn key_stores(&self, account: &str, region: &str) -> Vec<StoreView> {
+        self.sim.key_stores(account, region)
+    }
+
+    /// The true current ConnectionState of one store.
+    pub fn connection_state(
+        &self,
+        account: &str,
+        region: &str,
+        custom_key_store_id: &str,
+    ) -> Option<String> {
+        self.key_stores(account, region)
+            .into_iter()
+            .find(|s| s.custom_key_store_id == custom_key_store_id)
+            .map(|s| s.connection_state)
+    }
+
+    /// Force a store's state now (e.g. an attacker reconnecting: "CONNECTED"); cancels any
+    /// transition in flight. FAILED gets the store type's usual ConnectionErrorCode.
+    pub fn set_connection_state(
+        &self,
+        account: &str,
+        region: &str,
+        custom_key_store_id: &str,
+        state: &str,
+    ) -> Result<(), SimError> {
+        self.sim
+            .set_connection_state(account, region, custom_key_store_id, state, None)
+    }
+
+    /// Set an alarm's StateValue ("OK" | "ALARM" | "INSUFFICIENT_DATA") and StateReason.
+    pub fn set_alarm_state(
+        &self,
+        account: &str,
+        region: &str,
+        alarm_name: &str,
+        state_value: &str,
+        reason: &str,
+    ) -> Result<(), SimError> {
+        self.sim
+            .set_alarm_state(account, region, alarm_name, state_value, reason)
+    }
+
+    /// The alarms of an account and region as they are now.
+    pub fn alarms(&self, account: &str, region: &str) -> Vec<AlarmView> {
+        self.sim.alarms(account, region)
+    }
+
+    /// Replace every fault rule.
+    pub fn set_faults(&self, faults: Faults) {
+        self.sim.set_faults(faults);
+    }
+
+    /// The request log, oldest first.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.sim.requests()
+    }
+
+    pub fn clear_requests(&self) {
+        self.sim.clear_requests();
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -8,6 +8,11 @@ use std::future::Future;
 
 pub use crate::policy::Target;
 
+mod classify;
+mod clients;
+
+pub use clients::AwsClients;
+
 /// A custom key store's `ConnectionState`, as KMS reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ConnectionState {
@@ -65,7 +70,7 @@ pub struct KeyStore {
 }
 
 /// How the engine should treat an AWS error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
     /// `CustomKeyStoreInvalidStateException`: look at the state and carry on.
     InvalidState,
@@ -94,6 +99,32 @@ pub struct AwsError {
     pub message: String,
     /// `x-amzn-RequestId`, when AWS answered.
     pub request_id: Option<String>,
+}
+
+impl ErrorKind {
+    /// Worth retrying after a pause (throttling, 5xx, timeouts, dropped connections).
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ErrorKind::Throttled | ErrorKind::Transient)
+    }
+}
+
+impl AwsError {
+    /// An error raised on our side (no AWS answer), e.g. a malformed response.
+    pub fn local(
+        operation: &'static str,
+        target: &Target,
+        kind: ErrorKind,
+        message: impl Into<String>,
+    ) -> Self {
+        AwsError {
+            operation,
+            region: target.region.clone(),
+            kind,
+            code: "ClientError".to_string(),
+            message: message.into(),
+            request_id: None,
+        }
+    }
 }
 
 /// A Disconnect that KMS accepted.

@@ -1,10 +1,38 @@
-//! `kms-killswitch audit verify PATH`: placeholder until its issue lands.
+//! `kms-killswitch audit verify PATH`: check an audit log's hash chain with [`audit::verify`] and
+//! print one line: the summary (exit 0) or the first broken line (exit 1). It only reads the log;
+//! it owns no format knowledge (that is `src/audit.rs`).
 
 use std::path::Path;
 
+use anyhow::Context as _;
+
+use crate::audit::{self, AuditError};
 use crate::cmd::{Context, Exit};
 
-#[allow(unused_variables)]
-pub fn run(ctx: &Context, path: &Path) -> anyhow::Result<Exit> {
-    anyhow::bail!("`audit verify` is not yet implemented")
+pub fn run(_ctx: &Context, path: &Path) -> anyhow::Result<Exit> {
+    match audit::verify(path) {
+        Ok(summary) => {
+            let mut line = format!(
+                "audit log {} OK: {} records, {} lockdowns",
+                path.display(),
+                summary.records,
+                summary.lockdowns
+            );
+            if let (Some(first), Some(last)) = (&summary.first_ts, &summary.last_ts) {
+                line.push_str(&format!(", {first} .. {last}"));
+            }
+            if let Some(sha) = &summary.last_line_sha256 {
+                // Compare with the `line_sha256` logged to journald for that seq: lines removed
+                // from the end of the file are only detectable that way.
+                line.push_str(&format!("; line {} sha256 {sha}", summary.records));
+            }
+            println!("{line}");
+            Ok(Exit::Success)
+        }
+        Err(broken @ AuditError::Broken { .. }) => {
+            println!("{broken}");
+            Ok(Exit::Incomplete)
+        }
+        Err(err) => Err(err).context("cannot verify the audit log"),
+    }
 }

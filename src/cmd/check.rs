@@ -1,9 +1,99 @@
-//! `kms-killswitch check`: placeholder until its issue lands.
+//! `kms-killswitch check [--online]`: load and validate the policy (syntax, schema, values, file
+//! permissions) and print a one-line summary; exit 0, or 78 through the CLI edge when the policy is
+//! missing, unreadable, insecure or invalid. With `--online` it then hands the valid policy to
+//! [`crate::cmd::check_online`], which owns everything that talks to AWS. Nothing here calls AWS.
 
-use crate::cli::*;
+use crate::cli::CheckArgs;
 use crate::cmd::{Context, Exit};
+use crate::policy::{self, LoadOptions, Policy};
 
-#[allow(unused_variables)]
 pub fn run(ctx: &Context, args: &CheckArgs) -> anyhow::Result<Exit> {
-    anyhow::bail!("`check` is not yet implemented")
+    let policy = policy::load(
+        &ctx.config,
+        LoadOptions {
+            insecure_permissions: ctx.insecure_policy_permissions,
+        },
+    )?;
+    println!("{}", summary(&policy));
+    if args.online {
+        return crate::cmd::check_online::run(ctx, &policy);
+    }
+    Ok(Exit::Success)
+}
+
+/// `policy /etc/kms-killswitch/policy.yaml OK: 6 key stores in 2 accounts/3 regions, triggers:
+/// file /run/kms-killswitch, signal SIGUSR1, 2 alarms`.
+pub fn summary(policy: &Policy) -> String {
+    let (accounts, regions) = policy::key_store_spread(policy);
+    let mut triggers = Vec::new();
+    if let Some(file) = &policy.triggers.file {
+        triggers.push(format!("file {}", file.path.display()));
+    }
+    if let Some(signal) = &policy.triggers.signal {
+        triggers.push(format!("signal {}", signal.name));
+    }
+    if !policy.triggers.alarms.is_empty() {
+        triggers.push(plural(policy.triggers.alarms.len(), "alarm"));
+    }
+    format!(
+        "policy {} OK: {} in {}/{}, triggers: {}",
+        policy.path.display(),
+        plural(policy.key_stores.len(), "key store"),
+        plural(accounts, "account"),
+        plural(regions, "region"),
+        triggers.join(", ")
+    )
+}
+
+fn plural(count: usize, noun: &str) -> String {
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn summary_counts_stores_accounts_regions_and_triggers() {
+        let policy = policy::parse(
+            "version: 1
+aws:
+  region: eu-west-1
+key_stores:
+  - id: cks-1234567890abcdef0
+  - name: b
+    region: us-east-1
+    role_arn: arn:aws:iam::444455556666:role/k
+triggers:
+  alarms:
+    - name: a
+    - name: b
+",
+            Path::new("/etc/p.yaml"),
+        )
+        .expect("valid policy");
+        assert_eq!(
+            summary(&policy),
+            "policy /etc/p.yaml OK: 2 key stores in 2 accounts/2 regions, triggers: \
+             file /run/kms-killswitch, signal SIGUSR1, 2 alarms"
+        );
+    }
+
+    #[test]
+    fn summary_of_a_single_store_with_only_a_signal() {
+        let policy = policy::parse(
+            "version: 1\naws:\n  region: eu-west-1\nkey_stores:\n  - id: cks-1234567890abcdef0\ntriggers:\n  file: none\n",
+            Path::new("/p.yaml"),
+        )
+        .expect("valid policy");
+        assert_eq!(
+            summary(&policy),
+            "policy /p.yaml OK: 1 key store in 1 account/1 region, triggers: signal SIGUSR1"
+        );
+    }
 }

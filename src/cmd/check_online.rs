@@ -1,10 +1,99 @@
-//! `kms-killswitch check --online`: placeholder until issue 4 lands. Resolves every key store and
-//! alarm of a valid policy in AWS and reports each one missing or not describable.
+//! `kms-killswitch check --online`: with a valid policy, confirm in AWS that the credentials work
+//! for every target (AssumeRole included), that every listed key store exists and can be
+//! described, and that every watched alarm exists and can be read. Reports each missing store,
+//! alarm or permission; exit 1 if any. Changes nothing in AWS.
 
+use std::collections::BTreeMap;
+
+use crate::aws::{AlarmSource, ErrorKind, Target};
+use crate::cmd::status::{engine, runtime, status_table};
 use crate::cmd::{Context, Exit};
 use crate::policy::Policy;
 
-#[allow(unused_variables)]
-pub fn run(ctx: &Context, policy: &Policy) -> anyhow::Result<Exit> {
-    anyhow::bail!("`check --online` is not yet implemented (it needs the lockdown engine, issue 4)")
+pub fn run(_ctx: &Context, policy: &Policy) -> anyhow::Result<Exit> {
+    let problems: Vec<String> = runtime()?.block_on(async {
+        let engine = engine(policy).await;
+        let clients = engine.control();
+        let mut problems = Vec::new();
+
+        for (target, result) in clients.warm_up().await {
+            if let Err(err) = result {
+                problems.push(format!(
+                    "credentials for {} cannot be used: {err}",
+                    describe_target(&target)
+                ));
+            }
+        }
+
+        let statuses = engine.describe(&policy.key_stores).await;
+        print!("{}", status_table(&statuses));
+        for status in &statuses {
+            if let Some(error) = &status.error {
+                let what = match error.aws_kind() {
+                    Some(ErrorKind::NotFound) => "missing key store",
+                    Some(ErrorKind::AccessDenied) => "missing permission",
+                    _ => "cannot check key store",
+                };
+                problems.push(format!("{what}: {}", error.to_line()));
+            }
+        }
+
+        let mut alarms: BTreeMap<Target, Vec<String>> = BTreeMap::new();
+        for alarm in &policy.triggers.alarms {
+            alarms
+                .entry(alarm.target.clone())
+                .or_default()
+                .push(alarm.name.clone());
+        }
+        for (target, names) in &alarms {
+            match clients.describe_alarms(target, names).await {
+                Ok(states) => {
+                    for name in names {
+                        match states.iter().find(|s| &s.alarm_name == name) {
+                            Some(state) => {
+                                println!("alarm {name} in {}: {}", target.region, state.state_value)
+                            }
+                            None => problems.push(format!(
+                                "missing alarm: {name} not found in {}",
+                                describe_target(target)
+                            )),
+                        }
+                    }
+                }
+                Err(err) => {
+                    let what = if err.kind == ErrorKind::AccessDenied {
+                        "missing permission"
+                    } else {
+                        "cannot check alarms"
+                    };
+                    problems.push(format!(
+                        "{what}: alarms {} in {}: {err}",
+                        names.join(", "),
+                        describe_target(target)
+                    ));
+                }
+            }
+        }
+        problems
+    });
+
+    if problems.is_empty() {
+        println!("online check OK: every key store and alarm found and describable");
+        return Ok(Exit::Success);
+    }
+    for problem in &problems {
+        eprintln!("kms-killswitch: {problem}");
+    }
+    eprintln!(
+        "kms-killswitch: online check found {} problem(s)",
+        problems.len()
+    );
+    Ok(Exit::Incomplete)
+}
+
+fn describe_target(target: &Target) -> String {
+    match &target.role_arn {
+        Some(role) => format!("{} as {role}", target.region),
+        None => target.region.clone(),
+    }
 }

@@ -1,8 +1,91 @@
-//! `kms-killswitch run`: placeholder until its issue lands.
+//! `kms-killswitch run`: the daemon in the foreground. Builds a multi-thread tokio runtime,
+//! loads the policy (exit 78 on error), opens the audit log, builds the AWS clients and warms
+//! their credentials, then hands everything to [`crate::daemon`] until SIGTERM/SIGINT. It spawns
+//! nothing itself (the daemon does) and holds no logic beyond wiring.
 
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::audit::AuditLog;
+use crate::aws::AwsClients;
 use crate::cmd::{Context, Exit};
+use crate::daemon::{Daemon, DaemonConfig, SystemdNotifier};
+use crate::policy::{self, LoadOptions, Policy};
 
-#[allow(unused_variables)]
 pub fn run(ctx: &Context) -> anyhow::Result<Exit> {
-    anyhow::bail!("`run` is not yet implemented")
+    let options = LoadOptions {
+        insecure_permissions: ctx.insecure_policy_permissions,
+    };
+    // A bad policy never starts a daemon: 78 via the PolicyError in the chain.
+    let policy = policy::load(&ctx.config, options)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("kms-killswitch")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run_daemon(ctx, policy, options))
+}
+
+async fn run_daemon(ctx: &Context, policy: Policy, options: LoadOptions) -> anyhow::Result<Exit> {
+    // Registered first: from here on SIGTERM/SIGINT/SIGHUP never kill the process mid-step.
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+
+    let audit = AuditLog::open(&policy.audit_log, &policy.sha256)
+        .with_context(|| format!("cannot open the audit log {}", policy.audit_log.display()))?;
+    let targets = policy_targets(&policy);
+    let aws = Arc::new(AwsClients::new(&policy.endpoints, targets).await);
+    for (target, result) in aws.warm_up().await {
+        match result {
+            Ok(account) => {
+                tracing::info!(region = %target.region, role = ?target.role_arn, %account, "credentials ready")
+            }
+            // Not fatal: the engine retries and reports per store; the operator sees it now.
+            Err(err) => {
+                tracing::error!(region = %target.region, role = ?target.role_arn, cause = %err, "cannot warm up credentials")
+            }
+        }
+    }
+
+    let config_path = ctx.config.clone();
+    let daemon = Daemon::new(DaemonConfig {
+        policy,
+        control: aws.clone(),
+        alarms: aws,
+        audit: Arc::new(audit),
+        notifier: Arc::new(SystemdNotifier),
+        load_policy: Box::new(move || Ok(policy::load(&config_path, options)?)),
+        watchdog: sd_notify::watchdog_enabled(),
+    });
+    let shutdown = async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
+        }
+    };
+    match daemon.run(shutdown, hangup).await {
+        Ok(()) => Ok(Exit::Success),
+        Err(err) if err.is_config() => {
+            eprintln!("kms-killswitch: error: {:#}", anyhow::Error::new(err));
+            Ok(Exit::Config)
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Every account+region the policy talks to (key stores and alarms), for client set-up and
+/// credential warm-up.
+pub fn policy_targets(policy: &Policy) -> Vec<crate::aws::Target> {
+    let mut targets: Vec<crate::aws::Target> = policy
+        .key_stores
+        .iter()
+        .map(|k| k.target.clone())
+        .chain(policy.triggers.alarms.iter().map(|a| a.target.clone()))
+        .collect();
+    targets.sort();
+    targets.dedup();
+    targets
 }

@@ -1,9 +1,198 @@
-//! `kms-killswitch trip`: placeholder until its issue lands.
+//! `kms-killswitch trip [--reason TEXT] [--dry-run]`: lock down now from a shell, with or without
+//! the daemon. Records `trigger_fired {source: cli}`, writes the latch before the first
+//! Disconnect (unless a dry run), runs the engine to verification, prints one line per store and
+//! exits 0 only when every store is verified DISCONNECTED (1 otherwise, or when the audit log
+//! could not be written). A dry run resolves and describes only and sends no Disconnect.
 
-use crate::cli::*;
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use anyhow::Context as _;
+use serde_json::json;
+
+use crate::audit::{AuditLog, AuditSink, Event, TriggerSource};
+use crate::cli::TripArgs;
+use crate::cmd::status::{engine, runtime, table};
 use crate::cmd::{Context, Exit};
+use crate::latch::{self, Latch, TriggerSourceName};
+use crate::lockdown::{LockdownReport, LockdownRequest, ProgressEvent, ProgressStep};
+use crate::policy::{self, LoadOptions};
 
-#[allow(unused_variables)]
 pub fn run(ctx: &Context, args: &TripArgs) -> anyhow::Result<Exit> {
-    anyhow::bail!("`trip` is not yet implemented")
+    let policy = policy::load(
+        &ctx.config,
+        LoadOptions {
+            insecure_permissions: ctx.insecure_policy_permissions,
+        },
+    )?;
+    let audit = AuditLog::open(&policy.audit_log, &policy.sha256)
+        .with_context(|| format!("cannot open the audit log {}", policy.audit_log.display()))?;
+    let user = invoking_user();
+    let reason = args.reason.clone().unwrap_or_default();
+    let fired_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    let lockdown_id = format!(
+        "ld-{}-{}",
+        fired_at.replace([':', '-', '.'], ""),
+        std::process::id()
+    );
+
+    // A latch we cannot read is treated as latched: never lose an earlier lockdown's record.
+    let latched = match latch::read(&policy.state_file) {
+        Ok(latch) => latch.is_some(),
+        Err(err) => {
+            eprintln!("kms-killswitch: warning: {:#}", anyhow::Error::new(err));
+            true
+        }
+    };
+    audit.record(Event::TriggerFired {
+        source: TriggerSource::Cli,
+        detail: json!({ "user": user, "reason": reason, "dry_run": args.dry_run }),
+        latched,
+    });
+
+    let mut exit = Exit::Success;
+    if !args.dry_run && !latched {
+        let latch = Latch {
+            trigger: TriggerSourceName::Cli,
+            fired_at,
+            lockdown_id: lockdown_id.clone(),
+            detail: if reason.is_empty() {
+                format!("trip by {user}")
+            } else {
+                format!("trip by {user}: {reason}")
+            },
+        };
+        // The lockdown goes ahead even so: a human asked for it in an emergency.
+        if let Err(err) = latch::write(&policy.state_file, &latch) {
+            eprintln!(
+                "kms-killswitch: ERROR: {:#}; locking down anyway",
+                anyhow::Error::new(err)
+            );
+            exit = Exit::Incomplete;
+        }
+    } else if latched && !args.dry_run {
+        println!("already latched: locking down again as requested");
+    }
+
+    let request = LockdownRequest {
+        lockdown_id,
+        key_stores: policy.key_stores.clone(),
+        dry_run: args.dry_run,
+    };
+    let report = runtime()?.block_on(async {
+        let mut engine = engine(&policy).await;
+        if std::io::stderr().is_terminal() {
+            engine = engine.with_progress(Arc::new(print_progress));
+        }
+        engine.lockdown(&request, &audit).await
+    });
+
+    print!("{}", report_table(&report));
+    println!("{}", summary(&report));
+    if !report.dry_run && !report.complete() {
+        exit = Exit::Incomplete;
+    }
+    if report.dry_run && report.stores.iter().any(|s| s.error.is_some()) {
+        exit = Exit::Incomplete;
+    }
+    if !audit.flush() || !audit.healthy() {
+        eprintln!(
+            "kms-killswitch: ERROR: the audit log {} could not be written ({} records held in memory are lost when this process exits); the lockdown itself is as reported above",
+            policy.audit_log.display(),
+            audit.unflushed()
+        );
+        exit = Exit::Incomplete;
+    }
+    Ok(exit)
+}
+
+/// A live line per step of a store, for an operator watching a terminal.
+fn print_progress(event: &ProgressEvent) {
+    let step = match &event.step {
+        ProgressStep::DisconnectRequested { attempt } => {
+            format!("disconnect requested (attempt {attempt})")
+        }
+        ProgressStep::Accepted => "disconnect accepted".to_string(),
+        ProgressStep::AlreadyDisconnected => "already disconnecting or disconnected".to_string(),
+        ProgressStep::Retrying { error } => format!("retrying: {error}"),
+        ProgressStep::State(state) => format!("KMS reports {state}"),
+        ProgressStep::Verified => "verified DISCONNECTED".to_string(),
+        ProgressStep::Failed { error } => format!("FAILED: {error}"),
+    };
+    eprintln!("  {:<24} {:<14} {step}", event.key_store, event.region);
+}
+
+fn report_table(report: &LockdownReport) -> String {
+    let rows: Vec<Vec<String>> = report
+        .stores
+        .iter()
+        .map(|s| {
+            let result = if report.dry_run {
+                match (&s.error, &s.connection_state) {
+                    (Some(error), _) => format!("cannot describe: {error}"),
+                    (None, Some(crate::aws::ConnectionState::Disconnected)) => {
+                        "already DISCONNECTED".to_string()
+                    }
+                    (None, _) => "would disconnect".to_string(),
+                }
+            } else if s.verified {
+                let attempts = match s.attempts {
+                    1 => "1 attempt".to_string(),
+                    n => format!("{n} attempts"),
+                };
+                format!("verified ({attempts}, {:.1}s)", s.elapsed.as_secs_f64())
+            } else {
+                format!("FAILED: {}", s.error.as_deref().unwrap_or("not verified"))
+            };
+            vec![
+                s.account.clone().unwrap_or_else(|| "-".to_string()),
+                s.spec.target.region.clone(),
+                s.custom_key_store_id
+                    .clone()
+                    .unwrap_or_else(|| s.spec.selector.to_string()),
+                s.connection_state
+                    .as_ref()
+                    .map_or_else(|| "-".to_string(), |c| c.to_string()),
+                result,
+            ]
+        })
+        .collect();
+    table(
+        &["ACCOUNT", "REGION", "KEY STORE", "STATE", "RESULT"],
+        &rows,
+    )
+}
+
+fn summary(report: &LockdownReport) -> String {
+    let total = report.stores.len();
+    let verified = report.stores.iter().filter(|s| s.verified).count();
+    let elapsed = report.elapsed.as_secs_f64();
+    if report.dry_run {
+        format!(
+            "dry run {}: {} of {total} key stores would be disconnected ({verified} already DISCONNECTED); no Disconnect was sent",
+            report.lockdown_id,
+            total - verified
+        )
+    } else if report.complete() {
+        format!(
+            "lockdown {} COMPLETE: {verified}/{total} key stores verified DISCONNECTED in {elapsed:.1}s",
+            report.lockdown_id
+        )
+    } else {
+        format!(
+            "lockdown {} PARTIAL: only {verified}/{total} key stores verified DISCONNECTED after {elapsed:.1}s; a running daemon keeps enforcing",
+            report.lockdown_id
+        )
+    }
+}
+
+/// Who ran the command: `alice (via sudo, uid 0)`, `alice (uid 1000)` or `uid 1000`.
+fn invoking_user() -> String {
+    let uid = rustix::process::getuid().as_raw();
+    match (std::env::var("SUDO_USER"), std::env::var("USER")) {
+        (Ok(sudo_user), _) if !sudo_user.is_empty() => format!("{sudo_user} (via sudo, uid {uid})"),
+        (_, Ok(user)) if !user.is_empty() => format!("{user} (uid {uid})"),
+        _ => format!("uid {uid}"),
+    }
 }

@@ -1,1 +1,475 @@
-//! The alarm trigger: placeholder until issue 6 lands.
+//! The CloudWatch alarm trigger: poll the watched alarms (metric and composite) and fire when one
+//! is seen in `ALARM` on `consecutive` polls in a row. One DescribeAlarms per account+region
+//! ([`Target`]) per poll, with every watched name of that target (the [`AlarmSource`] adapter
+//! splits at 100 names and follows `NextToken`).
+//!
+//! A failed poll or an alarm missing from the answer is reported ([`TriggerEvent::AlarmPollFailed`],
+//! once per change) but never fires by itself — except with `fail_closed_after`, the dead man's
+//! switch, which fires once an alarm has been unreadable that long. It owns the poll timer and the
+//! per-alarm counters; it only sends [`TriggerEvent`]s and never touches KMS or the latch.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::TriggerSource;
+use crate::aws::{AlarmSource, AlarmState, Target};
+use crate::policy::AlarmSpec;
+use crate::trigger::TriggerEvent;
+
+/// The CloudWatch state that counts towards firing.
+const ALARM: &str = "ALARM";
+
+/// What the alarm trigger needs from the policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlarmConfig {
+    pub alarms: Vec<AlarmSpec>,
+    pub poll_interval: Duration,
+    pub fail_closed_after: Option<Duration>,
+}
+
+/// One watched alarm and what the last polls said about it.
+#[derive(Debug)]
+struct Tracked {
+    name: String,
+    consecutive: u32,
+    /// Polls in a row that saw it in ALARM.
+    in_alarm_polls: u32,
+    /// Fired for the current ALARM episode (reset when it leaves ALARM).
+    fired: bool,
+    /// Since when it could not be read (failed poll or missing); `None` while readable.
+    unreadable_since: Option<Instant>,
+    /// The dead man's switch fired for the current unreadable stretch.
+    fail_closed_fired: bool,
+}
+
+/// The alarms of one account+region (one DescribeAlarms per poll).
+#[derive(Debug)]
+struct Group {
+    target: Target,
+    names: Vec<String>,
+    alarms: Vec<Tracked>,
+    /// The problem last reported for this group (`None`: all readable), so that a persistent
+    /// problem is reported once, not on every poll.
+    reported_problem: Option<String>,
+}
+
+/// The alarm poller.
+pub struct AlarmWatch<A> {
+    source: Arc<A>,
+    groups: Vec<Group>,
+    poll_interval: Duration,
+    fail_closed_after: Option<Duration>,
+    events: mpsc::Sender<TriggerEvent>,
+}
+
+impl<A: AlarmSource> AlarmWatch<A> {
+    pub fn new(source: Arc<A>, config: &AlarmConfig, events: mpsc::Sender<TriggerEvent>) -> Self {
+        let mut by_target: BTreeMap<Target, Vec<&AlarmSpec>> = BTreeMap::new();
+        for spec in &config.alarms {
+            by_target.entry(spec.target.clone()).or_default().push(spec);
+        }
+        let groups = by_target
+            .into_iter()
+            .map(|(target, specs)| Group {
+                target,
+                names: specs.iter().map(|s| s.name.clone()).collect(),
+                alarms: specs
+                    .iter()
+                    .map(|s| Tracked {
+                        name: s.name.clone(),
+                        consecutive: s.consecutive.max(1),
+                        in_alarm_polls: 0,
+                        fired: false,
+                        unreadable_since: None,
+                        fail_closed_fired: false,
+                    })
+                    .collect(),
+                reported_problem: None,
+            })
+            .collect();
+        AlarmWatch {
+            source,
+            groups,
+            poll_interval: config.poll_interval,
+            fail_closed_after: config.fail_closed_after,
+            events,
+        }
+    }
+
+    /// Poll every `poll_interval` until cancelled. `started` is sent as the first poll begins
+    /// (the daemon reports READY only after that).
+    pub async fn run(mut self, cancel: CancellationToken, started: oneshot::Sender<()>) {
+        let mut started = Some(started);
+        let mut ticks = tokio::time::interval(self.poll_interval);
+        // A slow poll delays the next one rather than causing a burst.
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                // Stopped by the daemon (shutdown or a reload that changed the alarms).
+                _ = cancel.cancelled() => return,
+                _ = ticks.tick() => {
+                    if let Some(started) = started.take() {
+                        let _ = started.send(());
+                    }
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = self.poll_once() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// One poll of every group, then the dead man's switch.
+    async fn poll_once(&mut self) {
+        let mut out = Vec::new();
+        for group in &mut self.groups {
+            let result = self
+                .source
+                .describe_alarms(&group.target, &group.names)
+                .await;
+            let now = Instant::now();
+            match result {
+                Err(err) => {
+                    let problem = err.to_string();
+                    tracing::warn!(region = %group.target.region, alarms = ?group.names, cause = %problem, "alarm poll failed");
+                    for alarm in &mut group.alarms {
+                        alarm.in_alarm_polls = 0;
+                        alarm.unreadable_since.get_or_insert(now);
+                    }
+                    if group.reported_problem.as_deref() != Some(problem.as_str()) {
+                        out.push(TriggerEvent::AlarmPollFailed {
+                            alarm_names: group.names.clone(),
+                            region: group.target.region.clone(),
+                            error: problem.clone(),
+                        });
+                        group.reported_problem = Some(problem);
+                    }
+                }
+                Ok(states) => {
+                    let mut missing = Vec::new();
+                    for alarm in &mut group.alarms {
+                        match states.iter().find(|s| s.alarm_name == alarm.name) {
+                            None => {
+                                missing.push(alarm.name.clone());
+                                alarm.in_alarm_polls = 0;
+                                alarm.unreadable_since.get_or_insert(now);
+                            }
+                            Some(state) => {
+                                if let Some(event) = observe(alarm, &group.target, state) {
+                                    out.push(event);
+                                }
+                            }
+                        }
+                    }
+                    let problem = (!missing.is_empty())
+                        .then(|| format!("alarm not found: {}", missing.join(", ")));
+                    if problem != group.reported_problem {
+                        match &problem {
+                            Some(error) => {
+                                tracing::warn!(region = %group.target.region, alarms = ?missing, "watched alarm not found");
+                                out.push(TriggerEvent::AlarmPollFailed {
+                                    alarm_names: missing,
+                                    region: group.target.region.clone(),
+                                    error: error.clone(),
+                                });
+                            }
+                            None => {
+                                tracing::info!(region = %group.target.region, "watched alarms are readable again");
+                                out.push(TriggerEvent::AlarmPollRecovered {
+                                    alarm_names: group.names.clone(),
+                                    region: group.target.region.clone(),
+                                });
+                            }
+                        }
+                        group.reported_problem = problem;
+                    }
+                }
+            }
+            if let Some(limit) = self.fail_closed_after {
+                for alarm in &mut group.alarms {
+                    let Some(since) = alarm.unreadable_since else {
+                        continue;
+                    };
+                    let unreadable_for = now.saturating_duration_since(since);
+                    if unreadable_for >= limit && !alarm.fail_closed_fired {
+                        alarm.fail_closed_fired = true;
+                        tracing::error!(alarm = %alarm.name, region = %group.target.region, "alarm unreadable for longer than fail_closed_after; firing");
+                        out.push(TriggerEvent::Fired {
+                            source: TriggerSource::Alarm,
+                            detail: serde_json::json!({
+                                "alarm": alarm.name,
+                                "region": group.target.region,
+                                "reason": "fail_closed_after",
+                                "unreadable_for_ms": u64::try_from(unreadable_for.as_millis()).unwrap_or(u64::MAX),
+                            }),
+                        });
+                    }
+                }
+            }
+        }
+        for event in out {
+            // The receiver is gone only when the daemon is stopping.
+            let _ = self.events.send(event).await;
+        }
+    }
+}
+
+/// Count one readable observation; the event to send when it completes a streak.
+fn observe(alarm: &mut Tracked, target: &Target, state: &AlarmState) -> Option<TriggerEvent> {
+    alarm.unreadable_since = None;
+    alarm.fail_closed_fired = false;
+    if state.state_value != ALARM {
+        alarm.in_alarm_polls = 0;
+        alarm.fired = false;
+        return None;
+    }
+    alarm.in_alarm_polls = alarm.in_alarm_polls.saturating_add(1);
+    if alarm.in_alarm_polls < alarm.consecutive || alarm.fired {
+        return None;
+    }
+    alarm.fired = true;
+    tracing::warn!(alarm = %alarm.name, region = %target.region, polls = alarm.in_alarm_polls, "alarm in ALARM; firing");
+    Some(TriggerEvent::Fired {
+        source: TriggerSource::Alarm,
+        detail: serde_json::json!({
+            "alarm": alarm.name,
+            "region": target.region,
+            "alarm_type": state.alarm_type,
+            "state_reason": state.state_reason,
+            "consecutive_polls": alarm.in_alarm_polls,
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::aws::{AwsError, ErrorKind};
+
+    /// One scripted answer per poll; the last one repeats.
+    struct FakeAlarms {
+        script: Mutex<VecDeque<Result<Vec<(&'static str, &'static str)>, ()>>>,
+        calls: Mutex<Vec<(Target, Vec<String>)>>,
+    }
+
+    impl FakeAlarms {
+        fn new(script: Vec<Result<Vec<(&'static str, &'static str)>, ()>>) -> Arc<Self> {
+            Arc::new(FakeAlarms {
+                script: Mutex::new(script.into()),
+                calls: Mutex::new(Vec::new()),
+            })
+        }
+    }
+
+    impl AlarmSource for FakeAlarms {
+        async fn describe_alarms(
+            &self,
+            target: &Target,
+            alarm_names: &[String],
+        ) -> Result<Vec<AlarmState>, AwsError> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push((target.clone(), alarm_names.to_vec()));
+            let mut script = self.script.lock().unwrap();
+            let answer = if script.len() > 1 {
+                script.pop_front().unwrap()
+            } else {
+                script[0].clone()
+            };
+            match answer {
+                Ok(states) => Ok(states
+                    .into_iter()
+                    .map(|(name, value)| AlarmState {
+                        alarm_name: name.to_string(),
+                        state_value: value.to_string(),
+                        state_reason: Some("test".into()),
+                        alarm_type: "metric",
+                    })
+                    .collect()),
+                Err(()) => Err(AwsError {
+                    operation: "DescribeAlarms",
+                    region: target.region.clone(),
+                    kind: ErrorKind::AccessDenied,
+                    code: "AccessDeniedException".into(),
+                    message: "no".into(),
+                    request_id: None,
+                }),
+            }
+        }
+    }
+
+    fn spec(name: &str, region: &str, consecutive: u32) -> AlarmSpec {
+        AlarmSpec {
+            name: name.into(),
+            target: Target {
+                region: region.into(),
+                role_arn: None,
+            },
+            consecutive,
+        }
+    }
+
+    fn config(alarms: Vec<AlarmSpec>, fail_closed_after: Option<Duration>) -> AlarmConfig {
+        AlarmConfig {
+            alarms,
+            poll_interval: Duration::from_secs(10),
+            fail_closed_after,
+        }
+    }
+
+    async fn poll(
+        watch: &mut AlarmWatch<FakeAlarms>,
+        rx: &mut mpsc::Receiver<TriggerEvent>,
+    ) -> Vec<TriggerEvent> {
+        watch.poll_once().await;
+        let mut events = Vec::new();
+        while let Ok(event) = rx.try_recv() {
+            events.push(event);
+        }
+        events
+    }
+
+    fn fired(events: &[TriggerEvent]) -> usize {
+        events
+            .iter()
+            .filter(|e| matches!(e, TriggerEvent::Fired { .. }))
+            .count()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fires_once_after_consecutive_alarm_polls_not_after_a_blip() {
+        let source = FakeAlarms::new(vec![
+            Ok(vec![("a", "OK")]),
+            Ok(vec![("a", "ALARM")]),
+            Ok(vec![("a", "INSUFFICIENT_DATA")]),
+            Ok(vec![("a", "ALARM")]),
+            Ok(vec![("a", "ALARM")]),
+            Ok(vec![("a", "ALARM")]),
+        ]);
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut watch = AlarmWatch::new(source, &config(vec![spec("a", "eu-west-1", 2)], None), tx);
+        for poll_no in 1..=4 {
+            assert_eq!(fired(&poll(&mut watch, &mut rx).await), 0, "poll {poll_no}");
+        }
+        let events = poll(&mut watch, &mut rx).await;
+        assert_eq!(fired(&events), 1, "second ALARM poll in a row fires");
+        match &events[0] {
+            TriggerEvent::Fired { source, detail } => {
+                assert_eq!(*source, TriggerSource::Alarm);
+                assert_eq!(detail["alarm"], "a");
+                assert_eq!(detail["region"], "eu-west-1");
+                assert_eq!(detail["state_reason"], "test");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            fired(&poll(&mut watch, &mut rx).await),
+            0,
+            "still ALARM: no second fire"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_describe_per_target_with_every_name() {
+        let source = FakeAlarms::new(vec![Ok(vec![("a", "OK"), ("b", "OK"), ("c", "OK")])]);
+        let (tx, mut rx) = mpsc::channel(16);
+        let alarms = vec![
+            spec("a", "eu-west-1", 1),
+            spec("b", "eu-west-1", 1),
+            spec("c", "us-east-1", 1),
+        ];
+        let mut watch = AlarmWatch::new(source.clone(), &config(alarms, None), tx);
+        poll(&mut watch, &mut rx).await;
+        let calls = source.calls.lock().unwrap().clone();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0].0.region, "eu-west-1");
+        assert_eq!(calls[0].1, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(calls[1].1, vec!["c".to_string()]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn missing_alarm_and_failed_poll_are_reported_once_and_never_fire() {
+        let source = FakeAlarms::new(vec![
+            Ok(vec![]),
+            Ok(vec![]),
+            Err(()),
+            Err(()),
+            Ok(vec![("a", "OK")]),
+        ]);
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut watch = AlarmWatch::new(source, &config(vec![spec("a", "eu-west-1", 1)], None), tx);
+        let first = poll(&mut watch, &mut rx).await;
+        assert!(
+            matches!(&first[..], [TriggerEvent::AlarmPollFailed { error, .. }] if error.contains("not found"))
+        );
+        assert!(
+            poll(&mut watch, &mut rx).await.is_empty(),
+            "same problem: reported once"
+        );
+        let failed = poll(&mut watch, &mut rx).await;
+        assert!(
+            matches!(&failed[..], [TriggerEvent::AlarmPollFailed { error, .. }] if error.contains("AccessDenied"))
+        );
+        assert!(poll(&mut watch, &mut rx).await.is_empty());
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        let recovered = poll(&mut watch, &mut rx).await;
+        assert!(
+            matches!(&recovered[..], [TriggerEvent::AlarmPollRecovered { .. }]),
+            "{recovered:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fail_closed_fires_once_alarms_stay_unreadable_that_long() {
+        let source = FakeAlarms::new(vec![Err(())]);
+        let (tx, mut rx) = mpsc::channel(16);
+        let cfg = config(
+            vec![spec("a", "eu-west-1", 1)],
+            Some(Duration::from_secs(60)),
+        );
+        let mut watch = AlarmWatch::new(source, &cfg, tx);
+        assert_eq!(fired(&poll(&mut watch, &mut rx).await), 0);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(fired(&poll(&mut watch, &mut rx).await), 0);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let events = poll(&mut watch, &mut rx).await;
+        assert_eq!(fired(&events), 1);
+        assert!(events.iter().any(|e| matches!(e, TriggerEvent::Fired { detail, .. } if detail["reason"] == "fail_closed_after")));
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(
+            fired(&poll(&mut watch, &mut rx).await),
+            0,
+            "fires once per unreadable stretch"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn run_polls_on_the_interval_and_reports_started() {
+        let source = FakeAlarms::new(vec![Ok(vec![("a", "OK")])]);
+        let (tx, _rx) = mpsc::channel(16);
+        let watch = AlarmWatch::new(
+            source.clone(),
+            &config(vec![spec("a", "eu-west-1", 1)], None),
+            tx,
+        );
+        let cancel = CancellationToken::new();
+        let (started_tx, started_rx) = oneshot::channel();
+        let task = tokio::spawn(watch.run(cancel.clone(), started_tx));
+        started_rx.await.unwrap();
+        tokio::time::sleep(Duration::from_secs(35)).await;
+        cancel.cancel();
+        task.await.unwrap();
+        // t = 0, 10, 20, 30.
+        assert_eq!(source.calls.lock().unwrap().len(), 4);
+    }
+}

@@ -16,5 +16,21 @@ pub enum TriggerEvent {
         detail: serde_json::Value,
     },
     /// A would-be trigger that was not trusted (e.g. a flag owned by another uid).
-    Rejected { source: TriggerSource, reason: String },
+    Rejected {
+        source: TriggerSource,
+        reason: String,
+    },
+    /// Watched alarms could not be read (a failed DescribeAlarms, or alarms missing from its
+    /// answer). Reported, never a reason to fire by itself (except `fail_closed_after`, which the
+    /// alarm trigger turns into a `Fired`). Sent once per change, not on every poll.
+    AlarmPollFailed {
+        alarm_names: Vec<String>,
+        region: String,
+        error: String,
+    },
+    /// The alarms of this region that were unreadable can be read again.
+    AlarmPollRecovered {
+        alarm_names: Vec<String>,
+        region: String,
+    },
 }

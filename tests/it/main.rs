@@ -7,3 +7,4 @@ mod audit;
 mod daemon;
 mod lockdown;
 mod policy_check;
+mod ship;

@@ -2,6 +2,9 @@
 //! Add helpers in a file of your own under `support/` and declare it here.
 #![allow(dead_code)]
 
+pub mod daemon;
+pub mod sim;
+
 use std::path::Path;
 use std::process::{Command, Output};
 

@@ -1,0 +1,13 @@
+//! kms-sim driven by the real AWS SDK for Rust (aws-sdk-kms, aws-sdk-cloudwatch, aws-sdk-sts,
+//! aws-config's AssumeRoleProvider), the official AWS CLI, raw HTTP for the control API, and the
+//! real `kms-sim` binary. One test binary: faster to build and link.
+
+mod support;
+
+mod binary;
+mod cli;
+mod cloudwatch;
+mod control;
+mod faults;
+mod kms;
+mod sts;

@@ -1,0 +1,146 @@
+//! Turns AWS SDK errors into our [`AwsError`] with an [`ErrorKind`] the engine acts on, keeping
+//! the AWS error code and request id. Owns the mapping only; it decides nothing about retries
+//! beyond the kind, and it never prints a credential (SDK errors carry none).
+
+use std::error::Error as StdError;
+
+use aws_credential_types::provider::error::CredentialsError;
+use aws_sdk_kms::config::http::HttpResponse;
+use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::operation::RequestId;
+use aws_sdk_sts::operation::assume_role::AssumeRoleError;
+
+use super::{AwsError, ErrorKind};
+
+/// Classify one failed SDK call.
+pub(crate) fn classify<E>(
+    operation: &'static str,
+    region: &str,
+    err: &SdkError<E, HttpResponse>,
+) -> AwsError
+where
+    E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
+{
+    let request_id = err
+        .request_id()
+        .or_else(|| err.as_service_error().and_then(|e| e.meta().request_id()))
+        .map(str::to_string);
+    let (kind, code, message) = match err {
+        SdkError::ServiceError(context) => {
+            let code = context.err().code().unwrap_or("UnknownError");
+            let status = context.raw().status().as_u16();
+            let message = context.err().message().unwrap_or_default().to_string();
+            (kind_for_code(code, status), code.to_string(), message)
+        }
+        SdkError::TimeoutError(_) => (
+            ErrorKind::Transient,
+            "Timeout".to_string(),
+            DisplayErrorContext(err).to_string(),
+        ),
+        SdkError::DispatchFailure(_) => match credentials_failure(err) {
+            Some((kind, code)) => (kind, code, DisplayErrorContext(err).to_string()),
+            None => (
+                ErrorKind::Transient,
+                "DispatchFailure".to_string(),
+                DisplayErrorContext(err).to_string(),
+            ),
+        },
+        SdkError::ResponseError(context) => {
+            // A reply we could not read: a dropped connection mid-response or a proxy's page.
+            let status = context.raw().status().as_u16();
+            let kind = if status == 429 {
+                ErrorKind::Throttled
+            } else {
+                ErrorKind::Transient
+            };
+            (
+                kind,
+                format!("ResponseError(http {status})"),
+                DisplayErrorContext(err).to_string(),
+            )
+        }
+        _ => (
+            ErrorKind::Other,
+            "ClientError".to_string(),
+            DisplayErrorContext(err).to_string(),
+        ),
+    };
+    AwsError {
+        operation,
+        region: region.to_string(),
+        kind,
+        code,
+        message,
+        request_id,
+    }
+}
+
+/// The engine's view of an AWS error code (and HTTP status, for codes we do not know).
+pub(crate) fn kind_for_code(code: &str, status: u16) -> ErrorKind {
+    match code {
+        "CustomKeyStoreInvalidStateException" => ErrorKind::InvalidState,
+        "CustomKeyStoreNotFoundException" | "ResourceNotFound" | "ResourceNotFoundException" => {
+            ErrorKind::NotFound
+        }
+        "AccessDeniedException"
+        | "AccessDenied"
+        | "UnrecognizedClientException"
+        | "InvalidClientTokenId"
+        | "InvalidSignatureException"
+        | "SignatureDoesNotMatch"
+        | "IncompleteSignature"
+        | "MissingAuthenticationToken"
+        | "ExpiredToken"
+        | "ExpiredTokenException" => ErrorKind::AccessDenied,
+        "ThrottlingException"
+        | "Throttling"
+        | "ThrottledException"
+        | "RequestThrottledException"
+        | "TooManyRequestsException"
+        | "RequestLimitExceeded"
+        | "SlowDown" => ErrorKind::Throttled,
+        "KMSInternalException"
+        | "InternalFailure"
+        | "InternalError"
+        | "InternalServerError"
+        | "ServiceUnavailable"
+        | "ServiceUnavailableException"
+        | "DependencyTimeoutException"
+        | "RequestTimeout"
+        | "RequestTimeoutException" => ErrorKind::Transient,
+        _ if status == 429 => ErrorKind::Throttled,
+        _ if status >= 500 => ErrorKind::Transient,
+        _ => ErrorKind::Other,
+    }
+}
+
+/// A dispatch failure caused by credentials that could not be obtained (no credentials, or STS
+/// refusing the AssumeRole) is not a network blip: say which.
+fn credentials_failure(err: &(dyn StdError + 'static)) -> Option<(ErrorKind, String)> {
+    let mut cause: Option<&(dyn StdError + 'static)> = Some(err);
+    let mut credentials: Option<&CredentialsError> = None;
+    while let Some(current) = cause {
+        if let Some(sts) = current.downcast_ref::<SdkError<AssumeRoleError, HttpResponse>>() {
+            let inner = classify("AssumeRole", "", sts);
+            return Some((inner.kind, format!("AssumeRole: {}", inner.code)));
+        }
+        if credentials.is_none() {
+            credentials = current.downcast_ref::<CredentialsError>();
+        }
+        cause = current.source();
+    }
+    credentials.map(|credentials| match credentials {
+        CredentialsError::CredentialsNotLoaded(_) => {
+            (ErrorKind::AccessDenied, "CredentialsNotLoaded".to_string())
+        }
+        CredentialsError::InvalidConfiguration(_) => (
+            ErrorKind::AccessDenied,
+            "InvalidCredentialsConfiguration".to_string(),
+        ),
+        CredentialsError::ProviderTimedOut(_) => (
+            ErrorKind::Transient,
+            "CredentialsProviderTimedOut".to_string(),
+        ),
+        _ => (ErrorKind::Transient, "CredentialsProviderError".to_string()),
+    })
+}

@@ -1,0 +1,548 @@
+//! The AWS adapters: one SDK configuration per [`Target`] (region + role) built from the
+//! standard credential chain, with explicit timeouts, the SDK's own retries turned off (the
+//! engine paces and retries, so every request counts against its token buckets), AssumeRole for
+//! `role_arn` targets with credentials cached and refreshed ahead of expiry, and the policy's
+//! endpoints winning over `AWS_ENDPOINT_URL*`. Implements [`KeyStoreControl`] and
+//! [`AlarmSource`] for every target. Never logs or returns a credential.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_config::identity::IdentityCache;
+use aws_config::retry::RetryConfig;
+use aws_config::sts::AssumeRoleProvider;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_sdk_cloudwatch::types::AlarmType;
+use aws_types::service_config::{LoadServiceConfig, ServiceConfigKey};
+use tokio::sync::OnceCell;
+
+use super::classify::classify;
+use super::{
+    AlarmSource, AlarmState, AwsError, ConnectionState, DisconnectAccepted, ErrorKind, KeyStore,
+    KeyStoreControl, Target,
+};
+use crate::policy::Endpoints;
+
+/// A kill switch must not hang on a black-holed endpoint; KMS and VPC endpoints connect in
+/// milliseconds, so 3 s only ever cuts off a dead path (the engine then retries).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// One attempt of one call. KMS answers Disconnect and Describe in well under a second; a reply
+/// slower than this is treated as transient and retried by the engine within its deadline.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Refresh assumed-role credentials this long before they expire, so a trip never waits on STS.
+const CREDENTIALS_REFRESH_AHEAD: Duration = Duration::from_secs(5 * 60);
+/// How long fetching credentials (e.g. one AssumeRole) may take.
+const CREDENTIALS_LOAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// DescribeCustomKeyStores `Limit`: the maximum, so one page usually lists every store.
+const DESCRIBE_PAGE_LIMIT: i32 = 1000;
+/// CloudWatch DescribeAlarms accepts at most 100 `AlarmNames` per call.
+const ALARM_NAMES_PER_CALL: usize = 100;
+/// Shown in CloudTrail for the assumed-role session.
+const ROLE_SESSION_NAME: &str = "kms-killswitch";
+
+/// The SDK clients of one target, sharing one credentials cache.
+struct TargetClients {
+    kms: aws_sdk_kms::Client,
+    cloudwatch: aws_sdk_cloudwatch::Client,
+    sts: aws_sdk_sts::Client,
+    /// The account the target's credentials act in; resolved once.
+    account: OnceCell<String>,
+}
+
+/// The AWS side of the kill switch for every target of a policy.
+pub struct AwsClients {
+    /// The standard chain (env, profile, SSO, web identity, IMDS), loaded once.
+    base: SdkConfig,
+    endpoints: Endpoints,
+    /// Built on first use of a target (the policy's targets are built up front by `new`).
+    targets: Mutex<HashMap<Target, Arc<TargetClients>>>,
+}
+
+impl AwsClients {
+    /// Load the standard AWS configuration and build clients for `targets`. Makes no network
+    /// call: see [`AwsClients::warm_up`].
+    pub async fn new(endpoints: &Endpoints, targets: impl IntoIterator<Item = Target>) -> Self {
+        Self::with_loader(
+            aws_config::defaults(BehaviorVersion::latest()),
+            endpoints,
+            targets,
+        )
+        .await
+    }
+
+    /// Like [`AwsClients::new`], from a loader the caller has configured further (e.g. explicit
+    /// credentials for the benchmark); our timeouts and retry policy are applied on top.
+    pub async fn with_loader(
+        loader: aws_config::ConfigLoader,
+        endpoints: &Endpoints,
+        targets: impl IntoIterator<Item = Target>,
+    ) -> Self {
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+            .operation_timeout(ATTEMPT_TIMEOUT)
+            .build();
+        let base = loader
+            .timeout_config(timeouts)
+            // One attempt per call: the engine's pacing and backoff are the only retry logic.
+            .retry_config(RetryConfig::disabled())
+            .load()
+            .await;
+        let clients = AwsClients {
+            base,
+            endpoints: endpoints.clone(),
+            targets: Mutex::new(HashMap::new()),
+        };
+        for target in targets {
+            clients.clients(&target).await;
+        }
+        clients
+    }
+
+    /// Fetch credentials (AssumeRole where a role is set) and the account of every target, so a
+    /// trip makes no STS call while they are valid. Returns each target's account or error.
+    pub async fn warm_up(&self) -> Vec<(Target, Result<String, AwsError>)> {
+        let targets: Vec<Target> = self.lock_targets().keys().cloned().collect();
+        let checks = targets.into_iter().map(|target| async move {
+            let clients = self.clients(&target).await;
+            // GetCallerIdentity signs with the target's credentials: it fetches and caches them.
+            let result = caller_account(&clients.sts, &target).await;
+            if let Ok(account) = &result {
+                let _ = clients.account.set(account.clone());
+            }
+            (target, result)
+        });
+        futures_util::future::join_all(checks).await
+    }
+
+    fn lock_targets(&self) -> std::sync::MutexGuard<'_, HashMap<Target, Arc<TargetClients>>> {
+        // A panic while holding this lock leaves only a cache of clients, still consistent.
+        self.targets
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    async fn clients(&self, target: &Target) -> Arc<TargetClients> {
+        if let Some(existing) = self.lock_targets().get(target) {
+            return existing.clone();
+        }
+        let built = Arc::new(self.build(target).await);
+        self.lock_targets()
+            .entry(target.clone())
+            .or_insert(built)
+            .clone()
+    }
+
+    async fn build(&self, target: &Target) -> TargetClients {
+        let region = Region::new(target.region.clone());
+        let mut config = self
+            .base
+            .to_builder()
+            .region(region.clone())
+            .identity_cache(
+                IdentityCache::lazy()
+                    .buffer_time(CREDENTIALS_REFRESH_AHEAD)
+                    .load_timeout(CREDENTIALS_LOAD_TIMEOUT)
+                    .build(),
+            );
+        if let Some(all) = &self.endpoints.all {
+            config = config.endpoint_url(all.clone());
+        }
+        let config = config.build();
+        let sts_config = self.sts_config(&config);
+        let config = match &target.role_arn {
+            Some(role_arn) => {
+                let provider = AssumeRoleProvider::builder(role_arn.clone())
+                    .session_name(ROLE_SESSION_NAME)
+                    .region(region)
+                    .configure(&sts_config)
+                    .build()
+                    .await;
+                config
+                    .into_builder()
+                    .credentials_provider(SharedCredentialsProvider::new(provider))
+                    .build()
+            }
+            None => config,
+        };
+        let sts_config = self.sts_config(&config);
+
+        let mut kms = aws_sdk_kms::config::Builder::from(&config);
+        if let Some(url) = self.endpoints.kms.as_ref().or(self.endpoints.all.as_ref()) {
+            kms = kms.endpoint_url(url.clone());
+        }
+        let mut cloudwatch = aws_sdk_cloudwatch::config::Builder::from(&config);
+        if let Some(url) = self
+            .endpoints
+            .cloudwatch
+            .as_ref()
+            .or(self.endpoints.all.as_ref())
+        {
+            cloudwatch = cloudwatch.endpoint_url(url.clone());
+        }
+        TargetClients {
+            kms: aws_sdk_kms::Client::from_conf(kms.build()),
+            cloudwatch: aws_sdk_cloudwatch::Client::from_conf(cloudwatch.build()),
+            sts: aws_sdk_sts::Client::new(&sts_config),
+            account: OnceCell::new_with(account_from_role(target)),
+        }
+    }
+
+    /// The configuration STS calls use: the policy's STS endpoint (or `endpoint_url`) wins over
+    /// `AWS_ENDPOINT_URL_STS`, which the SDK would otherwise prefer.
+    fn sts_config(&self, config: &SdkConfig) -> SdkConfig {
+        match self.endpoints.sts.as_ref().or(self.endpoints.all.as_ref()) {
+            Some(url) => {
+                let mut builder = config.to_builder();
+                builder.set_service_config(None::<NoServiceConfig>);
+                builder.endpoint_url(url.clone()).build()
+            }
+            None => config.clone(),
+        }
+    }
+}
+
+/// No per-service settings from the environment (used where the policy's endpoint must win).
+#[derive(Debug)]
+struct NoServiceConfig;
+
+impl LoadServiceConfig for NoServiceConfig {
+    fn load_config(&self, _key: ServiceConfigKey<'_>) -> Option<String> {
+        None
+    }
+}
+
+/// `arn:aws:iam::<account>:role/<name>` → the account, without a call.
+fn account_from_role(target: &Target) -> Option<String> {
+    let role_arn = target.role_arn.as_ref()?;
+    role_arn
+        .split(':')
+        .nth(4)
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+}
+
+async fn caller_account(sts: &aws_sdk_sts::Client, target: &Target) -> Result<String, AwsError> {
+    const OPERATION: &str = "GetCallerIdentity";
+    let output = sts
+        .get_caller_identity()
+        .send()
+        .await
+        .map_err(|err| classify(OPERATION, &target.region, &err))?;
+    output.account().map(str::to_string).ok_or_else(|| {
+        AwsError::local(
+            OPERATION,
+            target,
+            ErrorKind::Other,
+            "response without Account",
+        )
+    })
+}
+
+impl KeyStoreControl for AwsClients {
+    async fn disconnect(
+        &self,
+        target: &Target,
+        custom_key_store_id: &str,
+    ) -> Result<DisconnectAccepted, AwsError> {
+        use aws_sdk_kms::operation::RequestId;
+        let clients = self.clients(target).await;
+        let output = clients
+            .kms
+            .disconnect_custom_key_store()
+            .custom_key_store_id(custom_key_store_id)
+            .send()
+            .await
+            .map_err(|err| classify("DisconnectCustomKeyStore", &target.region, &err))?;
+        Ok(DisconnectAccepted {
+            request_id: output.request_id().map(str::to_string),
+        })
+    }
+
+    async fn describe_page(
+        &self,
+        target: &Target,
+        marker: Option<&str>,
+    ) -> Result<(Vec<KeyStore>, Option<String>), AwsError> {
+        const OPERATION: &str = "DescribeCustomKeyStores";
+        let clients = self.clients(target).await;
+        let output = clients
+            .kms
+            .describe_custom_key_stores()
+            .limit(DESCRIBE_PAGE_LIMIT)
+            .set_marker(marker.map(str::to_string))
+            .send()
+            .await
+            .map_err(|err| classify(OPERATION, &target.region, &err))?;
+        let mut stores = Vec::with_capacity(output.custom_key_stores().len());
+        for entry in output.custom_key_stores() {
+            let Some(id) = entry.custom_key_store_id() else {
+                return Err(AwsError::local(
+                    OPERATION,
+                    target,
+                    ErrorKind::Other,
+                    "response entry without CustomKeyStoreId",
+                ));
+            };
+            stores.push(KeyStore {
+                custom_key_store_id: id.to_string(),
+                custom_key_store_name: entry.custom_key_store_name().map(str::to_string),
+                custom_key_store_type: entry
+                    .custom_key_store_type()
+                    .map(|t| t.as_str().to_string()),
+                connection_state: entry
+                    .connection_state()
+                    .map(|s| ConnectionState::parse(s.as_str()))
+                    .unwrap_or_else(|| ConnectionState::Unknown("(missing)".to_string())),
+                connection_error_code: entry
+                    .connection_error_code()
+                    .map(|c| c.as_str().to_string()),
+            });
+        }
+        let next = if output.truncated() || output.next_marker().is_some() {
+            output.next_marker().map(str::to_string)
+        } else {
+            None
+        };
+        Ok((stores, next))
+    }
+
+    async fn account(&self, target: &Target) -> Result<String, AwsError> {
+        let clients = self.clients(target).await;
+        clients
+            .account
+            .get_or_try_init(|| caller_account(&clients.sts, target))
+            .await
+            .cloned()
+    }
+}
+
+impl AlarmSource for AwsClients {
+    async fn describe_alarms(
+        &self,
+        target: &Target,
+        alarm_names: &[String],
+    ) -> Result<Vec<AlarmState>, AwsError> {
+        let clients = self.clients(target).await;
+        let mut alarms = Vec::new();
+        for names in alarm_names.chunks(ALARM_NAMES_PER_CALL) {
+            let mut next_token: Option<String> = None;
+            loop {
+                let output = clients
+                    .cloudwatch
+                    .describe_alarms()
+                    .set_alarm_names(Some(names.to_vec()))
+                    // Without AlarmTypes only metric alarms come back.
+                    .alarm_types(AlarmType::MetricAlarm)
+                    .alarm_types(AlarmType::CompositeAlarm)
+                    .set_next_token(next_token.take())
+                    .send()
+                    .await
+                    .map_err(|err| classify("DescribeAlarms", &target.region, &err))?;
+                for alarm in output.metric_alarms() {
+                    alarms.extend(alarm_state(
+                        alarm.alarm_name(),
+                        alarm.state_value().map(|s| s.as_str()),
+                        alarm.state_reason(),
+                        "metric",
+                    ));
+                }
+                for alarm in output.composite_alarms() {
+                    alarms.extend(alarm_state(
+                        alarm.alarm_name(),
+                        alarm.state_value().map(|s| s.as_str()),
+                        alarm.state_reason(),
+                        "composite",
+                    ));
+                }
+                match output.next_token() {
+                    Some(token) if !token.is_empty() => next_token = Some(token.to_string()),
+                    _ => break,
+                }
+            }
+        }
+        Ok(alarms)
+    }
+}
+
+/// An alarm entry in our types; an entry without a name cannot be matched and is skipped.
+fn alarm_state(
+    name: Option<&str>,
+    state_value: Option<&str>,
+    state_reason: Option<&str>,
+    alarm_type: &'static str,
+) -> Option<AlarmState> {
+    Some(AlarmState {
+        alarm_name: name?.to_string(),
+        state_value: state_value.unwrap_or("INSUFFICIENT_DATA").to_string(),
+        state_reason: state_reason.map(str::to_string),
+        alarm_type,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The thin adapter against `aws-smithy-mocks`: real SDK serialization and error parsing,
+    //! canned HTTP replies, no network.
+
+    use aws_credential_types::Credentials;
+    use aws_sdk_kms::operation::describe_custom_key_stores::DescribeCustomKeyStoresOutput;
+    use aws_sdk_kms::types::{
+        ConnectionErrorCodeType, ConnectionStateType, CustomKeyStoreType, CustomKeyStoresListEntry,
+    };
+    use aws_smithy_mocks::{RuleMode, mock};
+    use aws_smithy_runtime_api::http::StatusCode;
+    use aws_smithy_types::body::SdkBody;
+
+    use super::*;
+
+    const REQUEST_ID: &str = "8c6b6a0e-0000-4000-8000-000000000001";
+
+    fn target() -> Target {
+        Target {
+            region: "eu-west-1".to_string(),
+            role_arn: None,
+        }
+    }
+
+    /// Clients for `target()` whose KMS calls are answered by `rules` in order.
+    async fn clients(rules: &[&aws_smithy_mocks::Rule]) -> AwsClients {
+        let loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new("eu-west-1"))
+            .credentials_provider(Credentials::new(
+                "AKIDTEST",
+                "test-secret",
+                None,
+                None,
+                "test",
+            ));
+        let clients = AwsClients::with_loader(loader, &Endpoints::default(), [target()]).await;
+        let mut interceptor =
+            aws_smithy_mocks::MockResponseInterceptor::new().rule_mode(RuleMode::Sequential);
+        for rule in rules {
+            interceptor = interceptor.with_rule(rule);
+        }
+        let existing = clients.clients(&target()).await;
+        let kms_config = existing
+            .kms
+            .config()
+            .to_builder()
+            .http_client(aws_smithy_mocks::create_mock_http_client())
+            .interceptor(interceptor)
+            .build();
+        let replaced = TargetClients {
+            kms: aws_sdk_kms::Client::from_conf(kms_config),
+            cloudwatch: existing.cloudwatch.clone(),
+            sts: existing.sts.clone(),
+            account: OnceCell::new_with(Some("111111111111".to_string())),
+        };
+        clients.lock_targets().insert(target(), Arc::new(replaced));
+        clients
+    }
+
+    /// A KMS error reply as the service sends it (awsJson 1.1).
+    fn kms_error(status: u16, error_type: &'static str) -> aws_smithy_mocks::Rule {
+        mock!(aws_sdk_kms::Client::disconnect_custom_key_store).then_http_response(move || {
+            let body = format!(r#"{{"__type":"{error_type}","message":"from the mock"}}"#);
+            let mut response = aws_sdk_kms::config::http::HttpResponse::new(
+                StatusCode::try_from(status).expect("a valid status"),
+                SdkBody::from(body),
+            );
+            response
+                .headers_mut()
+                .insert("x-amzn-RequestId", REQUEST_ID);
+            response
+                .headers_mut()
+                .insert("content-type", "application/x-amz-json-1.1");
+            response
+        })
+    }
+
+    async fn disconnect_error(status: u16, error_type: &'static str) -> AwsError {
+        let rule = kms_error(status, error_type);
+        let clients = clients(&[&rule]).await;
+        clients
+            .disconnect(&target(), "cks-1234567890abcdef0")
+            .await
+            .expect_err("the mock refuses")
+    }
+
+    #[tokio::test]
+    async fn classifies_throttling_with_its_request_id() {
+        let err = disconnect_error(400, "ThrottlingException").await;
+        assert_eq!(err.kind, ErrorKind::Throttled);
+        assert_eq!(err.code, "ThrottlingException");
+        assert_eq!(err.operation, "DisconnectCustomKeyStore");
+        assert_eq!(err.request_id.as_deref(), Some(REQUEST_ID));
+    }
+
+    #[tokio::test]
+    async fn classifies_invalid_state_not_found_and_access_denied() {
+        let invalid = disconnect_error(400, "CustomKeyStoreInvalidStateException").await;
+        assert_eq!(invalid.kind, ErrorKind::InvalidState);
+        let missing = disconnect_error(400, "CustomKeyStoreNotFoundException").await;
+        assert_eq!(missing.kind, ErrorKind::NotFound);
+        let denied = disconnect_error(400, "AccessDeniedException").await;
+        assert_eq!(denied.kind, ErrorKind::AccessDenied);
+    }
+
+    #[tokio::test]
+    async fn classifies_server_errors_as_transient() {
+        let internal = disconnect_error(500, "KMSInternalException").await;
+        assert_eq!(internal.kind, ErrorKind::Transient);
+        let unknown_5xx = disconnect_error(503, "SomethingNew").await;
+        assert_eq!(unknown_5xx.kind, ErrorKind::Transient);
+        let unknown_4xx = disconnect_error(400, "SomethingNew").await;
+        assert_eq!(unknown_4xx.kind, ErrorKind::Other);
+    }
+
+    #[tokio::test]
+    async fn describe_page_maps_entries_and_the_next_marker() {
+        let rule = mock!(aws_sdk_kms::Client::describe_custom_key_stores)
+            .match_requests(|input| input.limit() == Some(1000) && input.marker() == Some("page-1"))
+            .then_output(|| {
+                DescribeCustomKeyStoresOutput::builder()
+                    .custom_key_stores(
+                        CustomKeyStoresListEntry::builder()
+                            .custom_key_store_id("cks-1234567890abcdef0")
+                            .custom_key_store_name("prod-hsm")
+                            .custom_key_store_type(CustomKeyStoreType::AwsCloudhsm)
+                            .connection_state(ConnectionStateType::Failed)
+                            .connection_error_code(ConnectionErrorCodeType::NetworkErrors)
+                            .build(),
+                    )
+                    .truncated(true)
+                    .next_marker("page-2")
+                    .build()
+            });
+        let clients = clients(&[&rule]).await;
+        let (stores, next) = clients
+            .describe_page(&target(), Some("page-1"))
+            .await
+            .expect("the mock answers");
+        assert_eq!(next.as_deref(), Some("page-2"));
+        assert_eq!(
+            stores,
+            vec![KeyStore {
+                custom_key_store_id: "cks-1234567890abcdef0".to_string(),
+                custom_key_store_name: Some("prod-hsm".to_string()),
+                custom_key_store_type: Some("AWS_CLOUDHSM".to_string()),
+                connection_state: ConnectionState::Failed,
+                connection_error_code: Some("NETWORK_ERRORS".to_string()),
+            }]
+        );
+    }
+
+    #[test]
+    fn account_comes_from_the_role_arn_without_a_call() {
+        let role = Target {
+            region: "eu-west-1".to_string(),
+            role_arn: Some("arn:aws:iam::222222222222:role/kms-killswitch".to_string()),
+        };
+        assert_eq!(account_from_role(&role).as_deref(), Some("222222222222"));
+        assert_eq!(account_from_role(&target()), None);
+    }
+}

@@ -1,0 +1,835 @@
+//! The daemon (`kms-killswitch run`): the one place that spawns long-lived tasks and owns
+//! shutdown, reload, the latch, enforcement and systemd notification.
+//!
+//! ```text
+//!   FileWatch ─┐
+//!   SignalWatch├─ TriggerEvent ─▶ Daemon::run (one select! loop) ──▶ latch::write ──▶ Engine::lockdown (task)
+//!   AlarmWatch ┘                    │  ▲                                  └────────▶ Engine::enforce (task, while latched)
+//!                                   │  └── shutdown future, reload requests (SIGHUP), latch poll, watchdog
+//!                                   └──▶ audit, sd_notify
+//! ```
+//!
+//! State machine: **armed** → (a trigger fires) → latch written → `trigger_fired` audited →
+//! lockdown task → **latched**, enforcing every `enforce_interval` → (the latch file disappears:
+//! `kms-killswitch rearm` removed it) → **armed**. A trigger while latched is audited with
+//! `latched: true` and starts nothing. A latch found at start resumes (`source: resume`).
+//!
+//! Rearm hand-off: the daemon `stat`s/reads the latch file every [`LATCH_POLL_INTERVAL`]. When the
+//! file is gone the switch is armed again; when a latch appears that the daemon did not write
+//! (a `kms-killswitch trip` from a shell), it adopts it and enforces. No pid file, no socket, no
+//! signal: the latch file is the single source of truth and survives everything.
+//!
+//! Shutdown (the future passed to [`Daemon::run`], SIGTERM/SIGINT in production): triggers stop,
+//! triggers already queued are still handled, a lockdown in flight is awaited (it ends by its
+//! `verify_timeout`), then `daemon_stopped` is written. It must not touch KMS directly (that is
+//! the engine) nor parse YAML (that is `policy`).
+
+mod notify;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use self::notify::{Notifier, SystemdNotifier};
+use crate::audit::{AuditLog, AuditSink, Event, TriggerSource};
+use crate::aws::{AlarmSource, KeyStoreControl};
+use crate::latch::{self, Latch};
+use crate::lockdown::{Engine, LockdownReport, LockdownRequest};
+use crate::policy::{FileTrigger, Policy, SignalTrigger};
+use crate::trigger::TriggerEvent;
+use crate::trigger::alarm::{AlarmConfig, AlarmWatch};
+use crate::trigger::file::{FileTriggerError, FileWatch};
+use crate::trigger::signal::{SignalTriggerError, SignalWatch};
+
+/// How often the latch file is re-read: `rearm` promises a running daemon is armed again
+/// "within a second", and one small read twice a second is free.
+pub const LATCH_POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Room for trigger events between the watchers and the loop. Watchers send one event per
+/// change, so this is never full in practice; if it were, watchers wait (nothing is dropped).
+const TRIGGER_QUEUE: usize = 64;
+
+/// The audit log as the daemon needs it: a sink, plus the policy hash swapped on reload.
+pub trait DaemonAudit: AuditSink {
+    /// Records written from now on carry this `policy_sha256`.
+    fn set_policy_sha256(&self, policy_sha256: &str);
+}
+
+impl DaemonAudit for AuditLog {
+    fn set_policy_sha256(&self, policy_sha256: &str) {
+        AuditLog::set_policy_sha256(self, policy_sha256);
+    }
+}
+
+/// Reads the policy again on SIGHUP (in tests: returns a prepared one).
+pub type LoadPolicy =
+    Box<dyn Fn() -> Result<Policy, Box<dyn std::error::Error + Send + Sync>> + Send + Sync>;
+
+/// Where reload requests come from: SIGHUP in production, a channel in tests.
+pub trait ReloadRequests: Send {
+    /// Completes when a reload is requested. Cancel-safe. Never completes once the source is gone.
+    fn requested(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+impl ReloadRequests for tokio::signal::unix::Signal {
+    async fn requested(&mut self) {
+        if self.recv().await.is_none() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl ReloadRequests for mpsc::Receiver<()> {
+    async fn requested(&mut self) {
+        if self.recv().await.is_none() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Why the daemon could not start (or could not keep running).
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot start the file trigger")]
+    FileTrigger(#[from] FileTriggerError),
+    #[error("cannot start the signal trigger")]
+    SignalTrigger(#[from] SignalTriggerError),
+}
+
+impl DaemonError {
+    /// The cause is the configuration (exit 78), e.g. a flag directory anyone may write.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            DaemonError::FileTrigger(
+                FileTriggerError::UntrustedDir { .. } | FileTriggerError::NoParent { .. }
+            ) | DaemonError::SignalTrigger(SignalTriggerError::Forbidden { .. })
+        )
+    }
+}
+
+/// Everything the daemon is built from.
+pub struct DaemonConfig<C, A> {
+    /// The validated policy (already loaded: a bad one never gets this far).
+    pub policy: Policy,
+    /// KMS, for the engine.
+    pub control: Arc<C>,
+    /// CloudWatch, for the alarm trigger.
+    pub alarms: Arc<A>,
+    pub audit: Arc<dyn DaemonAudit>,
+    pub notifier: Arc<dyn Notifier>,
+    /// Re-reads the policy on reload.
+    pub load_policy: LoadPolicy,
+    /// `WATCHDOG_USEC` when set for us: WATCHDOG=1 is sent at half of it.
+    pub watchdog: Option<Duration>,
+}
+
+/// A trigger task in place: its configuration (to tell whether a reload changed it) and its
+/// cancellation.
+struct Running<T> {
+    config: T,
+    cancel: CancellationToken,
+}
+
+impl<T> Drop for Running<T> {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// The latch as the daemon holds it.
+struct Latched {
+    latch: Latch,
+    /// The latch is on disk (false only if writing it failed; retried on every latch poll).
+    persisted: bool,
+    /// Verified DISCONNECTED out of listed, from the last lockdown or enforcement round.
+    progress: Option<(usize, usize)>,
+}
+
+/// Triggers built for a policy but not running yet (so a reload is all or nothing).
+#[derive(Default)]
+struct Prepared<A> {
+    file: Option<Option<(FileTrigger, FileWatch)>>,
+    signal: Option<Option<(SignalTrigger, SignalWatch)>>,
+    alarms: Option<Option<(AlarmConfig, AlarmWatch<A>)>>,
+}
+
+/// The running daemon.
+pub struct Daemon<C, A> {
+    /// The policy in force; replaced whole on a valid reload.
+    policy: Arc<Policy>,
+    control: Arc<C>,
+    alarm_source: Arc<A>,
+    /// Rebuilt when a reload changes the lockdown settings.
+    engine: Arc<Engine<C>>,
+    audit: Arc<dyn DaemonAudit>,
+    notifier: Arc<dyn Notifier>,
+    load_policy: LoadPolicy,
+    watchdog: Option<Duration>,
+    /// Watchers send here; the loop receives. The daemon keeps a sender, so `recv` never ends.
+    events_tx: mpsc::Sender<TriggerEvent>,
+    events_rx: mpsc::Receiver<TriggerEvent>,
+    /// Every task the daemon spawns, so shutdown can wait for them.
+    tracker: TaskTracker,
+    /// Parent of every trigger and enforcement task's cancellation.
+    cancel: CancellationToken,
+    file: Option<Running<FileTrigger>>,
+    signal: Option<Running<SignalTrigger>>,
+    alarms: Option<Running<AlarmConfig>>,
+    /// `Some` while latched.
+    latched: Option<Latched>,
+    /// The lockdown in flight (at most one).
+    lockdown: Option<JoinHandle<LockdownReport>>,
+    /// A lockdown requested while another was in flight (a trip right after a rearm).
+    pending_lockdown: Option<String>,
+    /// The enforcement round in flight and its cancellation.
+    enforcement: Option<(JoinHandle<(usize, usize)>, CancellationToken)>,
+    /// When the next enforcement round is due (while latched and idle).
+    next_enforce: Option<Instant>,
+    /// Regions whose alarms cannot be read right now (for STATUS).
+    unreadable_alarms: std::collections::BTreeMap<String, Vec<String>>,
+    /// The last latch read error, so a persistent one is logged once.
+    latch_read_error: Option<String>,
+}
+
+impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
+    pub fn new(config: DaemonConfig<C, A>) -> Self {
+        let (events_tx, events_rx) = mpsc::channel(TRIGGER_QUEUE);
+        let engine = Arc::new(Engine::new(config.control.clone(), config.policy.lockdown));
+        Daemon {
+            policy: Arc::new(config.policy),
+            control: config.control,
+            alarm_source: config.alarms,
+            engine,
+            audit: config.audit,
+            notifier: config.notifier,
+            load_policy: config.load_policy,
+            watchdog: config.watchdog,
+            events_tx,
+            events_rx,
+            tracker: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+            file: None,
+            signal: None,
+            alarms: None,
+            latched: None,
+            lockdown: None,
+            pending_lockdown: None,
+            enforcement: None,
+            next_enforce: None,
+            unreadable_alarms: Default::default(),
+            latch_read_error: None,
+        }
+    }
+
+    /// A sender into the trigger queue (tests inject events with it).
+    pub fn trigger_sender(&self) -> mpsc::Sender<TriggerEvent> {
+        self.events_tx.clone()
+    }
+
+    /// Run until `shutdown` completes; then finish any lockdown in flight and stop. Fails only
+    /// at start (a trigger that cannot be set up), before READY.
+    pub async fn run(
+        mut self,
+        shutdown: impl Future<Output = ()>,
+        mut reload: impl ReloadRequests,
+    ) -> Result<(), DaemonError> {
+        // Triggers first: a start refused for an untrusted flag directory must not leave a
+        // resumed lockdown behind. A flag seen now is queued and handled by the loop below.
+        let prepared = self.prepare_triggers(&self.policy.clone()).await?;
+        self.audit.record(Event::DaemonStarted);
+        self.audit.record(Event::PolicyLoaded);
+        self.resume_if_latched();
+        let alarms_started = self.install_triggers(prepared);
+        if let Some(started) = alarms_started {
+            // READY only once the first alarm poll has begun (or the poller is gone).
+            let _ = started.await;
+        }
+        tracing::info!(
+            key_stores = self.policy.key_stores.len(),
+            alarms = self.policy.triggers.alarms.len(),
+            latched = self.latched.is_some(),
+            "daemon ready"
+        );
+        let status = self.status_line();
+        self.notifier
+            .notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+
+        let mut latch_poll = tokio::time::interval(LATCH_POLL_INTERVAL);
+        latch_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Half of WATCHDOG_USEC, as sd_watchdog_enabled(3) recommends; a very long period when
+        // there is no watchdog (the branch is disabled then anyway).
+        let watchdog_period = self
+            .watchdog
+            .map(|w| w / 2)
+            .unwrap_or(Duration::from_secs(3600));
+        let mut watchdog = tokio::time::interval(watchdog_period.max(Duration::from_millis(1)));
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+
+        loop {
+            let next_enforce = self.next_enforce;
+            tokio::select! {
+                // Ordered: a queued trigger is handled before a shutdown that arrived with it.
+                biased;
+                // A trigger fired, was rejected, or the alarms' health changed.
+                Some(event) = self.events_rx.recv() => self.on_trigger(event),
+                // The lockdown in flight ended (verified, or at its verify_timeout).
+                result = join_some(&mut self.lockdown) => {
+                    self.lockdown = None;
+                    self.on_lockdown_finished(result);
+                }
+                // An enforcement round ended.
+                result = join_enforcement(&mut self.enforcement) => {
+                    self.enforcement = None;
+                    self.on_enforcement_finished(result);
+                }
+                // SIGTERM/SIGINT (or the test's own future): stop, finishing any lockdown first.
+                _ = &mut shutdown => break,
+                // SIGHUP: re-read and swap the policy, or keep the old one.
+                _ = reload.requested() => self.reload().await,
+                // Time for an enforcement round.
+                _ = sleep_until_some(next_enforce) => {
+                    self.next_enforce = None;
+                    self.start_enforcement();
+                }
+                // Rearm hand-off and latches written by `trip`.
+                _ = latch_poll.tick() => self.poll_latch(),
+                // Tell systemd the loop is alive.
+                _ = watchdog.tick(), if self.watchdog.is_some() => {
+                    self.notifier.notify(&[NotifyState::Watchdog]);
+                }
+            }
+        }
+        self.shutdown(&mut watchdog).await;
+        Ok(())
+    }
+
+    /// On start with a latch present: audit `trigger_fired {source: resume}` and lock down again.
+    fn resume_if_latched(&mut self) {
+        let state_file = self.policy.state_file.clone();
+        let (latch, detail) = match latch::read(&state_file) {
+            Ok(None) => return,
+            Ok(Some(latch)) => {
+                let detail = serde_json::json!({
+                    "lockdown_id": latch.lockdown_id,
+                    "trigger": latch.trigger,
+                    "fired_at": latch.fired_at,
+                    "detail": latch.detail,
+                });
+                (latch, detail)
+            }
+            Err(err) => {
+                // Fail closed: a latch that cannot be read is treated as set.
+                tracing::error!(path = %state_file.display(), cause = %error_chain(&err), "cannot read the latch; treating the switch as latched");
+                let latch = new_latch(
+                    TriggerSource::Resume,
+                    format!("unreadable latch: {}", error_chain(&err)),
+                );
+                let detail = serde_json::json!({ "error": error_chain(&err) });
+                (latch, detail)
+            }
+        };
+        tracing::warn!(lockdown_id = %latch.lockdown_id, fired_at = %latch.fired_at, "latch set at start; resuming the lockdown");
+        let lockdown_id = new_lockdown_id();
+        self.latched = Some(Latched {
+            latch,
+            persisted: true,
+            progress: None,
+        });
+        if let Some(latched) = &mut self.latched
+            && !state_file.exists()
+        {
+            latched.persisted = write_latch(&state_file, &latched.latch);
+        }
+        self.audit.record(Event::TriggerFired {
+            source: TriggerSource::Resume,
+            detail,
+            latched: false,
+        });
+        self.start_lockdown(lockdown_id);
+    }
+
+    fn on_trigger(&mut self, event: TriggerEvent) {
+        match event {
+            TriggerEvent::Fired { source, detail } => {
+                if self.latched.is_some() {
+                    tracing::info!(?source, %detail, "trigger fired while latched; no second lockdown");
+                    self.audit.record(Event::TriggerFired {
+                        source,
+                        detail,
+                        latched: true,
+                    });
+                } else {
+                    self.fire(source, detail);
+                }
+            }
+            TriggerEvent::Rejected { source, reason } => {
+                tracing::error!(?source, %reason, "trigger rejected");
+                self.audit.record(Event::TriggerRejected { source, reason });
+            }
+            TriggerEvent::AlarmPollFailed {
+                alarm_names,
+                region,
+                error,
+            } => {
+                self.unreadable_alarms
+                    .insert(region.clone(), alarm_names.clone());
+                self.audit.record(Event::AlarmPollFailed {
+                    alarm_names,
+                    region,
+                    error,
+                });
+                self.notify_status();
+            }
+            TriggerEvent::AlarmPollRecovered { region, .. } => {
+                self.unreadable_alarms.remove(&region);
+                self.notify_status();
+            }
+        }
+    }
+
+    /// The first trigger: latch (durably, before any Disconnect), audit, lock down.
+    fn fire(&mut self, source: TriggerSource, detail: serde_json::Value) {
+        let latch = new_latch(source, detail.to_string());
+        let lockdown_id = latch.lockdown_id.clone();
+        tracing::warn!(?source, %detail, %lockdown_id, "trigger fired; latching and locking down");
+        let persisted = write_latch(&self.policy.state_file, &latch);
+        self.latched = Some(Latched {
+            latch,
+            persisted,
+            progress: None,
+        });
+        self.audit.record(Event::TriggerFired {
+            source,
+            detail,
+            latched: false,
+        });
+        self.start_lockdown(lockdown_id);
+    }
+
+    fn start_lockdown(&mut self, lockdown_id: String) {
+        if self.lockdown.is_some() {
+            tracing::info!(%lockdown_id, "a lockdown is in flight; this one starts when it ends");
+            self.pending_lockdown = Some(lockdown_id);
+            return;
+        }
+        self.next_enforce = None;
+        if let Some((_, cancel)) = &self.enforcement {
+            cancel.cancel();
+        }
+        let request = LockdownRequest {
+            lockdown_id,
+            key_stores: self.policy.key_stores.clone(),
+            dry_run: false,
+        };
+        let engine = self.engine.clone();
+        let audit = self.audit.clone();
+        // Not tied to any cancellation: a lockdown always runs to its end.
+        self.lockdown = Some(self.tracker.spawn(async move {
+            let sink: &dyn AuditSink = &*audit;
+            engine.lockdown(&request, sink).await
+        }));
+        self.notify_status();
+    }
+
+    fn on_lockdown_finished(&mut self, result: Result<LockdownReport, tokio::task::JoinError>) {
+        match result {
+            Ok(report) => {
+                let verified = report.stores.iter().filter(|s| s.verified).count();
+                let total = report.stores.len();
+                if report.complete() {
+                    tracing::info!(lockdown_id = %report.lockdown_id, verified, total, elapsed_ms = report.elapsed.as_millis() as u64, "lockdown complete");
+                } else {
+                    tracing::error!(lockdown_id = %report.lockdown_id, verified, total, "lockdown partial; enforcement keeps retrying the rest");
+                }
+                if let Some(latched) = &mut self.latched {
+                    latched.progress = Some((verified, total));
+                }
+            }
+            Err(err) => {
+                tracing::error!(cause = %err, "lockdown task failed; enforcement keeps trying")
+            }
+        }
+        if let Some(lockdown_id) = self.pending_lockdown.take() {
+            self.start_lockdown(lockdown_id);
+            return;
+        }
+        self.schedule_enforcement();
+        self.notify_status();
+    }
+
+    fn schedule_enforcement(&mut self) {
+        self.next_enforce = match (&self.latched, self.policy.lockdown.enforce_interval) {
+            (Some(_), Some(interval)) => Some(Instant::now() + interval),
+            _ => None,
+        };
+    }
+
+    fn start_enforcement(&mut self) {
+        let Some(latched) = &self.latched else { return };
+        if self.lockdown.is_some() || self.enforcement.is_some() {
+            return;
+        }
+        let engine = self.engine.clone();
+        let audit = self.audit.clone();
+        let key_stores = self.policy.key_stores.clone();
+        let lockdown_id = latched.latch.lockdown_id.clone();
+        let cancel = self.cancel.child_token();
+        let round_cancel = cancel.clone();
+        let handle = self.tracker.spawn(async move {
+            let sink: &dyn AuditSink = &*audit;
+            tokio::select! {
+                // Rearmed, a new lockdown, or shutdown: an enforcement round may stop anywhere.
+                _ = round_cancel.cancelled() => (0, 0),
+                counts = enforce_round(&engine, &key_stores, &lockdown_id, sink) => counts,
+            }
+        });
+        self.enforcement = Some((handle, cancel));
+    }
+
+    fn on_enforcement_finished(&mut self, result: Result<(usize, usize), tokio::task::JoinError>) {
+        match result {
+            Ok((verified, total)) if total > 0 => {
+                if let Some(latched) = &mut self.latched {
+                    latched.progress = Some((verified, total));
+                }
+            }
+            Ok(_) => {}
+            Err(err) => tracing::error!(cause = %err, "enforcement round failed"),
+        }
+        self.schedule_enforcement();
+        self.notify_status();
+    }
+
+    /// Rearm hand-off (the latch file is gone) and adoption of a latch written by `trip`.
+    fn poll_latch(&mut self) {
+        let state_file = self.policy.state_file.clone();
+        let on_disk = match latch::read(&state_file) {
+            Ok(on_disk) => {
+                self.latch_read_error = None;
+                on_disk
+            }
+            Err(err) => {
+                let message = error_chain(&err);
+                if self.latch_read_error.as_deref() != Some(message.as_str()) {
+                    tracing::error!(path = %state_file.display(), cause = %message, "cannot read the latch; keeping the current state");
+                    self.latch_read_error = Some(message);
+                }
+                return;
+            }
+        };
+        match (&mut self.latched, on_disk) {
+            (Some(latched), None) if !latched.persisted => {
+                latched.persisted = write_latch(&state_file, &latched.latch);
+            }
+            (Some(latched), None) => {
+                tracing::warn!(lockdown_id = %latched.latch.lockdown_id, "latch cleared (rearm); the switch is armed again");
+                self.latched = None;
+                self.next_enforce = None;
+                if let Some((_, cancel)) = &self.enforcement {
+                    cancel.cancel();
+                }
+                self.notify_status();
+            }
+            (None, Some(latch)) => {
+                tracing::warn!(lockdown_id = %latch.lockdown_id, trigger = ?latch.trigger, "latch set by another process (kms-killswitch trip); enforcing");
+                self.latched = Some(Latched {
+                    latch,
+                    persisted: true,
+                    progress: None,
+                });
+                self.schedule_enforcement();
+                self.notify_status();
+            }
+            (Some(latched), Some(latch)) if latched.latch != latch && self.lockdown.is_none() => {
+                // A `trip` ran again while latched: follow its lockdown id.
+                latched.latch = latch;
+            }
+            _ => {}
+        }
+    }
+
+    /// SIGHUP: validate the new policy and swap it in whole, or keep the old one.
+    async fn reload(&mut self) {
+        notify::reloading(&*self.notifier);
+        tracing::info!(path = %self.policy.path.display(), "reloading the policy");
+        match self.try_reload().await {
+            Ok(()) => {
+                tracing::info!(sha256 = %self.policy.sha256, "policy reloaded");
+            }
+            Err(error) => {
+                tracing::error!(cause = %error, "new policy rejected; the old one stays in force");
+                self.audit.record(Event::PolicyRejected { error });
+            }
+        }
+        let status = self.status_line();
+        self.notifier
+            .notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+    }
+
+    async fn try_reload(&mut self) -> Result<(), String> {
+        let new = (self.load_policy)().map_err(|err| error_chain(&*err))?;
+        if new.state_file != self.policy.state_file || new.audit_log != self.policy.audit_log {
+            return Err(format!(
+                "policy {}: changing state_file or audit_log needs a restart",
+                new.path.display()
+            ));
+        }
+        if new.endpoints != self.policy.endpoints {
+            return Err(format!(
+                "policy {}: changing aws endpoints needs a restart",
+                new.path.display()
+            ));
+        }
+        let new = Arc::new(new);
+        let prepared = self
+            .prepare_triggers(&new)
+            .await
+            .map_err(|err| error_chain(&err))?;
+        if new.lockdown != self.policy.lockdown {
+            self.engine = Arc::new(Engine::new(self.control.clone(), new.lockdown));
+        }
+        self.policy = new;
+        self.audit.set_policy_sha256(&self.policy.sha256);
+        self.audit.record(Event::PolicyLoaded);
+        // The first poll of new alarms starts on its own; READY does not wait for it on reload.
+        drop(self.install_triggers(prepared));
+        if self.latched.is_some() && self.lockdown.is_none() && self.enforcement.is_none() {
+            self.schedule_enforcement();
+        }
+        Ok(())
+    }
+
+    /// Build (but do not run) the triggers of `policy` that differ from the running ones.
+    async fn prepare_triggers(&self, policy: &Policy) -> Result<Prepared<A>, DaemonError> {
+        let mut prepared = Prepared {
+            file: None,
+            signal: None,
+            alarms: None,
+        };
+        let file = policy.triggers.file.clone();
+        if self.file.as_ref().map(|r| &r.config) != file.as_ref() {
+            prepared.file = Some(match file {
+                Some(config) => {
+                    let watch = FileWatch::start(&config, self.events_tx.clone()).await?;
+                    Some((config, watch))
+                }
+                None => None,
+            });
+        }
+        let signal = policy.triggers.signal;
+        if self.signal.as_ref().map(|r| r.config) != signal {
+            prepared.signal = Some(match signal {
+                Some(config) => Some((config, SignalWatch::start(config)?)),
+                None => None,
+            });
+        }
+        let alarms = (!policy.triggers.alarms.is_empty()).then(|| AlarmConfig {
+            alarms: policy.triggers.alarms.clone(),
+            poll_interval: policy.triggers.alarm_poll_interval,
+            fail_closed_after: policy.triggers.fail_closed_after,
+        });
+        if self.alarms.as_ref().map(|r| &r.config) != alarms.as_ref() {
+            prepared.alarms = Some(alarms.map(|config| {
+                let watch =
+                    AlarmWatch::new(self.alarm_source.clone(), &config, self.events_tx.clone());
+                (config, watch)
+            }));
+        }
+        Ok(prepared)
+    }
+
+    /// Stop the replaced triggers and spawn the prepared ones. Returns, when a new alarm poller
+    /// starts, a receiver that completes as its first poll begins.
+    fn install_triggers(&mut self, prepared: Prepared<A>) -> Option<oneshot::Receiver<()>> {
+        if let Some(file) = prepared.file {
+            self.file = file.map(|(config, watch)| {
+                let cancel = self.cancel.child_token();
+                self.tracker.spawn(watch.run(cancel.clone()));
+                Running { config, cancel }
+            });
+        }
+        if let Some(signal) = prepared.signal {
+            self.signal = signal.map(|(config, watch)| {
+                let cancel = self.cancel.child_token();
+                self.tracker
+                    .spawn(watch.run(self.events_tx.clone(), cancel.clone()));
+                Running { config, cancel }
+            });
+        }
+        let mut started_rx = None;
+        if let Some(alarms) = prepared.alarms {
+            self.alarms = alarms.map(|(config, watch)| {
+                let cancel = self.cancel.child_token();
+                let (started_tx, rx) = oneshot::channel();
+                started_rx = Some(rx);
+                self.tracker.spawn(watch.run(cancel.clone(), started_tx));
+                Running { config, cancel }
+            });
+        }
+        started_rx
+    }
+
+    async fn shutdown(&mut self, watchdog: &mut tokio::time::Interval) {
+        tracing::info!("shutting down");
+        self.notifier
+            .notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+        // Stop the watchers first, then handle what they already queued: a trigger that arrived
+        // before the shutdown is never lost (its latch is written, its lockdown runs).
+        self.file = None;
+        self.signal = None;
+        self.alarms = None;
+        self.cancel.cancel();
+        while let Ok(event) = self.events_rx.try_recv() {
+            self.on_trigger(event);
+        }
+        loop {
+            let Some(handle) = self.lockdown.as_mut() else {
+                break;
+            };
+            tracing::info!("waiting for the lockdown in flight to finish before stopping");
+            tokio::select! {
+                result = handle => {
+                    self.lockdown = None;
+                    self.on_lockdown_finished(result);
+                }
+                _ = watchdog.tick(), if self.watchdog.is_some() => {
+                    self.notifier.notify(&[NotifyState::Watchdog]);
+                }
+            }
+        }
+        if let Some((handle, cancel)) = self.enforcement.take() {
+            cancel.cancel();
+            let _ = handle.await;
+        }
+        self.tracker.close();
+        self.tracker.wait().await;
+        self.audit.record(Event::DaemonStopped);
+        tracing::info!("stopped");
+    }
+
+    fn notify_status(&self) {
+        let status = self.status_line();
+        self.notifier.notify(&[NotifyState::Status(&status)]);
+    }
+
+    /// The STATUS= line: "armed, 6 key stores, 2 alarms" or "LATCHED since … — 6/6 disconnected".
+    fn status_line(&self) -> String {
+        let mut line = match &self.latched {
+            None => format!(
+                "armed, {} key stores, {} alarms",
+                self.policy.key_stores.len(),
+                self.policy.triggers.alarms.len()
+            ),
+            Some(latched) => match (latched.progress, self.lockdown.is_some()) {
+                (_, true) | (None, false) => {
+                    format!(
+                        "LATCHED since {} — lockdown in progress",
+                        latched.latch.fired_at
+                    )
+                }
+                (Some((verified, total)), false) => format!(
+                    "LATCHED since {} — {verified}/{total} disconnected",
+                    latched.latch.fired_at
+                ),
+            },
+        };
+        if !self.unreadable_alarms.is_empty() {
+            let regions: Vec<&str> = self.unreadable_alarms.keys().map(String::as_str).collect();
+            line.push_str(&format!("; alarms unreadable in {}", regions.join(", ")));
+        }
+        line
+    }
+}
+
+/// One enforcement round: every listed store re-checked, drift disconnected again (audited by the
+/// engine). Returns (verified DISCONNECTED, listed).
+async fn enforce_round<C: KeyStoreControl>(
+    engine: &Engine<C>,
+    key_stores: &[crate::policy::KeyStoreSpec],
+    lockdown_id: &str,
+    audit: &dyn AuditSink,
+) -> (usize, usize) {
+    let report = engine.enforce(key_stores, lockdown_id, audit).await;
+    let verified = report.stores.iter().filter(|s| s.verified).count();
+    (verified, report.stores.len())
+}
+
+/// Await the handle if there is one; never completes otherwise.
+async fn join_some<T>(handle: &mut Option<JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
+    match handle {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn join_enforcement(
+    enforcement: &mut Option<(JoinHandle<(usize, usize)>, CancellationToken)>,
+) -> Result<(usize, usize), tokio::task::JoinError> {
+    match enforcement {
+        Some((handle, _)) => handle.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Write the latch; a failure is logged and the lockdown still runs (a kill switch is never
+/// stopped by its own bookkeeping). Returns whether it is on disk.
+fn write_latch(path: &std::path::Path, latch: &Latch) -> bool {
+    match latch::write(path, latch) {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::error!(path = %path.display(), cause = %error_chain(&err), "cannot write the latch; locking down anyway and retrying the write");
+            false
+        }
+    }
+}
+
+fn new_latch(source: TriggerSource, detail: String) -> Latch {
+    Latch {
+        trigger: source.into(),
+        fired_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        lockdown_id: new_lockdown_id(),
+        detail,
+    }
+}
+
+/// `ld-<UTC time to the second>-<8 random hex digits>`: sortable, and unique even for two
+/// lockdowns in the same second.
+pub fn new_lockdown_id() -> String {
+    let stamp: String = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    format!("ld-{stamp}-{:08x}", fastrand::u32(..))
+}
+
+/// `err` and its sources, `: `-separated (like anyhow's `{:#}`).
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests;
