@@ -214,19 +214,22 @@ impl Demo {
             attacked.elapsed().as_secs_f64()
         );
 
-        step(8, "kms-killswitch audit verify");
-        let audit_path = files.audit_log.display().to_string();
-        let verified = run_command(&binary, &files, &["audit", "verify", &audit_path])?;
-        indent(&verified);
-
-        step(9, "stopping the daemon with SIGTERM");
+        step(8, "stopping the daemon with SIGTERM");
         let stopped = self.stop(pid)?;
         println!("      exited with {stopped}");
         let events = audit_events(&files.audit_log)?;
-        match events.last() {
-            Some(last) if last["event"] == "daemon_stopped" => {}
-            other => bail!("the audit log does not end with daemon_stopped: {other:?}"),
+        let last_event = events.last().map(|e| e["event"].to_string());
+        if last_event.as_deref() != Some("\"daemon_stopped\"") {
+            bail!(
+                "the audit log ends with {} instead of daemon_stopped",
+                last_event.unwrap_or_else(|| "nothing".to_owned())
+            );
         }
+
+        step(9, "kms-killswitch audit verify");
+        let audit_path = files.audit_log.display().to_string();
+        let verified = run_command(&binary, &files, &["audit", "verify", &audit_path])?;
+        indent(&verified);
 
         println!(
             "\naudit trail: {} ({} records, hash chain verified)\nlatch:       {}\n\

@@ -48,6 +48,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::error_chain;
+
 /// Who or what pulled the switch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -899,18 +901,6 @@ fn hostname() -> String {
         .into_owned()
 }
 
-/// `err` and its causes, `: `-separated, for one log field.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 #[derive(Debug)]
 enum TailError {
     Io(std::io::Error),
@@ -1091,10 +1081,10 @@ fn check_line(
         Some(ts) => return Err(format!("ts {ts:?} is not an RFC 3339 UTC timestamp")),
         None => return Err("has no ts".into()),
     };
-    if !record
+    if record
         .get("event")
         .and_then(Value::as_str)
-        .is_some_and(|event| !event.is_empty())
+        .is_none_or(str::is_empty)
     {
         return Err("has no event name".into());
     }

@@ -33,3 +33,25 @@ pub mod lockdown;
 pub mod logging;
 pub mod policy;
 pub mod trigger;
+
+/// `err` and its sources, `: `-separated (like anyhow's `{:#}`), for one log or audit field in
+/// the library, where errors are typed and `anyhow` is not used.
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// `n` and a noun, pluralised with `s` unless `n` is 1: "1 alarm", "2 alarms", "0 key stores".
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}

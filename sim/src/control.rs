@@ -80,6 +80,7 @@ fn log_change(
         target: target.map(str::to_owned),
         status,
         error_code: None,
+        app: None,
     });
 }
 

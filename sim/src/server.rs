@@ -118,6 +118,7 @@ async fn handle(
         target: None,
         status: 0,
         error_code: None,
+        app: app_name(&parts.headers),
     };
     let outcome = process(
         &sim,
@@ -146,6 +147,16 @@ async fn handle(
     log(&record);
     sim.record(record);
     Ok(response)
+}
+
+/// The `app/NAME` token of the SDK's `x-amz-user-agent` (or plain `user-agent`) header.
+fn app_name(headers: &hyper::HeaderMap) -> Option<String> {
+    ["x-amz-user-agent", "user-agent"]
+        .iter()
+        .filter_map(|name| headers.get(*name)?.to_str().ok())
+        .flat_map(str::split_whitespace)
+        .find_map(|token| token.strip_prefix("app/"))
+        .map(str::to_owned)
 }
 
 fn log(record: &RequestRecord) {

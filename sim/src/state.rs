@@ -53,7 +53,15 @@ pub struct RequestRecord {
     pub target: Option<String>,
     pub status: u16,
     pub error_code: Option<String>,
+    /// The `app/NAME` of the request's User-Agent (the SDK's `app_name`), if any: tells the
+    /// kms-killswitch binary's calls from a test's or the AWS CLI's.
+    #[serde(default)]
+    pub app: Option<String>,
 }
+
+/// Environment variable naming a file to which every simulator process appends one line per
+/// request, `<service>:<Operation> <app or ->`: the IAM coverage test reads it after the suite.
+pub const OPERATIONS_LOG_ENV: &str = "KMS_SIM_OPERATIONS_LOG";
 
 pub(crate) fn now_us() -> u64 {
     SystemTime::now()
@@ -231,6 +239,8 @@ impl State {
 pub(crate) struct Sim {
     pub world: World,
     state: Mutex<State>,
+    /// Opened in append mode from [`OPERATIONS_LOG_ENV`] when the simulator starts, if set.
+    operations_log: Option<Mutex<std::fs::File>>,
 }
 
 impl Sim {
@@ -286,8 +296,20 @@ impl Sim {
                 );
             }
         }
+        let operations_log = std::env::var_os(OPERATIONS_LOG_ENV).and_then(|path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|err| {
+                    tracing::error!(path = %std::path::Path::new(&path).display(), %err, "cannot open the operations log")
+                })
+                .ok()
+                .map(Mutex::new)
+        });
         Sim {
             world,
+            operations_log,
             state: Mutex::new(State {
                 regions,
                 temporary: HashMap::new(),
@@ -364,6 +386,20 @@ impl Sim {
     }
 
     pub(crate) fn record(&self, record: RequestRecord) {
+        if let Some(log) = &self.operations_log {
+            use std::io::Write;
+            let line = format!(
+                "{}:{} {}\n",
+                record.service,
+                record.operation,
+                record.app.as_deref().unwrap_or("-")
+            );
+            // One append-mode write per line, so concurrent simulators in several test processes
+            // interleave whole lines. A lost line only weakens the coverage test, which then fails.
+            if let Ok(mut file) = log.lock() {
+                let _ = file.write_all(line.as_bytes());
+            }
+        }
         let mut state = self.lock();
         if state.requests.len() >= REQUEST_LOG_CAPACITY {
             state.requests.pop_front();

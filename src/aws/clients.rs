@@ -52,6 +52,15 @@ struct TargetClients {
     account: OnceCell<String>,
 }
 
+/// `app/kms-killswitch` in every request's User-Agent: CloudTrail (and kms-sim's operations log)
+/// can tell the kill switch's calls from anyone else's.
+pub const APP_NAME: &str = "kms-killswitch";
+
+fn app_name() -> aws_config::AppName {
+    // APP_NAME is a constant made of the characters AppName allows; this cannot fail.
+    aws_config::AppName::new(APP_NAME).expect("APP_NAME is a valid app name")
+}
+
 /// The AWS side of the kill switch for every target of a policy.
 pub struct AwsClients {
     /// The standard chain (env, profile, SSO, web identity, IMDS), loaded once.
@@ -86,6 +95,7 @@ impl AwsClients {
             .operation_timeout(ATTEMPT_TIMEOUT)
             .build();
         let base = loader
+            .app_name(app_name())
             .timeout_config(timeouts)
             // One attempt per call: the engine's pacing and backoff are the only retry logic.
             .retry_config(RetryConfig::disabled())

@@ -13,10 +13,10 @@ pub fn run(_ctx: &Context, path: &Path) -> anyhow::Result<Exit> {
     match audit::verify(path) {
         Ok(summary) => {
             let mut line = format!(
-                "audit log {} OK: {} records, {} lockdowns",
+                "audit log {} OK: {}, {}",
                 path.display(),
-                summary.records,
-                summary.lockdowns
+                crate::count(summary.records as usize, "record"),
+                crate::count(summary.lockdowns as usize, "lockdown")
             );
             if let (Some(first), Some(last)) = (&summary.first_ts, &summary.last_ts) {
                 line.push_str(&format!(", {first} .. {last}"));

@@ -40,6 +40,7 @@ use tokio_util::task::TaskTracker;
 pub use self::notify::{Notifier, SystemdNotifier};
 use crate::audit::{AuditLog, AuditSink, Event, TriggerSource};
 use crate::aws::{AlarmSource, KeyStoreControl};
+use crate::error_chain;
 use crate::latch::{self, Latch};
 use crate::lockdown::{Engine, LockdownReport, LockdownRequest};
 use crate::policy::{FileTrigger, Policy, SignalTrigger};
@@ -153,8 +154,8 @@ struct Latched {
     progress: Option<(usize, usize)>,
 }
 
-/// Triggers built for a policy but not running yet (so a reload is all or nothing).
-#[derive(Default)]
+/// Triggers built for a policy but not running yet (so a reload is all or nothing). Outer
+/// `None`: unchanged, keep the running one; `Some(None)`: the new policy turns it off.
 struct Prepared<A> {
     file: Option<Option<(FileTrigger, FileWatch)>>,
     signal: Option<Option<(SignalTrigger, SignalWatch)>>,
@@ -165,13 +166,19 @@ struct Prepared<A> {
 pub struct Daemon<C, A> {
     /// The policy in force; replaced whole on a valid reload.
     policy: Arc<Policy>,
+    /// KMS, shared with every engine built here.
     control: Arc<C>,
+    /// CloudWatch, shared with every alarm poller built here.
     alarm_source: Arc<A>,
     /// Rebuilt when a reload changes the lockdown settings.
     engine: Arc<Engine<C>>,
+    /// Written by the daemon and, through `&dyn AuditSink`, by the engine.
     audit: Arc<dyn DaemonAudit>,
+    /// systemd (or a recording fake).
     notifier: Arc<dyn Notifier>,
+    /// Re-reads the policy on SIGHUP.
     load_policy: LoadPolicy,
+    /// `WATCHDOG_USEC`, when systemd asked for pings.
     watchdog: Option<Duration>,
     /// Watchers send here; the loop receives. The daemon keeps a sender, so `recv` never ends.
     events_tx: mpsc::Sender<TriggerEvent>,
@@ -180,6 +187,7 @@ pub struct Daemon<C, A> {
     tracker: TaskTracker,
     /// Parent of every trigger and enforcement task's cancellation.
     cancel: CancellationToken,
+    /// The running trigger tasks (`None`: off in the policy). Dropping one stops it.
     file: Option<Running<FileTrigger>>,
     signal: Option<Running<SignalTrigger>>,
     alarms: Option<Running<AlarmConfig>>,
@@ -691,11 +699,10 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
         while let Ok(event) = self.events_rx.try_recv() {
             self.on_trigger(event);
         }
-        loop {
-            let Some(handle) = self.lockdown.as_mut() else {
-                break;
-            };
+        if self.lockdown.is_some() {
             tracing::info!("waiting for the lockdown in flight to finish before stopping");
+        }
+        while let Some(handle) = self.lockdown.as_mut() {
             tokio::select! {
                 result = handle => {
                     self.lockdown = None;
@@ -725,17 +732,20 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
     fn status_line(&self) -> String {
         let mut line = match &self.latched {
             None => format!(
-                "armed, {} key stores, {} alarms",
-                self.policy.key_stores.len(),
-                self.policy.triggers.alarms.len()
+                "armed, {}, {}",
+                crate::count(self.policy.key_stores.len(), "key store"),
+                crate::count(self.policy.triggers.alarms.len(), "alarm")
             ),
             Some(latched) => match (latched.progress, self.lockdown.is_some()) {
-                (_, true) | (None, false) => {
-                    format!(
-                        "LATCHED since {} — lockdown in progress",
-                        latched.latch.fired_at
-                    )
-                }
+                (_, true) => format!(
+                    "LATCHED since {} — lockdown in progress",
+                    latched.latch.fired_at
+                ),
+                // Latched by `kms-killswitch trip`: the first enforcement round will tell.
+                (None, false) => format!(
+                    "LATCHED since {} — not yet verified by this daemon",
+                    latched.latch.fired_at
+                ),
                 (Some((verified, total)), false) => format!(
                     "LATCHED since {} — {verified}/{total} disconnected",
                     latched.latch.fired_at
@@ -817,18 +827,6 @@ pub fn new_lockdown_id() -> String {
         .filter(|c| c.is_ascii_alphanumeric())
         .collect();
     format!("ld-{stamp}-{:08x}", fastrand::u32(..))
-}
-
-/// `err` and its sources, `: `-separated (like anyhow's `{:#}`).
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

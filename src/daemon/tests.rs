@@ -570,7 +570,7 @@ async fn valid_reload_swaps_the_policy_and_its_hash() {
     h.wait_until("status counts the new alarm", |h| {
         statuses(&h.notifier)
             .last()
-            .is_some_and(|s| s == "armed, 2 key stores, 1 alarms")
+            .is_some_and(|s| s == "armed, 2 key stores, 1 alarm")
     })
     .await;
     // The new alarm trigger is live.
@@ -632,7 +632,7 @@ async fn ready_carries_the_armed_status_then_watchdog_pings_at_half_the_period()
         .iter()
         .position(|l| l.contains("READY=1"))
         .unwrap();
-    assert!(h.notifier.lines()[ready_at].contains("STATUS=armed, 2 key stores, 1 alarms"));
+    assert!(h.notifier.lines()[ready_at].contains("STATUS=armed, 2 key stores, 1 alarm"));
     let before = Instant::now();
     h.wait_until("two watchdog pings", |h| {
         h.notifier
@@ -696,4 +696,32 @@ fn lockdown_ids_are_unique_and_sortable() {
     assert_ne!(a, b);
     assert!(a.starts_with("ld-20"), "{a}");
     assert_eq!(a.len(), "ld-20261129T112233Z-0123abcd".len(), "{a}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn latch_written_by_trip_is_adopted_and_enforced_without_a_second_lockdown() {
+    let h = Harness::start(Options::default()).await;
+    // `kms-killswitch trip` from a shell: it writes the latch and runs its own lockdown; here
+    // one store is still connected when the daemon looks.
+    let latch = new_latch(TriggerSource::Cli, "operator: drill".into());
+    latch::write(&h.state_file(), &latch).unwrap();
+    h.kms.set(STORES[0], ConnectionState::Disconnected);
+    h.wait_until("adopted", |h| {
+        statuses(&h.notifier)
+            .last()
+            .is_some_and(|s| s.ends_with("not yet verified by this daemon"))
+    })
+    .await;
+    h.wait_until("enforced", |h| h.audit.count("drift_detected") == 1)
+        .await;
+    h.wait_until("disconnected", |h| {
+        h.kms.state(STORES[1]) == Some(ConnectionState::Disconnected)
+    })
+    .await;
+    assert_eq!(
+        h.audit.count("lockdown_started"),
+        0,
+        "the daemon started no lockdown of its own"
+    );
+    assert_eq!(h.audit.count("trigger_fired"), 0);
 }

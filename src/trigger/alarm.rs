@@ -255,14 +255,17 @@ mod tests {
     use super::*;
     use crate::aws::{AwsError, ErrorKind};
 
+    /// One poll's answer: (alarm name, state) pairs, or a failed call.
+    type Answer = Result<Vec<(&'static str, &'static str)>, ()>;
+
     /// One scripted answer per poll; the last one repeats.
     struct FakeAlarms {
-        script: Mutex<VecDeque<Result<Vec<(&'static str, &'static str)>, ()>>>,
+        script: Mutex<VecDeque<Answer>>,
         calls: Mutex<Vec<(Target, Vec<String>)>>,
     }
 
     impl FakeAlarms {
-        fn new(script: Vec<Result<Vec<(&'static str, &'static str)>, ()>>) -> Arc<Self> {
+        fn new(script: Vec<Answer>) -> Arc<Self> {
             Arc::new(FakeAlarms {
                 script: Mutex::new(script.into()),
                 calls: Mutex::new(Vec::new()),

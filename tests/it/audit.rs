@@ -1,5 +1,6 @@
-//! Integration tests for `kms-killswitch audit verify`: the real binary on logs written by the
-//! library's real writer (there is no writer subcommand), good, tampered, torn and missing.
+//! Integration tests for the audit trail: `kms-killswitch audit verify` on logs written by the
+//! library's writer (good, tampered, torn, missing), and the real daemon and a CLI `trip` against
+//! kms-sim writing one log at the same time, or none at all when the log cannot be written.
 
 use std::path::Path;
 
@@ -8,6 +9,11 @@ use kms_killswitch::audit::{
 };
 
 use crate::support;
+use crate::support::daemon::Env;
+use crate::support::sim::{DEMO_STORES, SimEnv, output_text};
+
+/// The secret access key `support` gives the binary (it must appear in no output).
+const TEST_SECRET: &str = "kms-sim-demo-secret";
 
 const POLICY_SHA256: &str = "3333333333333333333333333333333333333333333333333333333333333333";
 
@@ -62,7 +68,7 @@ fn audit_verify_prints_a_summary_of_a_good_log() {
     let (code, stdout, _) = verify_output(&path);
     assert_eq!(code, Some(0), "{stdout}");
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
-    let expected = format!("audit log {} OK: 5 records, 1 lockdowns, ", path.display());
+    let expected = format!("audit log {} OK: 5 records, 1 lockdown, ", path.display());
     assert!(stdout.starts_with(&expected), "{stdout}");
     assert!(
         stdout.contains("Z .. 20") && stdout.contains("; line 5 sha256 "),
@@ -136,5 +142,97 @@ fn audit_verify_of_a_missing_file_fails_with_a_readable_message() {
             path.display()
         )),
         "{stderr}"
+    );
+}
+
+#[test]
+fn daemon_and_cli_trip_writing_at_once_leave_one_chain_that_verifies() {
+    let env = Env::new();
+    let mut daemon = env.start();
+    // The daemon locks down (flag) while a `trip` from a shell does the same: two processes
+    // append to one audit log under flock.
+    let trip = env
+        .command()
+        .args(["trip", "--reason", "concurrent with the daemon"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("trip starts");
+    env.touch_flag();
+    let trip = trip.wait_with_output().expect("trip runs");
+    assert_eq!(trip.status.code(), Some(0), "{}", output_text(&trip));
+    // The daemon locks down too, unless it saw trip's latch first (then it records its trigger as
+    // `latched: true` and starts none).
+    let daemon_pid = u64::from(daemon.pid());
+    let fired = env.wait_events("trigger_fired", 2);
+    let daemon_locks_down = fired
+        .iter()
+        .any(|r| r["pid"] == daemon_pid && r["latched"] != true);
+    env.wait_events("lockdown_finished", 1 + usize::from(daemon_locks_down));
+    daemon.signal("TERM");
+    assert!(daemon.wait_exit().success(), "{}", daemon.log());
+
+    let records = env.audit();
+    for r in &records {
+        eprintln!(
+            "DBG {} {} {} {}",
+            r["seq"], r["pid"], r["event"], r["latched"]
+        );
+    }
+    let pids: std::collections::BTreeSet<u64> =
+        records.iter().filter_map(|r| r["pid"].as_u64()).collect();
+    assert_eq!(
+        pids.len(),
+        2,
+        "the daemon and trip both wrote:\n{}",
+        env.audit_dump()
+    );
+    let (code, stdout, _) = verify_output(&env.audit_log());
+    assert_eq!(code, Some(0), "{stdout}\n{}", env.audit_dump());
+    for output in [env.audit_dump(), output_text(&trip), daemon.log()] {
+        assert!(
+            !output.contains(TEST_SECRET),
+            "the secret key leaked:\n{output}"
+        );
+    }
+    let lockdowns = records
+        .iter()
+        .filter(|r| r["event"] == "lockdown_started" && r["dry_run"] == false)
+        .count();
+    assert!(
+        stdout.contains(&format!(
+            "OK: {} records, {lockdowns} lockdown{}",
+            records.len(),
+            if lockdowns == 1 { "" } else { "s" }
+        )),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn an_unwritable_audit_log_does_not_stop_a_trip() {
+    let env = SimEnv::demo();
+    // The policy's audit log is `<dir>/audit/audit.jsonl`: make `audit` a regular file, which
+    // stops even root from creating the log.
+    std::fs::write(env.dir.path().join("audit"), b"not a directory").unwrap();
+    let output = env.run(&["trip", "--reason", "audit log down"]);
+    let text = output_text(&output);
+
+    for (account, region, id, _) in DEMO_STORES {
+        assert_eq!(
+            env.state(account, region, id),
+            "DISCONNECTED",
+            "{id}: {text}"
+        );
+    }
+    // Reported loudly, and in the exit status: the lockdown is complete, its record is not.
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("audit log"), "{text}");
+    assert!(!stderr.contains("panicked"), "{text}");
+    assert!(
+        !text.contains(TEST_SECRET),
+        "the secret key leaked:\n{text}"
     );
 }

@@ -172,7 +172,7 @@ fn sighup_with_a_valid_policy_swaps_it_in() {
         m.contains("RELOADING=1") && m.contains("MONOTONIC_USEC=")
     });
     assert!(reloading >= before);
-    daemon.wait_status("armed, 3 key stores, 1 alarms", reloading);
+    daemon.wait_status("armed, 3 key stores, 1 alarm", reloading);
     // The new alarm trigger is live.
     env.sim
         .set_alarm_state(ACCOUNT, REGION, METRIC_ALARM, "ALARM", "test")
@@ -351,7 +351,7 @@ fn missing_alarm_without_fail_closed_is_reported_and_never_fires() {
     let mut daemon = env.start();
     env.wait_events("alarm_poll_failed", 1);
     daemon.wait_status(
-        "armed, 3 key stores, 1 alarms; alarms unreadable in eu-west-1",
+        "armed, 3 key stores, 1 alarm; alarms unreadable in eu-west-1",
         0,
     );
     wait_polls(&env, now_us(), 5);

@@ -134,6 +134,179 @@ mod systemd {
         assert_eq!(parse_overall_exposure("no summary here\n"), None);
     }
 
+    /// The system calls the unit's `SystemCallFilter=` lines allow: the union of the allow-list
+    /// entries minus the `~` deny-list entries, with `@groups` expanded by `systemd-analyze
+    /// syscall-filter` (systemd's own tables, so the answer matches the installed systemd).
+    fn allowed_system_calls(unit_text: &str) -> BTreeSet<String> {
+        let output = systemd_analyze(&["syscall-filter"]);
+        assert!(
+            output.status.success(),
+            "systemd-analyze syscall-filter failed"
+        );
+        let mut groups: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        let mut current = None;
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            let entry = line.trim();
+            if entry.is_empty() || entry.starts_with('#') {
+                continue;
+            }
+            if !line.starts_with(' ') && entry.starts_with('@') {
+                current = Some(entry.to_owned());
+                groups.insert(entry.to_owned(), Vec::new());
+            } else if let Some(group) = &current {
+                groups
+                    .entry(group.clone())
+                    .or_default()
+                    .push(entry.to_owned());
+            }
+        }
+        fn expand(
+            groups: &std::collections::BTreeMap<String, Vec<String>>,
+            entry: &str,
+            out: &mut BTreeSet<String>,
+        ) {
+            match groups.get(entry) {
+                Some(members) if entry.starts_with('@') => {
+                    for member in members {
+                        expand(groups, member, out);
+                    }
+                }
+                _ => {
+                    out.insert(entry.to_owned());
+                }
+            }
+        }
+        let (mut allowed, mut denied) = (BTreeSet::new(), BTreeSet::new());
+        for (key, value, _) in directives(unit_text, "Service") {
+            if key != "SystemCallFilter" {
+                continue;
+            }
+            let (target, list) = match value.strip_prefix('~') {
+                Some(list) => (&mut denied, list.to_owned()),
+                None => (&mut allowed, value.clone()),
+            };
+            for entry in list.split_whitespace() {
+                expand(&groups, entry, target);
+            }
+        }
+        assert!(
+            !allowed.is_empty(),
+            "the unit has an allow-list SystemCallFilter="
+        );
+        allowed.difference(&denied).cloned().collect()
+    }
+
+    /// Run the real daemon under `strace -f` through start-up, a reload, a file trip, a signal
+    /// while latched, enforcement of a reconnected store and SIGTERM, and check that every
+    /// system call it made passes the unit's filter: a call the filter refused would fail with
+    /// EPERM in production (SystemCallErrorNumber=EPERM) and could stop the switch from firing.
+    #[test]
+    fn every_system_call_the_daemon_makes_passes_the_units_filter() {
+        use support::daemon::{Env, METRIC_ALARM, PolicyOptions, alarms_yaml};
+
+        let allowed = allowed_system_calls(&read_repo_file(UNIT));
+        let env = Env::with_policy(PolicyOptions {
+            extra_triggers: alarms_yaml(&[(METRIC_ALARM, 1)], "1s", None),
+            enforce_interval: "1s",
+            ..PolicyOptions::default()
+        });
+        let trace = env.dir.path().join("strace.txt");
+        let socket = env.dir.path().join("strace-notify.sock");
+        let notify = std::os::unix::net::UnixDatagram::bind(&socket).expect("bind NOTIFY_SOCKET");
+        notify
+            .set_read_timeout(Some(support::daemon::POLL))
+            .expect("socket timeout");
+        let daemon = env.command();
+        let mut traced = Command::new("strace");
+        traced
+            .args(["-f", "-qq", "-o"])
+            .arg(&trace)
+            .arg("--")
+            .arg(daemon.get_program())
+            .args(daemon.get_args())
+            .arg("run");
+        for (key, value) in daemon.get_envs() {
+            match value {
+                Some(value) => traced.env(key, value),
+                None => traced.env_remove(key),
+            };
+        }
+        let log = std::fs::File::create(env.dir.path().join("strace-daemon.log")).expect("log");
+        traced
+            .env("NOTIFY_SOCKET", &socket)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log);
+        let mut strace = match traced.spawn() {
+            Ok(child) => child,
+            Err(err) => panic!(
+                "cannot run strace ({err}): install it with `apt-get install strace` (.ci/test \
+                 does); the system-call filter check must not be skipped"
+            ),
+        };
+        let mut buffer = [0u8; 4096];
+        support::daemon::wait_for("READY=1 from the traced daemon", || {
+            let len = notify.recv(&mut buffer).ok()?;
+            String::from_utf8_lossy(&buffer[..len])
+                .lines()
+                .any(|line| line == "READY=1")
+                .then_some(())
+        })
+        .unwrap_or_else(|what| panic!("{what}; audit log:\n{}", env.audit_dump()));
+        // strace's child is the daemon; its pid is in its own audit records.
+        let started = env.wait_events("daemon_started", 1);
+        let pid = started[0]["pid"]
+            .as_i64()
+            .and_then(|pid| i32::try_from(pid).ok())
+            .and_then(rustix::process::Pid::from_raw)
+            .expect("daemon_started names the daemon's pid");
+        let signal = |signal| rustix::process::kill_process(pid, signal).expect("signal sent");
+
+        signal(rustix::process::Signal::HUP);
+        env.wait_events("policy_loaded", 2);
+        env.touch_flag();
+        env.wait_events("lockdown_finished", 1);
+        signal(rustix::process::Signal::USR1);
+        env.wait_events("trigger_fired", 2);
+        env.reconnect_all();
+        env.wait_events("drift_detected", 1);
+        env.wait_all_disconnected();
+        signal(rustix::process::Signal::TERM);
+        let status = support::daemon::wait_for("the traced daemon to exit", || {
+            strace.try_wait().ok().flatten()
+        })
+        .unwrap_or_else(|what| {
+            let _ = strace.kill();
+            panic!("{what}")
+        });
+        assert!(status.success(), "the traced daemon exited with {status}");
+
+        let trace_text = std::fs::read_to_string(&trace).expect("the strace output");
+        // Lines are `PID name(args…) = result`; `<... name resumed>` continues an earlier line.
+        let used: BTreeSet<String> = trace_text
+            .lines()
+            .filter_map(|line| line.split_once(' ').map(|(_, call)| call.trim_start()))
+            .filter_map(|call| call.split_once('(').map(|(name, _)| name))
+            .filter(|name| {
+                !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            })
+            .map(str::to_owned)
+            .collect();
+        assert!(
+            used.contains("openat") && used.contains("connect"),
+            "the trace holds the daemon's system calls: {used:?}"
+        );
+        let refused: Vec<&String> = used.difference(&allowed).collect();
+        println!("system calls the daemon made: {}", used.len());
+        assert!(
+            refused.is_empty(),
+            "the daemon made system calls the unit's SystemCallFilter= refuses: {refused:?}"
+        );
+    }
+
     /// `Key=value` directives of one section, in order, with whether a comment line precedes
     /// each.
     fn directives(text: &str, section: &str) -> Vec<(String, String, bool)> {
