@@ -13,6 +13,7 @@ use crate::aws::AwsClients;
 use crate::cmd::{Context, Exit};
 use crate::daemon::{Daemon, DaemonConfig, SystemdNotifier};
 use crate::policy::{self, LoadOptions, Policy};
+use crate::trigger::signal::SignalWatch;
 
 pub fn run(ctx: &Context) -> anyhow::Result<Exit> {
     let options = LoadOptions {
@@ -33,6 +34,15 @@ async fn run_daemon(ctx: &Context, policy: Policy, options: LoadOptions) -> anyh
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    // The trigger signal next, before the slow steps below (credential warm-up can take seconds):
+    // one that arrives meanwhile is queued and fires as soon as the daemon's loop runs, instead
+    // of killing the process with the signal's default action.
+    let signal_watch = match policy.triggers.signal {
+        Some(config) => {
+            Some(SignalWatch::start(config).context("cannot start the signal trigger")?)
+        }
+        None => None,
+    };
 
     let audit = AuditLog::open(&policy.audit_log, &policy.sha256)
         .with_context(|| format!("cannot open the audit log {}", policy.audit_log.display()))?;
@@ -59,6 +69,7 @@ async fn run_daemon(ctx: &Context, policy: Policy, options: LoadOptions) -> anyh
         notifier: Arc::new(SystemdNotifier),
         load_policy: Box::new(move || Ok(policy::load(&config_path, options)?)),
         watchdog: sd_notify::watchdog_enabled(),
+        signal_watch,
     });
     let shutdown = async move {
         tokio::select! {

@@ -130,6 +130,11 @@ pub struct DaemonConfig<C, A> {
     pub load_policy: LoadPolicy,
     /// `WATCHDOG_USEC` when set for us: WATCHDOG=1 is sent at half of it.
     pub watchdog: Option<Duration>,
+    /// The policy's trigger signal, registered by the caller as early as it can (before the
+    /// audit log is opened and credentials are warmed, which may take seconds): an arrival
+    /// during start-up is then queued and fires once the loop runs, instead of the signal's
+    /// default action killing the process. `None`: registered when the triggers start.
+    pub signal_watch: Option<SignalWatch>,
 }
 
 /// A trigger task in place: its configuration (to tell whether a reload changed it) and its
@@ -180,6 +185,9 @@ pub struct Daemon<C, A> {
     load_policy: LoadPolicy,
     /// `WATCHDOG_USEC`, when systemd asked for pings.
     watchdog: Option<Duration>,
+    /// The early signal registration from [`DaemonConfig::signal_watch`], until the triggers
+    /// start (used if it is for the signal the policy names).
+    early_signal: Option<SignalWatch>,
     /// Watchers send here; the loop receives. The daemon keeps a sender, so `recv` never ends.
     events_tx: mpsc::Sender<TriggerEvent>,
     events_rx: mpsc::Receiver<TriggerEvent>,
@@ -220,6 +228,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
             notifier: config.notifier,
             load_policy: config.load_policy,
             watchdog: config.watchdog,
+            early_signal: config.signal_watch,
             events_tx,
             events_rx,
             tracker: TaskTracker::new(),
@@ -617,7 +626,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
     }
 
     /// Build (but do not run) the triggers of `policy` that differ from the running ones.
-    async fn prepare_triggers(&self, policy: &Policy) -> Result<Prepared<A>, DaemonError> {
+    async fn prepare_triggers(&mut self, policy: &Policy) -> Result<Prepared<A>, DaemonError> {
         let mut prepared = Prepared {
             file: None,
             signal: None,
@@ -636,7 +645,13 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
         let signal = policy.triggers.signal;
         if self.signal.as_ref().map(|r| r.config) != signal {
             prepared.signal = Some(match signal {
-                Some(config) => Some((config, SignalWatch::start(config)?)),
+                Some(config) => {
+                    let watch = match self.early_signal.take() {
+                        Some(early) if early.config() == config => early,
+                        _ => SignalWatch::start(config)?,
+                    };
+                    Some((config, watch))
+                }
                 None => None,
             });
         }

@@ -273,6 +273,7 @@ impl Harness {
                 loader.lock().unwrap().clone().map_err(|e: String| e.into())
             }),
             watchdog: options.watchdog,
+            signal_watch: None,
         });
         let triggers = daemon.trigger_sender();
         let (reload, reload_rx) = mpsc::channel(1);

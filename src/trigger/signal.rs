@@ -51,6 +51,11 @@ impl SignalWatch {
         Ok(SignalWatch { config, signals })
     }
 
+    /// The signal this watch is registered for.
+    pub fn config(&self) -> SignalTrigger {
+        self.config
+    }
+
     /// Send one event per arrival (arrivals that coincide may be merged by the kernel) until
     /// cancelled.
     pub async fn run(mut self, events: mpsc::Sender<TriggerEvent>, cancel: CancellationToken) {

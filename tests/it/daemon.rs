@@ -4,6 +4,8 @@
 
 use std::os::unix::fs::PermissionsExt;
 
+use kms_sim::{FaultRule, Faults};
+
 use crate::support::daemon::{
     ACCOUNT, COMPOSITE_ALARM, Env, METRIC_ALARM, PolicyOptions, REGION, STORES, alarms_yaml,
     now_us, wait_for,
@@ -148,6 +150,41 @@ fn sigusr1_trips_and_records_the_sender() {
     assert_eq!(fired[0]["detail"]["signal"], "SIGUSR1");
     assert_eq!(fired[0]["detail"]["sender_pid"], sender);
     assert_eq!(fired[0]["detail"]["sender_uid"], 0);
+    assert_complete_lockdown(&env, 0);
+}
+
+#[test]
+fn sigusr1_during_start_up_is_queued_and_fires_once_ready() {
+    let env = Env::new();
+    // Credential warm-up (GetCallerIdentity) takes 2 s, so the daemon is still starting.
+    env.sim.set_faults(Faults {
+        rules: vec![
+            FaultRule {
+                transition_delay_ms: Some(100),
+                ..FaultRule::default()
+            },
+            FaultRule {
+                operation: Some("GetCallerIdentity".to_owned()),
+                latency_ms: 2_000,
+                ..FaultRule::default()
+            },
+        ],
+    });
+    let mut daemon = env.spawn_with(|_| {});
+    // The audit log is opened right after the trigger signal is registered, before warm-up.
+    wait_for("the audit log to be created", || {
+        env.audit_log().exists().then_some(())
+    })
+    .unwrap();
+    assert!(
+        daemon.messages.iter().all(|m| !m.contains("READY=1")),
+        "the signal must arrive before READY for this test to mean anything"
+    );
+    let sender = daemon.signal("USR1");
+    daemon.wait_notify("READY=1", |m| m.lines().any(|l| l == "READY=1"));
+    let fired = env.wait_events("trigger_fired", 1);
+    assert_eq!(fired[0]["source"], "signal");
+    assert_eq!(fired[0]["detail"]["sender_pid"], sender);
     assert_complete_lockdown(&env, 0);
 }
 

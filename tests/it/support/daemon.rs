@@ -166,6 +166,13 @@ impl Env {
 
     /// Start with extra settings on the command (e.g. WATCHDOG_USEC), and wait for READY=1.
     pub fn start_with(&self, configure: impl FnOnce(&mut Command)) -> Daemon {
+        let mut daemon = self.spawn_with(configure);
+        daemon.wait_notify("READY=1", |m| m.lines().any(|l| l == "READY=1"));
+        daemon
+    }
+
+    /// Start `kms-killswitch run` without waiting for READY=1.
+    pub fn spawn_with(&self, configure: impl FnOnce(&mut Command)) -> Daemon {
         let socket_path = self.notify_socket();
         let _ = std::fs::remove_file(&socket_path);
         let notify = UnixDatagram::bind(&socket_path).expect("bind NOTIFY_SOCKET");
@@ -183,14 +190,12 @@ impl Env {
             .stderr(log);
         configure(&mut cmd);
         let child = cmd.spawn().expect("the daemon starts");
-        let mut daemon = Daemon {
+        Daemon {
             child: Some(child),
             notify,
             messages: Vec::new(),
             log_path,
-        };
-        daemon.wait_notify("READY=1", |m| m.lines().any(|l| l == "READY=1"));
-        daemon
+        }
     }
 
     /// The audit log's records (empty if it does not exist yet).
