@@ -135,7 +135,11 @@ pub fn main() -> ExitCode {
             });
         }
     };
-    logging::init(cli.log_format);
+    let default_filter = match cli.command {
+        Command::Run => logging::DAEMON_DEFAULT_FILTER,
+        _ => logging::COMMAND_DEFAULT_FILTER,
+    };
+    logging::init(cli.log_format, default_filter);
     let exit = match dispatch(&cli) {
         Ok(exit) => exit,
         Err(err) => {

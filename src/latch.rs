@@ -35,6 +35,25 @@ pub enum TriggerSourceName {
     Resume,
 }
 
+impl TriggerSourceName {
+    /// The spelling used in the latch file and the audit log, e.g. `cli`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerSourceName::File => "file",
+            TriggerSourceName::Signal => "signal",
+            TriggerSourceName::Alarm => "alarm",
+            TriggerSourceName::Cli => "cli",
+            TriggerSourceName::Resume => "resume",
+        }
+    }
+}
+
+impl std::fmt::Display for TriggerSourceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl From<TriggerSource> for TriggerSourceName {
     fn from(source: TriggerSource) -> Self {
         match source {
@@ -182,6 +201,20 @@ mod tests {
         clear(&path).unwrap();
         assert_eq!(read(&path).unwrap(), None);
         clear(&path).unwrap();
+    }
+
+    #[test]
+    fn trigger_source_displays_as_in_the_latch_file() {
+        for source in [
+            TriggerSourceName::File,
+            TriggerSourceName::Signal,
+            TriggerSourceName::Alarm,
+            TriggerSourceName::Cli,
+            TriggerSourceName::Resume,
+        ] {
+            let json = serde_json::to_string(&source).unwrap();
+            assert_eq!(json, format!("\"{source}\""));
+        }
     }
 
     #[test]

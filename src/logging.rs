@@ -16,8 +16,13 @@ use crate::cli::LogFormat;
 /// journald's native protocol socket (systemd.journal-fields(7), sd_journal_sendv(3)).
 const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 
-/// Filter used when `RUST_LOG` is unset or unreadable.
-const DEFAULT_FILTER: &str = "info";
+/// Filter used by the daemon when `RUST_LOG` is unset or unreadable: every step, for journald.
+pub const DAEMON_DEFAULT_FILTER: &str = "info";
+
+/// Filter used by one-shot commands (`trip`, `status`, `check`, `rearm`, `audit verify`) when
+/// `RUST_LOG` is unset: they print their own report on stdout/stderr and every step is in the
+/// audit log, so only warnings and errors are logged on top (`RUST_LOG=info` shows every step).
+pub const COMMAND_DEFAULT_FILTER: &str = "warn";
 
 /// Where log lines go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +36,8 @@ pub enum Sink {
 }
 
 /// Install the global tracing subscriber. Later calls in the same process do nothing.
-pub fn init(format: LogFormat) {
+/// `default_filter` applies when `RUST_LOG` is unset or unreadable.
+pub fn init(format: LogFormat, default_filter: &str) {
     let journal_stream = std::env::var("JOURNAL_STREAM").ok();
     let sink = choose_sink(
         format,
@@ -40,7 +46,7 @@ pub fn init(format: LogFormat) {
         stderr_identity(),
     );
     let filter = cap_sdk_verbosity(
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER)),
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)),
     );
     let layer = match sink {
         Sink::Journal => match tracing_journald::layer() {

@@ -57,7 +57,7 @@ pub fn run(ctx: &Context, args: &RearmArgs) -> anyhow::Result<Exit> {
         by: by.clone(),
     });
     println!(
-        "re-armed by {by}: latch of lockdown {} (fired {} by {:?}) cleared; a running daemon is armed again within a second",
+        "re-armed by {by}: latch of lockdown {} (fired {} by {}) cleared; a running daemon is armed again within a second",
         latch.lockdown_id, latch.fired_at, latch.trigger
     );
     Ok(Exit::Success)

@@ -40,7 +40,7 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<Exit> {
     } else {
         match &latch {
             Some(l) => println!(
-                "LATCHED: lockdown {} fired {} by {:?} ({})",
+                "LATCHED: lockdown {} fired {} by {} ({})",
                 l.lockdown_id, l.fired_at, l.trigger, l.detail
             ),
             None => println!("armed (not latched)"),

@@ -58,6 +58,27 @@ fn trip_disconnects_every_store_across_accounts_and_regions() {
 }
 
 #[test]
+fn trip_prints_its_report_without_step_logs_unless_rust_log_asks() {
+    let env = SimEnv::demo();
+    let output = env
+        .command()
+        .env_remove("RUST_LOG")
+        .args(["trip", "--reason", "quiet terminal"])
+        .output()
+        .expect("the binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("COMPLETE: 8/8"), "{stdout}");
+    assert!(
+        !stderr.contains(" INFO "),
+        "a one-shot command logs only warnings and errors by default:\n{stderr}"
+    );
+    // Every step is still in the audit log.
+    assert_eq!(env.events("store_verified").len(), 8);
+}
+
+#[test]
 fn trip_completes_despite_throttling_server_errors_and_consistency_lag() {
     let env = SimEnv::demo();
     env.set_faults(vec![
