@@ -144,19 +144,12 @@ impl Env {
 
     pub fn write_policy_text(&self, text: &str) {
         let path = self.policy_path();
-        std::fs::write(&path, text).expect("write policy");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            .expect("chmod policy");
+        super::write_policy_file(&path, text);
     }
 
     /// A hermetic command for the binary with this env's policy and the sim's credentials.
     pub fn command(&self) -> Command {
-        let mut cmd = super::command();
-        cmd.arg("--config").arg(self.policy_path());
-        cmd.env("AWS_ACCESS_KEY_ID", "AKIDKMSSIMDEMO")
-            .env("AWS_SECRET_ACCESS_KEY", "kms-sim-demo-secret")
-            .env("AWS_REGION", REGION);
-        cmd
+        super::command_with_policy(&self.policy_path(), REGION)
     }
 
     /// Start `kms-killswitch run` and wait for READY=1 on our notify socket.

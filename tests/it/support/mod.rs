@@ -32,3 +32,25 @@ pub fn command() -> Command {
 pub fn run(args: &[&str]) -> Output {
     command().args(args).output().expect("the test binary runs")
 }
+
+/// The demo world's base credentials (kms-sim's `sim/worlds/demo.yaml`, account 111111111111).
+pub const DEMO_ACCESS_KEY_ID: &str = "AKIDKMSSIMDEMO";
+pub const DEMO_SECRET_ACCESS_KEY: &str = "kms-sim-demo-secret";
+
+/// A hermetic command for the binary on `policy`, with the demo world's base credentials in the
+/// environment (like an operator's shell) and `region` as `AWS_REGION`.
+pub fn command_with_policy(policy: &Path, region: &str) -> Command {
+    let mut cmd = command();
+    cmd.arg("--config").arg(policy);
+    cmd.env("AWS_ACCESS_KEY_ID", DEMO_ACCESS_KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", DEMO_SECRET_ACCESS_KEY)
+        .env("AWS_REGION", region);
+    cmd
+}
+
+/// Write a policy file 0600 (the binary refuses one that others may write).
+pub fn write_policy_file(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).expect("write policy");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod policy");
+}

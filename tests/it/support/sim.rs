@@ -2,7 +2,6 @@
 //! world (2 accounts, the second through AssumeRole, × 2 regions), a tempdir holding a policy
 //! (0600) that lists every demo store — by id and by name — and the real binary run against it.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -146,20 +145,13 @@ impl SimEnv {
              audit_log: \"{dir}/audit/audit.jsonl\"\n"
         );
         let path = self.policy_path();
-        std::fs::write(&path, text).expect("write policy");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            .expect("chmod policy");
+        super::write_policy_file(&path, &text);
     }
 
     /// A hermetic command for the binary with this policy and the demo world's base credentials
     /// (from the environment, like an operator's shell).
     pub fn command(&self) -> Command {
-        let mut cmd = super::command();
-        cmd.arg("--config").arg(self.policy_path());
-        cmd.env("AWS_ACCESS_KEY_ID", "AKIDKMSSIMDEMO")
-            .env("AWS_SECRET_ACCESS_KEY", "kms-sim-demo-secret")
-            .env("AWS_REGION", "eu-west-1");
-        cmd
+        super::command_with_policy(&self.policy_path(), "eu-west-1")
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
