@@ -60,6 +60,13 @@ pub fn run(ctx: &Context, args: &RearmArgs) -> anyhow::Result<Exit> {
         "re-armed by {by}: latch of lockdown {} (fired {} by {}) cleared; a running daemon is armed again within a second",
         latch.lockdown_id, latch.fired_at, latch.trigger
     );
+    if !audit.flush() {
+        eprintln!(
+            "kms-killswitch: error: the rearm could not be recorded in the audit log {}",
+            audit.path().display()
+        );
+        return Ok(Exit::Incomplete);
+    }
     Ok(Exit::Success)
 }
 

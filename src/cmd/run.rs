@@ -60,12 +60,13 @@ async fn run_daemon(ctx: &Context, policy: Policy, options: LoadOptions) -> anyh
         }
     }
 
+    let audit = Arc::new(audit);
     let config_path = ctx.config.clone();
     let daemon = Daemon::new(DaemonConfig {
         policy,
         control: aws.clone(),
         alarms: aws,
-        audit: Arc::new(audit),
+        audit: audit.clone(),
         notifier: Arc::new(SystemdNotifier),
         load_policy: Box::new(move || Ok(policy::load(&config_path, options)?)),
         watchdog: sd_notify::watchdog_enabled(),
@@ -78,6 +79,15 @@ async fn run_daemon(ctx: &Context, policy: Policy, options: LoadOptions) -> anyh
         }
     };
     match daemon.run(shutdown, hangup).await {
+        // Issue 5: a record that never reached the audit log shows in the exit status.
+        Ok(()) if !audit.flush() => {
+            eprintln!(
+                "kms-killswitch: error: {} audit records could not be written to {}; they are lost with this process",
+                audit.unflushed(),
+                audit.path().display()
+            );
+            Ok(Exit::Incomplete)
+        }
         Ok(()) => Ok(Exit::Success),
         Err(err) if err.is_config() => {
             eprintln!("kms-killswitch: error: {:#}", anyhow::Error::new(err));

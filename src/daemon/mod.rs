@@ -61,11 +61,29 @@ const TRIGGER_QUEUE: usize = 64;
 pub trait DaemonAudit: AuditSink {
     /// Records written from now on carry this `policy_sha256`.
     fn set_policy_sha256(&self, policy_sha256: &str);
+
+    /// Every record so far is durable (none held in memory after a write failure).
+    fn healthy(&self) -> bool {
+        true
+    }
+
+    /// Retry writing records held in memory; true when none is left.
+    fn flush(&self) -> bool {
+        true
+    }
 }
 
 impl DaemonAudit for AuditLog {
     fn set_policy_sha256(&self, policy_sha256: &str) {
         AuditLog::set_policy_sha256(self, policy_sha256);
+    }
+
+    fn healthy(&self) -> bool {
+        AuditLog::healthy(self)
+    }
+
+    fn flush(&self) -> bool {
+        AuditLog::flush(self)
     }
 }
 
@@ -102,6 +120,15 @@ pub enum DaemonError {
     FileTrigger(#[from] FileTriggerError),
     #[error("cannot start the signal trigger")]
     SignalTrigger(#[from] SignalTriggerError),
+    /// Stopped while latched, but the latch never reached the disk: a restart would come back
+    /// armed (no resume, no enforcement), so the stop is not clean.
+    #[error(
+        "stopped while latched (lockdown {lockdown_id}) but the latch could never be written to {path}: a restart will not resume the lockdown; run `kms-killswitch trip` once the state directory is writable"
+    )]
+    LatchNotPersisted {
+        path: std::path::PathBuf,
+        lockdown_id: String,
+    },
 }
 
 impl DaemonError {
@@ -317,16 +344,21 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                     self.next_enforce = None;
                     self.start_enforcement();
                 }
-                // Rearm hand-off and latches written by `trip`.
-                _ = latch_poll.tick() => self.poll_latch(),
+                // Rearm hand-off and latches written by `trip`; audit records held in memory
+                // after a write failure are retried here too, not only with the next record.
+                _ = latch_poll.tick() => {
+                    self.poll_latch();
+                    if !self.audit.healthy() {
+                        self.audit.flush();
+                    }
+                }
                 // Tell systemd the loop is alive.
                 _ = watchdog.tick(), if self.watchdog.is_some() => {
                     self.notifier.notify(&[NotifyState::Watchdog]);
                 }
             }
         }
-        self.shutdown(&mut watchdog).await;
-        Ok(())
+        self.shutdown(&mut watchdog).await
     }
 
     /// On start with a latch present: audit `trigger_fired {source: resume}` and lock down again.
@@ -377,6 +409,11 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
     fn on_trigger(&mut self, event: TriggerEvent) {
         match event {
             TriggerEvent::Fired { source, detail } => {
+                if self.latched.is_some() {
+                    // The in-memory state may be up to one latch poll behind the disk: a
+                    // `rearm` that has just cleared the latch must not swallow this trigger.
+                    self.poll_latch();
+                }
                 if self.latched.is_some() {
                     tracing::info!(?source, %detail, "trigger fired while latched; no second lockdown");
                     self.audit.record(Event::TriggerFired {
@@ -701,7 +738,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
         started_rx
     }
 
-    async fn shutdown(&mut self, watchdog: &mut tokio::time::Interval) {
+    async fn shutdown(&mut self, watchdog: &mut tokio::time::Interval) -> Result<(), DaemonError> {
         tracing::info!("shutting down");
         self.notifier
             .notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
@@ -734,8 +771,26 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
         }
         self.tracker.close();
         self.tracker.wait().await;
+        // A latch whose write failed when the trigger fired has been retried on every latch
+        // poll; one last try, and a stop that is not clean if it still fails.
+        let mut unpersisted = None;
+        if let Some(latched) = &mut self.latched
+            && !latched.persisted
+        {
+            latched.persisted = write_latch(&self.policy.state_file, &latched.latch);
+            if !latched.persisted {
+                unpersisted = Some(latched.latch.lockdown_id.clone());
+            }
+        }
         self.audit.record(Event::DaemonStopped);
         tracing::info!("stopped");
+        match unpersisted {
+            Some(lockdown_id) => Err(DaemonError::LatchNotPersisted {
+                path: self.policy.state_file.clone(),
+                lockdown_id,
+            }),
+            None => Ok(()),
+        }
     }
 
     fn notify_status(&self) {

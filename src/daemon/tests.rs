@@ -497,6 +497,36 @@ async fn enforcement_disconnects_a_reconnected_store_again() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn trigger_right_after_rearm_fires_before_the_next_latch_poll() {
+    let h = Harness::start(Options::default()).await;
+    h.fire(TriggerSource::File).await;
+    h.wait_until("lockdown finished", |h| {
+        h.audit.count("lockdown_finished") == 1
+    })
+    .await;
+    for id in STORES {
+        h.kms.set(id, ConnectionState::Connected);
+    }
+    // `kms-killswitch rearm` removes the latch, and a responder trips again before the daemon's
+    // next latch poll has seen it.
+    latch::clear(&h.state_file()).unwrap();
+    h.fire(TriggerSource::Signal).await;
+    h.wait_until("second lockdown", |h| {
+        h.audit.count("lockdown_finished") == 2
+    })
+    .await;
+    assert!(
+        !h.audit
+            .events()
+            .iter()
+            .any(|e| matches!(e, Event::TriggerFired { latched: true, .. })),
+        "the trigger after the rearm was taken for one while latched"
+    );
+    assert!(latch::read(&h.state_file()).unwrap().is_some());
+    assert_eq!(h.kms.disconnects().len(), 4);
+}
+
+#[tokio::test(start_paused = true)]
 async fn cleared_latch_rearms_within_a_second_and_the_next_trigger_locks_down_again() {
     let h = Harness::start(Options::default()).await;
     h.fire(TriggerSource::File).await;

@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::TriggerSource;
+use crate::error_chain;
 use crate::policy::FileTrigger;
 use crate::trigger::TriggerEvent;
 
@@ -63,12 +64,6 @@ pub enum FileTriggerError {
          triggers.file.allow_untrusted_flag_dir: true"
     )]
     UntrustedDir { dir: PathBuf, mode: u32 },
-    #[error("cannot watch flag directory {dir}")]
-    Watch {
-        dir: PathBuf,
-        #[source]
-        source: notify::Error,
-    },
 }
 
 /// What `lstat` says about the flag path, judged.
@@ -143,8 +138,10 @@ pub struct FileWatch {
     dir: PathBuf,
     /// Owners whose flags fire: root and the daemon's effective uid.
     trusted_uids: [u32; 2],
-    /// The inotify watcher; dropping it stops the kernel watch.
-    watcher: notify::RecommendedWatcher,
+    /// The inotify watcher; dropping it stops the kernel watch. `None` when inotify could not be
+    /// set up at all (e.g. the per-user instance limit is exhausted): the flag is then found by
+    /// the [`BACKSTOP_INTERVAL`] check alone.
+    watcher: Option<notify::RecommendedWatcher>,
     /// Raw events from notify's thread.
     raw_events: mpsc::UnboundedReceiver<notify::Result<Event>>,
     /// Whether the directory watch is in place (false while the directory is gone).
@@ -166,14 +163,18 @@ impl FileWatch {
         check_flag_dir(config)?;
         let dir = flag_dir(&config.path)?.to_path_buf();
         let (raw_tx, raw_events) = mpsc::unbounded_channel();
-        let watcher = notify::recommended_watcher(move |event| {
+        let watcher = match notify::recommended_watcher(move |event| {
             // The receiver is gone only when the trigger is being stopped.
             let _ = raw_tx.send(event);
-        })
-        .map_err(|source| FileTriggerError::Watch {
-            dir: dir.clone(),
-            source,
-        })?;
+        }) {
+            Ok(watcher) => Some(watcher),
+            // Losing inotify must not stop the daemon (and with it the signal and alarm
+            // triggers, resume and enforcement): the once-a-second check still sees the flag.
+            Err(err) => {
+                tracing::error!(dir = %dir.display(), cause = %err, "cannot use inotify; checking the flag every second instead");
+                None
+            }
+        };
         let mut watch = FileWatch {
             config: config.clone(),
             path: config.path.clone(),
@@ -187,12 +188,12 @@ impl FileWatch {
         };
         match watch.add_watch() {
             Ok(()) => {}
-            Err(source) if watch.dir.exists() => {
-                return Err(FileTriggerError::Watch {
-                    dir: watch.dir.clone(),
-                    source,
-                });
-            }
+            // e.g. the inotify watch limit is exhausted: fall back to the backstop check.
+            Err(err) if watch.dir.exists() => tracing::error!(
+                dir = %watch.dir.display(),
+                cause = %err,
+                "cannot watch the flag directory; checking the flag every second instead"
+            ),
             Err(_) => tracing::warn!(
                 dir = %watch.dir.display(),
                 "flag directory does not exist; watching for it to appear"
@@ -215,7 +216,7 @@ impl FileWatch {
                 // Something happened in the flag directory (or notify reported an error).
                 Some(event) = self.raw_events.recv() => self.on_event(event).await,
                 // The directory is gone: look for it again soon.
-                _ = tokio::time::sleep(REWATCH_INTERVAL), if !self.watching => {
+                _ = tokio::time::sleep(REWATCH_INTERVAL), if !self.watching && self.watcher.is_some() => {
                     if self.add_watch().is_ok() {
                         tracing::info!(dir = %self.dir.display(), "flag directory is back; watching it again");
                         if let Err(err) = check_flag_dir(&self.config) {
@@ -231,7 +232,10 @@ impl FileWatch {
     }
 
     fn add_watch(&mut self) -> notify::Result<()> {
-        self.watcher.watch(&self.dir, RecursiveMode::NonRecursive)?;
+        let Some(watcher) = self.watcher.as_mut() else {
+            return Err(notify::Error::generic("inotify is not available"));
+        };
+        watcher.watch(&self.dir, RecursiveMode::NonRecursive)?;
         self.watching = true;
         Ok(())
     }
@@ -258,7 +262,9 @@ impl FileWatch {
             );
         if dir_gone {
             tracing::warn!(dir = %self.dir.display(), "flag directory was removed or moved; watching for it to come back");
-            let _ = self.watcher.unwatch(&self.dir);
+            if let Some(watcher) = self.watcher.as_mut() {
+                let _ = watcher.unwatch(&self.dir);
+            }
             self.watching = false;
             self.check().await;
             return;
@@ -285,6 +291,21 @@ impl FileWatch {
                     return;
                 }
                 self.last_sent = Some(identity);
+                // The directory was trusted at start, but it may have been re-created since: in
+                // a directory others may write, anyone could have put the flag there (e.g. by
+                // renaming a root-owned file onto its name).
+                if let Err(err) = check_flag_dir(&self.config) {
+                    let reason = error_chain(&err);
+                    tracing::error!(path = %self.path.display(), %reason, "flag rejected: its directory is not trusted");
+                    let _ = self
+                        .events
+                        .send(TriggerEvent::Rejected {
+                            source: TriggerSource::File,
+                            reason,
+                        })
+                        .await;
+                    return;
+                }
                 TriggerEvent::Fired {
                     source: TriggerSource::File,
                     detail: serde_json::json!({
@@ -454,5 +475,30 @@ mod tests {
         std::fs::write(&flag, b"").unwrap();
         watch.check().await;
         assert!(matches!(rx.try_recv(), Ok(TriggerEvent::Fired { .. })));
+    }
+
+    #[tokio::test]
+    async fn flag_in_a_directory_made_world_writable_after_start_is_rejected() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("flags");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let flag = dir.join("flag");
+        let (tx, mut rx) = mpsc::channel(8);
+        let config = FileTrigger {
+            path: flag.clone(),
+            allow_untrusted_flag_dir: false,
+        };
+        let mut watch = FileWatch::start(&config, tx).await.unwrap();
+        // Re-created (or chmod-ed) so that anyone may rename a root-owned file onto the flag.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::write(&flag, b"").unwrap();
+        watch.check().await;
+        match rx.try_recv() {
+            Ok(TriggerEvent::Rejected { reason, .. }) => {
+                assert!(reason.contains("writable"), "{reason}")
+            }
+            other => panic!("expected a rejection, got {other:?}"),
+        }
     }
 }
