@@ -11,7 +11,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::audit::AuditLog;
 use crate::aws::AwsClients;
 use crate::cmd::{Context, Exit};
-use crate::daemon::{Daemon, DaemonConfig, SystemdNotifier};
+use crate::daemon::{Daemon, DaemonConfig, KeepWarm, SystemdNotifier};
 use crate::policy::{self, LoadOptions, Policy};
 use crate::trigger::signal::SignalWatch;
 
@@ -61,6 +61,17 @@ async fn run_daemon(ctx: &Context, policy: Policy, options: LoadOptions) -> anyh
     }
 
     let audit = Arc::new(audit);
+    let warm = aws.clone();
+    let keep_warm: KeepWarm = Arc::new(move || {
+        let aws = warm.clone();
+        Box::pin(async move {
+            for (target, result) in aws.warm_up().await {
+                if let Err(err) = result {
+                    tracing::warn!(region = %target.region, role = ?target.role_arn, cause = %err, "cannot renew credentials; retrying at the next interval");
+                }
+            }
+        })
+    });
     let config_path = ctx.config.clone();
     let daemon = Daemon::new(DaemonConfig {
         policy,
@@ -71,6 +82,7 @@ async fn run_daemon(ctx: &Context, policy: Policy, options: LoadOptions) -> anyh
         load_policy: Box::new(move || Ok(policy::load(&config_path, options)?)),
         watchdog: sd_notify::watchdog_enabled(),
         signal_watch,
+        keep_warm: Some(keep_warm),
     });
     let shutdown = async move {
         tokio::select! {

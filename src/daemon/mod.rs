@@ -53,6 +53,15 @@ use crate::trigger::signal::{SignalTriggerError, SignalWatch};
 /// "within a second", and one small read twice a second is free.
 pub const LATCH_POLL_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How often credentials are kept warm while the daemon runs. Shorter than the AWS module's
+/// refresh-ahead window (5 min), so an assumed role's credentials are always renewed before they
+/// expire and a trip never waits on STS, even for a target nothing else calls while armed.
+pub const KEEP_WARM_INTERVAL: Duration = Duration::from_secs(4 * 60);
+
+/// Renews credentials (in production: `AwsClients::warm_up`, which logs its own failures).
+pub type KeepWarm =
+    Arc<dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
 /// Room for trigger events between the watchers and the loop. Watchers send one event per
 /// change, so this is never full in practice; if it were, watchers wait (nothing is dropped).
 const TRIGGER_QUEUE: usize = 64;
@@ -162,6 +171,8 @@ pub struct DaemonConfig<C, A> {
     /// during start-up is then queued and fires once the loop runs, instead of the signal's
     /// default action killing the process. `None`: registered when the triggers start.
     pub signal_watch: Option<SignalWatch>,
+    /// Called every [`KEEP_WARM_INTERVAL`] while the daemon runs; `None` in tests.
+    pub keep_warm: Option<KeepWarm>,
 }
 
 /// A trigger task in place: its configuration (to tell whether a reload changed it) and its
@@ -215,6 +226,8 @@ pub struct Daemon<C, A> {
     /// The early signal registration from [`DaemonConfig::signal_watch`], until the triggers
     /// start (used if it is for the signal the policy names).
     early_signal: Option<SignalWatch>,
+    /// See [`DaemonConfig::keep_warm`].
+    keep_warm: Option<KeepWarm>,
     /// Watchers send here; the loop receives. The daemon keeps a sender, so `recv` never ends.
     events_tx: mpsc::Sender<TriggerEvent>,
     events_rx: mpsc::Receiver<TriggerEvent>,
@@ -256,6 +269,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
             load_policy: config.load_policy,
             watchdog: config.watchdog,
             early_signal: config.signal_watch,
+            keep_warm: config.keep_warm,
             events_tx,
             events_rx,
             tracker: TaskTracker::new(),
@@ -305,6 +319,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
         let status = self.status_line();
         self.notifier
             .notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        self.spawn_keep_warm();
 
         let mut latch_poll = tokio::time::interval(LATCH_POLL_INTERVAL);
         latch_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -359,6 +374,30 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
             }
         }
         self.shutdown(&mut watchdog).await
+    }
+
+    /// Keep credentials warm every [`KEEP_WARM_INTERVAL`] until shutdown (start-up warmed them
+    /// already). Stopped mid-call by the shutdown: nothing depends on its completion.
+    fn spawn_keep_warm(&self) {
+        let Some(keep_warm) = self.keep_warm.clone() else {
+            return;
+        };
+        let cancel = self.cancel.child_token();
+        self.tracker.spawn(async move {
+            let mut tick =
+                tokio::time::interval_at(Instant::now() + KEEP_WARM_INTERVAL, KEEP_WARM_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = keep_warm() => {}
+                }
+            }
+        });
     }
 
     /// On start with a latch present: audit `trigger_fired {source: resume}` and lock down again.

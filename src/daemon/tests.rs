@@ -232,6 +232,7 @@ struct Options {
     enforce: &'static str,
     watchdog: Option<Duration>,
     latched_at_start: bool,
+    keep_warm: Option<KeepWarm>,
 }
 
 impl Default for Options {
@@ -242,6 +243,7 @@ impl Default for Options {
             enforce: "30s",
             watchdog: None,
             latched_at_start: false,
+            keep_warm: None,
         }
     }
 }
@@ -274,6 +276,7 @@ impl Harness {
             }),
             watchdog: options.watchdog,
             signal_watch: None,
+            keep_warm: options.keep_warm.clone(),
         });
         let triggers = daemon.trigger_sender();
         let (reload, reload_rx) = mpsc::channel(1);
@@ -755,4 +758,29 @@ async fn latch_written_by_trip_is_adopted_and_enforced_without_a_second_lockdown
         "the daemon started no lockdown of its own"
     );
     assert_eq!(h.audit.count("trigger_fired"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn credentials_are_kept_warm_while_armed() {
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = calls.clone();
+    let keep_warm: KeepWarm = Arc::new(move || {
+        let counter = counter.clone();
+        Box::pin(async move {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        })
+    });
+    let h = Harness::start(Options {
+        keep_warm: Some(keep_warm),
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "start-up warmed them already"
+    );
+    tokio::time::sleep(KEEP_WARM_INTERVAL * 3 + Duration::from_secs(1)).await;
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    drop(h);
 }
