@@ -347,6 +347,10 @@ pub struct AuditLog {
     host: String,
     pid: u32,
     lock_wait: Duration,
+    /// The last attempt gave up waiting for another writer's lock: until a lock is taken again,
+    /// later records try once without waiting, so a stuck writer costs a lockdown one
+    /// `lock_wait` in all rather than one per record.
+    lock_contended: std::sync::atomic::AtomicBool,
     state: Mutex<State>,
 }
 
@@ -366,6 +370,7 @@ impl AuditLog {
             host: hostname(),
             pid: std::process::id(),
             lock_wait: LOCK_WAIT,
+            lock_contended: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(State {
                 policy_sha256: policy_sha256.to_owned(),
                 pending: VecDeque::new(),
@@ -692,16 +697,27 @@ impl AuditLog {
         }
     }
 
-    /// Take the exclusive flock, waiting at most `lock_wait`.
+    /// Take the exclusive flock, waiting at most `lock_wait` (not at all while the previous
+    /// attempt timed out: see `lock_contended`).
     fn lock_file(&self, file: &File) -> Result<(), AuditError> {
+        use std::sync::atomic::Ordering;
         let started = Instant::now();
+        let wait = if self.lock_contended.load(Ordering::Relaxed) {
+            Duration::ZERO
+        } else {
+            self.lock_wait
+        };
         loop {
             match file.try_lock() {
-                Ok(()) => return Ok(()),
-                Err(TryLockError::WouldBlock) if started.elapsed() < self.lock_wait => {
+                Ok(()) => {
+                    self.lock_contended.store(false, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(TryLockError::WouldBlock) if started.elapsed() < wait => {
                     std::thread::sleep(LOCK_POLL)
                 }
                 Err(TryLockError::WouldBlock) => {
+                    self.lock_contended.store(true, Ordering::Relaxed);
                     return Err(AuditError::LockTimeout {
                         path: self.path.clone(),
                         waited: self.lock_wait,
@@ -1673,9 +1689,19 @@ mod tests {
         log.record(Event::DaemonStarted);
         assert!(!log.healthy());
         assert_eq!(log.unflushed(), 1);
+        assert!(
+            log.lock_contended
+                .load(std::sync::atomic::Ordering::Relaxed),
+            "later records do not wait for the stuck writer again"
+        );
         stuck_writer.unlock().unwrap();
         log.record(Event::DaemonStopped);
         assert!(log.healthy());
+        assert!(
+            !log.lock_contended
+                .load(std::sync::atomic::Ordering::Relaxed),
+            "once the lock is taken again, a busy lock is waited for as usual"
+        );
         assert_eq!(events(&path), ["daemon_started", "daemon_stopped"]);
     }
 
