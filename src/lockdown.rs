@@ -1,16 +1,20 @@
 //! The disconnect + verify engine: resolve names, disconnect every listed store concurrently
-//! (paced per account, region and operation), retry with jittered backoff until the deadline,
-//! verify with one paginated DescribeCustomKeyStores per account+region per round, and return a
-//! typed [`LockdownReport`]. It also re-enforces a latched lockdown ([`Engine::enforce`]) and
-//! describes stores without touching them ([`Engine::describe`]). It talks to AWS only through
-//! [`KeyStoreControl`], records through [`AuditSink`], and knows nothing of triggers, latches or
-//! file paths.
+//! (paced per account, region and operation), verify with one paginated
+//! DescribeCustomKeyStores per account+region per round (the last one at the deadline), send
+//! again between rounds the Disconnects refused with a retryable error, and return a typed
+//! [`LockdownReport`]. The account is looked up alongside, never waited for. It also re-enforces
+//! a latched lockdown ([`Engine::enforce`]) and describes stores without touching them
+//! ([`Engine::describe`]). It talks to AWS only through [`KeyStoreControl`], records through
+//! [`AuditSink`], and knows nothing of triggers, latches or file paths.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::future::join_all;
+use std::future::Future;
+use std::pin::pin;
+
+use futures_util::future::{Either, join_all, select};
 use tokio::time::{Instant, sleep_until, timeout_at};
 use tracing::{info, warn};
 
@@ -39,6 +43,14 @@ const PACING_HEADROOM: f64 = 0.9;
 const RETRY_BASE: Duration = Duration::from_millis(100);
 /// Longest retry pause: a throttling storm must not push a retry past many verification rounds.
 const RETRY_MAX: Duration = Duration::from_secs(2);
+/// The last verification poll is made at the deadline itself; this is how long that one
+/// paginated Describe (with its pacing and retries) may run past it, so a store that reached
+/// DISCONNECTED in the final moments is verified rather than reported failed.
+const FINAL_CHECK_ALLOWANCE: Duration = Duration::from_secs(1);
+/// How long an account lookup still running when the key stores are done may take to finish:
+/// STS answers in well under a second and started with the first request, while an unreachable
+/// STS must not hold up the report for long (the account only names things in it).
+const ACCOUNT_LOOKUP_GRACE: Duration = Duration::from_secs(1);
 
 /// What to lock down.
 #[derive(Debug, Clone)]
@@ -258,10 +270,32 @@ impl TokenBucket {
     }
 }
 
+/// Whose quota a target's requests draw on. AWS meters per account and region; the account of
+/// a target that assumes a role is in its ARN, so role targets in one account share buckets. A
+/// target without a role has its own buckets: learning its account needs STS, and no Disconnect
+/// may wait for STS (a host may reach KMS only through a VPC endpoint).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum PacerScope {
+    Account { account: String, region: String },
+    Target(Target),
+}
+
+impl PacerScope {
+    fn of(target: &Target) -> Self {
+        match account_from_role(target) {
+            Some(account) => PacerScope::Account {
+                account,
+                region: target.region.clone(),
+            },
+            None => PacerScope::Target(target.clone()),
+        }
+    }
+}
+
 /// Where a store is in a lockdown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// Needs a Disconnect.
+    /// Needs a Disconnect (never sent, refused with a retryable error, or needed again).
     Pending,
     /// KMS accepted a Disconnect (or said it is already disconnecting/disconnected).
     Requested,
@@ -307,15 +341,19 @@ struct Run<'a> {
     audit: &'a dyn AuditSink,
 }
 
-/// The engine. Holds the shared pacers (one token bucket per account, region and operation) and
-/// the name → id cache, so lockdowns and enforcement rounds share the KMS quota.
+/// The engine. Holds the shared pacers (one token bucket per account or target, region and
+/// operation, see [`PacerScope`]) and the name → id cache, so lockdowns and enforcement rounds
+/// share the KMS quota.
 pub struct Engine<C> {
     control: Arc<C>,
     settings: LockdownSettings,
-    /// (account, region, operation) → its bucket; shared by every lockdown of this engine.
-    pacers: Mutex<HashMap<(String, String, Operation), Arc<TokenBucket>>>,
+    /// (scope, operation) → its bucket; shared by every lockdown of this engine.
+    pacers: Mutex<HashMap<(PacerScope, Operation), Arc<TokenBucket>>>,
     /// (target, name) → custom key store id, from earlier Describes.
     names: Mutex<HashMap<(Target, String), String>>,
+    /// Target without a role → its account, from an earlier GetCallerIdentity (audit and
+    /// reports only).
+    accounts: Mutex<HashMap<Target, String>>,
     progress: Option<ProgressFn>,
 }
 
@@ -326,6 +364,7 @@ impl<C: KeyStoreControl> Engine<C> {
             settings,
             pacers: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
+            accounts: Mutex::new(HashMap::new()),
             progress: None,
         }
     }
@@ -462,38 +501,26 @@ impl<C: KeyStoreControl> Engine<C> {
     }
 
     /// Describe every listed store without changing anything: one paginated Describe per target.
+    /// The account is looked up alongside, for the statuses only.
     pub async fn describe(&self, key_stores: &[KeyStoreSpec]) -> Vec<StoreStatus> {
         let deadline = Instant::now() + self.settings.verify_timeout;
         let groups = group_by_target(key_stores);
         let describes = groups.into_iter().map(|(target, stores)| async move {
-            let account = match self.account(&target, deadline).await {
-                Ok(account) => account,
-                Err(err) => {
-                    return stores
-                        .into_iter()
-                        .map(|(index, spec)| {
-                            let error = aws_error(&spec, err.clone());
-                            (
-                                index,
-                                StoreStatus {
-                                    spec,
-                                    account: None,
-                                    key_store: None,
-                                    error: Some(error),
-                                },
-                            )
-                        })
-                        .collect::<Vec<_>>();
-                }
-            };
-            let listed = self.describe_all(&target, &account, deadline).await;
+            let listed = self
+                .alongside_account_lookup(
+                    &target,
+                    deadline,
+                    self.describe_all(&target, deadline, deadline),
+                )
+                .await;
+            let account = self.known_account(&target);
             stores
                 .into_iter()
                 .map(|(index, spec)| {
                     let (key_store, error) = match &listed {
                         Ok(listed) => match find(listed, &spec.selector) {
                             Some(store) => (Some(store.clone()), None),
-                            None => (None, Some(not_found(&spec, &account))),
+                            None => (None, Some(not_found(&spec, account.as_deref()))),
                         },
                         Err(err) => (None, Some(aws_error(&spec, err.clone()))),
                     };
@@ -506,13 +533,13 @@ impl<C: KeyStoreControl> Engine<C> {
                         index,
                         StoreStatus {
                             spec,
-                            account: Some(account.clone()),
+                            account: account.clone(),
                             key_store,
                             error,
                         },
                     )
                 })
-                .collect()
+                .collect::<Vec<_>>()
         });
         let mut statuses: Vec<(usize, StoreStatus)> =
             join_all(describes).await.into_iter().flatten().collect();
@@ -520,25 +547,29 @@ impl<C: KeyStoreControl> Engine<C> {
         statuses.into_iter().map(|(_, s)| s).collect()
     }
 
-    /// Lock down the stores of one target: account, names, Disconnects, verification.
+    /// Lock down the stores of one target: names, Disconnects, verification. Its account is
+    /// looked up alongside, for the report and the audit log only: no Disconnect waits for STS.
     async fn lockdown_target(
+        &self,
+        target: &Target,
+        stores: Vec<StoreState>,
+        dry_run: bool,
+        run: &Run<'_>,
+    ) -> (Option<String>, Vec<StoreState>) {
+        let work = self.lockdown_stores(target, stores, dry_run, run);
+        let stores = self
+            .alongside_account_lookup(target, run.deadline, work)
+            .await;
+        (self.known_account(target), stores)
+    }
+
+    async fn lockdown_stores(
         &self,
         target: &Target,
         mut stores: Vec<StoreState>,
         dry_run: bool,
         run: &Run<'_>,
-    ) -> (Option<String>, Vec<StoreState>) {
-        let account = match self.account(target, run.deadline).await {
-            Ok(account) => account,
-            Err(err) => {
-                for store in &mut stores {
-                    let error = aws_error(&store.spec, err.clone());
-                    self.fail(store, error);
-                }
-                return (None, stores);
-            }
-        };
-
+    ) -> Vec<StoreState> {
         // Names need one Describe (cached afterwards); a dry run describes everything.
         let needs_describe = dry_run
             || stores.iter().any(|s| match &s.spec.selector {
@@ -546,7 +577,7 @@ impl<C: KeyStoreControl> Engine<C> {
                 KeyStoreSelector::Name(name) => self.cached_name(target, name).is_none(),
             });
         let listed = if needs_describe {
-            Some(self.describe_all(target, &account, run.deadline).await)
+            Some(self.describe_all(target, run.deadline, run.deadline).await)
         } else {
             None
         };
@@ -563,7 +594,8 @@ impl<C: KeyStoreControl> Engine<C> {
                             store.custom_key_store_id = Some(found.custom_key_store_id.clone());
                         }
                         None => {
-                            let error = not_found(&store.spec, &account);
+                            let error =
+                                not_found(&store.spec, self.known_account(target).as_deref());
                             self.fail(store, error);
                         }
                     }
@@ -598,7 +630,8 @@ impl<C: KeyStoreControl> Engine<C> {
                             }
                         }
                         None => {
-                            let error = not_found(&store.spec, &account);
+                            let error =
+                                not_found(&store.spec, self.known_account(target).as_deref());
                             self.fail(store, error);
                         }
                     },
@@ -609,46 +642,50 @@ impl<C: KeyStoreControl> Engine<C> {
                     None => {}
                 }
             }
-            return (Some(account), stores);
+            return stores;
         }
 
+        // One attempt each: a store refused with a retryable error stays Pending and verification
+        // sends its Disconnect again every round, so it never holds up verifying the others.
         let disconnects = stores
             .iter_mut()
             .filter(|s| s.phase == Phase::Pending)
-            .map(|store| self.disconnect(target, &account, store, run));
+            .map(|store| self.disconnect_once(target, store, run));
         join_all(disconnects).await;
 
-        self.verify(target, &account, &mut stores, run).await;
-        (Some(account), stores)
+        self.verify(target, &mut stores, run).await;
+        stores
     }
 
-    /// Poll one paginated Describe per round until every store is verified or failed, or the
-    /// deadline; disconnect again a store that stays (or becomes) connected.
-    async fn verify(
-        &self,
-        target: &Target,
-        account: &str,
-        stores: &mut [StoreState],
-        run: &Run<'_>,
-    ) {
+    /// Poll one paginated Describe per round until every store is verified or failed; the last
+    /// poll is at the deadline itself. Between polls, send the Disconnect again of every store
+    /// that needs it (refused with a retryable error, or still or again connected).
+    async fn verify(&self, target: &Target, stores: &mut [StoreState], run: &Run<'_>) {
         let mut interval = VERIFY_POLL_FIRST;
         while !stores.iter().all(StoreState::is_final) {
-            let next_poll = Instant::now() + interval;
-            if next_poll >= run.deadline {
-                sleep_until(run.deadline).await;
-                break;
-            }
+            let next_poll = (Instant::now() + interval).min(run.deadline);
+            let last = next_poll >= run.deadline;
             sleep_until(next_poll).await;
             interval = interval.mul_f64(VERIFY_POLL_GROWTH).min(VERIFY_POLL_MAX);
 
-            let listed = match self.describe_all(target, account, run.deadline).await {
-                Ok(listed) => listed,
+            // Before the last round the rounds are the retries: a failing Describe must not hold
+            // up sending again the Disconnects that need it.
+            let (describe_deadline, retry_until) = if last {
+                let end = run.deadline + FINAL_CHECK_ALLOWANCE;
+                (end, end)
+            } else {
+                (run.deadline, Instant::now())
+            };
+            match self
+                .describe_all(target, describe_deadline, retry_until)
+                .await
+            {
+                Ok(listed) => self.record_states(target, stores, &listed, run),
                 Err(err) if err.kind.is_retryable() => {
-                    // Only when the deadline cut the retries short: keep the error for the report.
+                    // Kept for the report; the next round describes again.
                     for store in stores.iter_mut().filter(|s| !s.is_final()) {
                         store.error = Some(aws_error(&store.spec, err.clone()));
                     }
-                    continue;
                 }
                 Err(err) => {
                     for store in stores.iter_mut().filter(|s| !s.is_final()) {
@@ -657,53 +694,14 @@ impl<C: KeyStoreControl> Engine<C> {
                     }
                     break;
                 }
-            };
-            let now = Instant::now();
-            for store in stores.iter_mut().filter(|s| !s.is_final()) {
-                let Some(found) = store
-                    .custom_key_store_id
-                    .as_deref()
-                    .and_then(|id| find_id(&listed, id))
-                else {
-                    let error = not_found(&store.spec, account);
-                    self.fail(store, error);
-                    continue;
-                };
-                let state = found.connection_state.clone();
-                if store.connection_state.as_ref() != Some(&state) {
-                    self.note(store, target, ProgressStep::State(state.clone()));
-                }
-                store.connection_state = Some(state.clone());
-                match state {
-                    ConnectionState::Disconnected => {
-                        store.phase = Phase::Verified;
-                        store.error = None;
-                        store.finished_at = Some(now);
-                        run.audit.record(Event::StoreVerified {
-                            lockdown_id: run.lockdown_id.to_string(),
-                            key_store_id: found.custom_key_store_id.clone(),
-                            region: target.region.clone(),
-                            connection_state: state.to_string(),
-                        });
-                        self.note(store, target, ProgressStep::Verified);
-                    }
-                    ConnectionState::Disconnecting => {}
-                    // CONNECTED, CONNECTING, FAILED or unknown: disconnect again, unless KMS
-                    // accepted a Disconnect so recently that this may be a stale read.
-                    _ => {
-                        let stale = store.accepted_at.is_some_and(|at| {
-                            now.saturating_duration_since(at) < CONSISTENCY_GRACE
-                        });
-                        if !stale {
-                            store.phase = Phase::Pending;
-                        }
-                    }
-                }
+            }
+            if last {
+                break;
             }
             let again = stores
                 .iter_mut()
                 .filter(|s| s.phase == Phase::Pending)
-                .map(|store| self.disconnect(target, account, store, run));
+                .map(|store| self.disconnect_once(target, store, run));
             join_all(again).await;
         }
 
@@ -726,127 +724,193 @@ impl<C: KeyStoreControl> Engine<C> {
         }
     }
 
-    /// Disconnect one store, retrying throttling and transient errors with jittered backoff
-    /// until KMS accepts, says it is already disconnecting/disconnected, refuses for good, or
-    /// the deadline passes.
-    async fn disconnect(
+    /// Take in one verification Describe: verify the DISCONNECTED stores, mark Pending those
+    /// that need a Disconnect (again), fail those that are gone.
+    fn record_states(
         &self,
         target: &Target,
-        account: &str,
-        store: &mut StoreState,
+        stores: &mut [StoreState],
+        listed: &[KeyStore],
         run: &Run<'_>,
     ) {
-        let Some(id) = store.custom_key_store_id.clone() else {
-            return;
-        };
-        let bucket = self.bucket(account, &target.region, Operation::Disconnect);
-        let mut retries = 0u32;
-        loop {
-            if timeout_at(run.deadline, bucket.acquire()).await.is_err() {
-                return; // The deadline: verification reports the store with its last error.
-            }
-            store.attempts += 1;
-            run.audit.record(Event::DisconnectRequested {
-                lockdown_id: run.lockdown_id.to_string(),
-                key_store_id: id.clone(),
-                region: target.region.clone(),
-                account: Some(account.to_string()),
-                attempt: store.attempts,
-            });
-            self.note(
-                store,
-                target,
-                ProgressStep::DisconnectRequested {
-                    attempt: store.attempts,
-                },
-            );
-            // At the deadline an unanswered call ends as an error, so every request has a result.
-            let result = timeout_at(run.deadline, self.control.disconnect(target, &id))
-                .await
-                .unwrap_or_else(|_| Err(deadline_error("DisconnectCustomKeyStore", target)));
-            let (audit_result, request_id, error) = match &result {
-                Ok(accepted) => (
-                    DisconnectResult::Accepted,
-                    accepted.request_id.clone(),
-                    None,
-                ),
-                Err(err) if err.kind == ErrorKind::InvalidState => (
-                    DisconnectResult::AlreadyDisconnected,
-                    err.request_id.clone(),
-                    None,
-                ),
-                Err(err) => (
-                    DisconnectResult::Error,
-                    err.request_id.clone(),
-                    Some(err.to_string()),
-                ),
+        let now = Instant::now();
+        for store in stores.iter_mut().filter(|s| !s.is_final()) {
+            let Some(found) = store
+                .custom_key_store_id
+                .as_deref()
+                .and_then(|id| find_id(listed, id))
+            else {
+                let error = not_found(&store.spec, self.known_account(target).as_deref());
+                self.fail(store, error);
+                continue;
             };
-            run.audit.record(Event::DisconnectResult {
-                lockdown_id: run.lockdown_id.to_string(),
-                key_store_id: id.clone(),
-                region: target.region.clone(),
-                result: audit_result,
-                request_id: request_id.clone(),
-                error,
-            });
-            store.request_ids.extend(request_id);
-            match result {
-                Ok(_) => {
-                    store.phase = Phase::Requested;
+            let state = found.connection_state.clone();
+            if store.connection_state.as_ref() != Some(&state) {
+                self.note(store, target, ProgressStep::State(state.clone()));
+            }
+            store.connection_state = Some(state.clone());
+            match state {
+                ConnectionState::Disconnected => {
+                    store.phase = Phase::Verified;
                     store.error = None;
-                    store.accepted_at = Some(Instant::now());
-                    self.note(store, target, ProgressStep::Accepted);
-                    return;
+                    store.finished_at = Some(now);
+                    run.audit.record(Event::StoreVerified {
+                        lockdown_id: run.lockdown_id.to_string(),
+                        key_store_id: found.custom_key_store_id.clone(),
+                        region: target.region.clone(),
+                        connection_state: state.to_string(),
+                    });
+                    self.note(store, target, ProgressStep::Verified);
                 }
-                Err(err) if err.kind == ErrorKind::InvalidState => {
-                    // Already DISCONNECTING or DISCONNECTED: success; verification reads the state.
-                    store.phase = Phase::Requested;
-                    store.error = None;
-                    self.note(store, target, ProgressStep::AlreadyDisconnected);
-                    return;
-                }
-                Err(err) if err.kind.is_retryable() => {
-                    self.note(
-                        store,
-                        target,
-                        ProgressStep::Retrying {
-                            error: err.to_string(),
-                        },
-                    );
-                    store.error = Some(aws_error(&store.spec, err));
-                    let pause = backoff(retries);
-                    retries += 1;
-                    if Instant::now() + pause >= run.deadline {
-                        sleep_until(run.deadline).await;
-                        return;
+                // On its way (e.g. a Disconnect whose answer was lost): nothing to send.
+                ConnectionState::Disconnecting => store.phase = Phase::Requested,
+                // CONNECTED, CONNECTING, FAILED or unknown: disconnect again, unless KMS
+                // accepted a Disconnect so recently that this may be a stale read.
+                _ => {
+                    let stale = store
+                        .accepted_at
+                        .is_some_and(|at| now.saturating_duration_since(at) < CONSISTENCY_GRACE);
+                    if !stale {
+                        store.phase = Phase::Pending;
                     }
-                    tokio::time::sleep(pause).await;
-                }
-                Err(err) => {
-                    let error = aws_error(&store.spec, err);
-                    self.fail(store, error);
-                    return;
                 }
             }
         }
     }
 
-    /// One enforcement round for one target.
+    /// Disconnect one store, retrying throttling and transient errors with jittered backoff
+    /// until KMS accepts, says it is already disconnecting/disconnected, refuses for good, or
+    /// the deadline passes.
+    async fn disconnect(&self, target: &Target, store: &mut StoreState, run: &Run<'_>) {
+        let mut retries = 0u32;
+        loop {
+            self.disconnect_once(target, store, run).await;
+            if store.phase != Phase::Pending {
+                return;
+            }
+            let pause = backoff(retries);
+            retries += 1;
+            if Instant::now() + pause >= run.deadline {
+                return; // The caller reports the store with its last error.
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Send one paced Disconnect. Accepted or already disconnecting/disconnected → Requested;
+    /// refused for good → Failed; a retryable error (or the deadline) leaves it Pending with
+    /// the error kept for the report.
+    async fn disconnect_once(&self, target: &Target, store: &mut StoreState, run: &Run<'_>) {
+        let Some(id) = store.custom_key_store_id.clone() else {
+            return;
+        };
+        let bucket = self.bucket(target, Operation::Disconnect);
+        if timeout_at(run.deadline, bucket.acquire()).await.is_err() {
+            return; // The deadline: verification reports the store with its last error.
+        }
+        store.attempts += 1;
+        run.audit.record(Event::DisconnectRequested {
+            lockdown_id: run.lockdown_id.to_string(),
+            key_store_id: id.clone(),
+            region: target.region.clone(),
+            account: self.known_account(target),
+            attempt: store.attempts,
+        });
+        self.note(
+            store,
+            target,
+            ProgressStep::DisconnectRequested {
+                attempt: store.attempts,
+            },
+        );
+        // At the deadline an unanswered call ends as an error, so every request has a result.
+        let result = timeout_at(run.deadline, self.control.disconnect(target, &id))
+            .await
+            .unwrap_or_else(|_| Err(deadline_error("DisconnectCustomKeyStore", target)));
+        let (audit_result, request_id, error) = match &result {
+            Ok(accepted) => (
+                DisconnectResult::Accepted,
+                accepted.request_id.clone(),
+                None,
+            ),
+            Err(err) if err.kind == ErrorKind::InvalidState => (
+                DisconnectResult::AlreadyDisconnected,
+                err.request_id.clone(),
+                None,
+            ),
+            Err(err) => (
+                DisconnectResult::Error,
+                err.request_id.clone(),
+                Some(err.to_string()),
+            ),
+        };
+        run.audit.record(Event::DisconnectResult {
+            lockdown_id: run.lockdown_id.to_string(),
+            key_store_id: id.clone(),
+            region: target.region.clone(),
+            result: audit_result,
+            request_id: request_id.clone(),
+            error,
+        });
+        store.request_ids.extend(request_id);
+        match result {
+            Ok(_) => {
+                store.phase = Phase::Requested;
+                store.error = None;
+                store.accepted_at = Some(Instant::now());
+                self.note(store, target, ProgressStep::Accepted);
+            }
+            Err(err) if err.kind == ErrorKind::InvalidState => {
+                // Already DISCONNECTING or DISCONNECTED: success; verification reads the state.
+                store.phase = Phase::Requested;
+                store.error = None;
+                self.note(store, target, ProgressStep::AlreadyDisconnected);
+            }
+            Err(err) if err.kind.is_retryable() => {
+                self.note(
+                    store,
+                    target,
+                    ProgressStep::Retrying {
+                        error: err.to_string(),
+                    },
+                );
+                store.phase = Phase::Pending;
+                store.error = Some(aws_error(&store.spec, err));
+            }
+            Err(err) => {
+                let error = aws_error(&store.spec, err);
+                self.fail(store, error);
+            }
+        }
+    }
+
+    /// One enforcement round for one target; its account is looked up alongside, for the
+    /// report only.
     async fn enforce_target(
         &self,
         target: &Target,
         stores: Vec<(usize, KeyStoreSpec)>,
         run: &Run<'_>,
     ) -> Vec<(usize, EnforcedStore)> {
-        let listed = match self.account(target, run.deadline).await {
-            Ok(account) => self
-                .describe_all(target, &account, run.deadline)
-                .await
-                .map(|l| (account, l)),
-            Err(err) => Err(err),
-        };
-        let (account, listed) = match listed {
-            Ok(found) => found,
+        let work = self.enforce_stores(target, stores, run);
+        let mut results = self
+            .alongside_account_lookup(target, run.deadline, work)
+            .await;
+        let account = self.known_account(target);
+        for (_, enforced) in &mut results {
+            enforced.account = account.clone();
+        }
+        results
+    }
+
+    async fn enforce_stores(
+        &self,
+        target: &Target,
+        stores: Vec<(usize, KeyStoreSpec)>,
+        run: &Run<'_>,
+    ) -> Vec<(usize, EnforcedStore)> {
+        let listed = match self.describe_all(target, run.deadline, run.deadline).await {
+            Ok(listed) => listed,
             Err(err) => {
                 warn!(region = %target.region, cause = %err, "enforcement could not describe the key stores");
                 return stores
@@ -873,7 +937,7 @@ impl<C: KeyStoreControl> Engine<C> {
             let found = find(&listed, &spec.selector);
             let mut enforced = EnforcedStore {
                 custom_key_store_id: found.map(|f| f.custom_key_store_id.clone()),
-                account: Some(account.clone()),
+                account: None,
                 connection_state: found.map(|f| f.connection_state.clone()),
                 verified: found
                     .is_some_and(|f| f.connection_state == ConnectionState::Disconnected),
@@ -882,7 +946,10 @@ impl<C: KeyStoreControl> Engine<C> {
                 spec,
             };
             match found {
-                None => enforced.error = Some(not_found(&enforced.spec, &account).to_line()),
+                None => {
+                    let account = self.known_account(target);
+                    enforced.error = Some(not_found(&enforced.spec, account.as_deref()).to_line());
+                }
                 Some(found) => {
                     if let KeyStoreSelector::Name(name) = &enforced.spec.selector {
                         self.remember_name(target, name, &found.custom_key_store_id);
@@ -920,7 +987,7 @@ impl<C: KeyStoreControl> Engine<C> {
         }
         let again = drifted
             .iter_mut()
-            .map(|(_, store)| self.disconnect(target, &account, store, run));
+            .map(|(_, store)| self.disconnect(target, store, run));
         join_all(again).await;
         for (position, store) in drifted {
             if store.phase != Phase::Requested {
@@ -939,14 +1006,15 @@ impl<C: KeyStoreControl> Engine<C> {
     }
 
     /// Every store of the target's account and region: one paginated, paced Describe, retrying
-    /// throttling and transient errors until the deadline.
+    /// throttling and transient errors while a retry can start before `retry_until`; the whole
+    /// call ends at `deadline`.
     async fn describe_all(
         &self,
         target: &Target,
-        account: &str,
         deadline: Instant,
+        retry_until: Instant,
     ) -> Result<Vec<KeyStore>, AwsError> {
-        let bucket = self.bucket(account, &target.region, Operation::Describe);
+        let bucket = self.bucket(target, Operation::Describe);
         let mut listed = Vec::new();
         let mut marker: Option<String> = None;
         let mut retries = 0u32;
@@ -968,7 +1036,7 @@ impl<C: KeyStoreControl> Engine<C> {
                 Err(err) if err.kind.is_retryable() => {
                     let pause = backoff(retries);
                     retries += 1;
-                    if Instant::now() + pause >= deadline {
+                    if Instant::now() + pause >= retry_until.min(deadline) {
                         return Err(err);
                     }
                     tokio::time::sleep(pause).await;
@@ -999,11 +1067,62 @@ impl<C: KeyStoreControl> Engine<C> {
         }
     }
 
-    fn bucket(&self, account: &str, region: &str, operation: Operation) -> Arc<TokenBucket> {
+    /// The target's account if known without a call: from its role ARN, or from an earlier
+    /// GetCallerIdentity.
+    fn known_account(&self, target: &Target) -> Option<String> {
+        account_from_role(target).or_else(|| {
+            let accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+            accounts.get(target).cloned()
+        })
+    }
+
+    /// Learn the target's account if it is not known yet. Best effort: the account only names
+    /// things in reports and the audit log, so a failure is logged and nothing else.
+    async fn learn_account(&self, target: &Target, deadline: Instant) {
+        if self.known_account(target).is_some() {
+            return;
+        }
+        match self.account(target, deadline).await {
+            Ok(account) => {
+                let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+                accounts.insert(target.clone(), account);
+            }
+            Err(err) => {
+                warn!(region = %target.region, cause = %err, "account unknown; key stores are handled without it")
+            }
+        }
+    }
+
+    /// Run `work` while the target's account is looked up alongside; once `work` is done the
+    /// lookup gets at most [`ACCOUNT_LOOKUP_GRACE`] more, so an unreachable STS never stops a
+    /// lockdown and hardly delays its report.
+    async fn alongside_account_lookup<T>(
+        &self,
+        target: &Target,
+        deadline: Instant,
+        work: impl Future<Output = T>,
+    ) -> T {
+        let work = pin!(work);
+        let lookup = pin!(self.learn_account(target, deadline));
+        match select(work, lookup).await {
+            Either::Left((done, lookup)) => {
+                if tokio::time::timeout(ACCOUNT_LOOKUP_GRACE, lookup)
+                    .await
+                    .is_err()
+                {
+                    warn!(region = %target.region, "account lookup unfinished; reported without the account");
+                }
+                done
+            }
+            Either::Right(((), work)) => work.await,
+        }
+    }
+
+    fn bucket(&self, target: &Target, operation: Operation) -> Arc<TokenBucket> {
         // A panic while holding this lock leaves only a map of buckets, still consistent.
         let mut pacers = self.pacers.lock().unwrap_or_else(|p| p.into_inner());
         pacers
-            .entry((account.to_string(), region.to_string(), operation))
+            .entry((PacerScope::of(target), operation))
             .or_insert_with(|| Arc::new(TokenBucket::new(self.settings.rate_limit)))
             .clone()
     }
@@ -1101,6 +1220,16 @@ fn group_by_target(key_stores: &[KeyStoreSpec]) -> BTreeMap<Target, Vec<(usize, 
     groups
 }
 
+/// `arn:aws:iam::<account>:role/<name>` → the account, without a call.
+fn account_from_role(target: &Target) -> Option<String> {
+    let role_arn = target.role_arn.as_ref()?;
+    role_arn
+        .split(':')
+        .nth(4)
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+}
+
 fn find<'a>(listed: &'a [KeyStore], selector: &KeyStoreSelector) -> Option<&'a KeyStore> {
     match selector {
         KeyStoreSelector::Id(id) => find_id(listed, id),
@@ -1121,10 +1250,11 @@ fn selector_text(spec: &KeyStoreSpec) -> String {
     }
 }
 
-fn not_found(spec: &KeyStoreSpec, account: &str) -> LockdownError {
+/// `account` is `None` while it is unknown (STS not reached).
+fn not_found(spec: &KeyStoreSpec, account: Option<&str>) -> LockdownError {
     LockdownError::NotFound {
         key_store: selector_text(spec),
-        account: account.to_string(),
+        account: account.unwrap_or("unknown").to_string(),
         region: spec.target.region.clone(),
     }
 }
@@ -1215,6 +1345,12 @@ mod tests {
         scripted: HashMap<String, VecDeque<ErrorKind>>,
         /// Accounts that refuse everything.
         denied_accounts: HashSet<String>,
+        /// Stores whose every Disconnect fails with KMSInternalException.
+        failing_disconnects: HashSet<String>,
+        /// GetCallerIdentity fails (e.g. only a KMS VPC endpoint is reachable).
+        sts_unreachable: bool,
+        /// GetCallerIdentity answers after this long.
+        sts_latency: Duration,
         /// DISCONNECTING → DISCONNECTED after this long.
         transition: Duration,
         /// Describe shows the state before a Disconnect for this long after it.
@@ -1352,6 +1488,9 @@ mod tests {
                 if s.denied_accounts.contains(&account) {
                     return Err(error("DisconnectCustomKeyStore", ErrorKind::AccessDenied));
                 }
+                if s.failing_disconnects.contains(custom_key_store_id) {
+                    return Err(error("DisconnectCustomKeyStore", ErrorKind::Transient));
+                }
                 if let Some(kind) = s
                     .scripted
                     .get_mut("DisconnectCustomKeyStore")
@@ -1428,6 +1567,10 @@ mod tests {
         }
 
         async fn account(&self, target: &Target) -> Result<String, AwsError> {
+            tokio::time::sleep(self.with(|s| s.sts_latency)).await;
+            if self.with(|s| s.sts_unreachable) {
+                return Err(error("GetCallerIdentity", ErrorKind::Transient));
+            }
             Ok(account_of(target))
         }
     }
@@ -1971,5 +2114,152 @@ mod tests {
             Some(LockdownError::NotFound { .. })
         ));
         assert!(fake.requests(Op::Disconnect).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn store_failing_every_disconnect_does_not_stop_verifying_the_others() {
+        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
+        fake.add(&store_id(2), DEFAULT_ACCOUNT, ConnectionState::Connected);
+        fake.with(|s| s.failing_disconnects.insert(store_id(1)));
+        let specs = vec![id_spec(&store_id(1), None), id_spec(&store_id(2), None)];
+        let audit = Recorded::default();
+        let report = engine(&fake, Duration::from_secs(30))
+            .lockdown(&request(specs), &audit)
+            .await;
+
+        assert_eq!(fake.seen(&store_id(2)), ConnectionState::Disconnected);
+        assert!(report.stores[1].verified, "{report:#?}");
+        assert_eq!(report.stores[1].error, None);
+        assert_eq!(report.stores[1].account.as_deref(), Some(DEFAULT_ACCOUNT));
+        let verified: Vec<String> = audit
+            .events()
+            .iter()
+            .filter_map(|e| match e {
+                Event::StoreVerified { key_store_id, .. } => Some(key_store_id.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(verified, vec![store_id(2)]);
+        // Only the failing store fails, after its Disconnect was sent again every round.
+        assert!(!report.stores[0].verified);
+        assert!(
+            report.stores[0].attempts > 3,
+            "{} attempts",
+            report.stores[0].attempts
+        );
+        let error = report.stores[0].error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains("not DISCONNECTED within") && error.contains("Transient"),
+            "{error}"
+        );
+        assert_within_quota(&fake.requests(Op::Disconnect), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn verifies_at_the_deadline_a_store_that_disconnects_after_the_last_regular_poll() {
+        // DISCONNECTED 9.5 s after the Disconnect: after the poll at ~9.2 s, before the deadline.
+        let fake = Arc::new(FakeKms::new(Duration::from_millis(9500)));
+        fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
+        let verify_timeout = Duration::from_secs(10);
+        let started = Instant::now();
+        let report = engine(&fake, verify_timeout)
+            .lockdown(
+                &request(vec![id_spec(&store_id(1), None)]),
+                &Recorded::default(),
+            )
+            .await;
+
+        assert!(report.complete(), "{report:#?}");
+        let last_describe = fake
+            .requests(Op::Describe)
+            .last()
+            .map(|r| r.at - started)
+            .unwrap_or_default();
+        assert_eq!(
+            last_describe, verify_timeout,
+            "the final check is at the deadline"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn short_verify_timeout_still_verifies_an_already_disconnected_store() {
+        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Disconnected);
+        let report = engine(&fake, Duration::from_millis(200))
+            .lockdown(
+                &request(vec![id_spec(&store_id(1), None)]),
+                &Recorded::default(),
+            )
+            .await;
+
+        assert!(report.complete(), "{report:#?}");
+        assert_eq!(fake.requests(Op::Describe).len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unreachable_sts_does_not_stop_disconnects_or_pacing() {
+        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        fake.with(|s| s.sts_unreachable = true);
+        let mut specs = ten_connected_stores(&fake);
+        fake.add(&store_id(10), "222222222222", ConnectionState::Connected);
+        specs.push(id_spec(&store_id(10), Some(ROLE_B)));
+        let audit = Recorded::default();
+        let report = engine(&fake, Duration::from_secs(30))
+            .lockdown(&request(specs), &audit)
+            .await;
+
+        assert!(report.complete(), "{report:#?}");
+        assert_eq!(fake.requests(Op::Disconnect).len(), 11);
+        let default_account: Vec<Request> = fake
+            .requests(Op::Disconnect)
+            .into_iter()
+            .filter(|r| r.account == DEFAULT_ACCOUNT)
+            .collect();
+        assert_within_quota(&default_account, 5);
+        // Unknown without STS; a role's account comes from its ARN.
+        assert_eq!(report.stores[0].account, None);
+        assert_eq!(report.stores[10].account.as_deref(), Some("222222222222"));
+        assert!(
+            audit
+                .events()
+                .iter()
+                .any(|e| matches!(e, Event::DisconnectRequested { account: None, .. }))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failing_describes_do_not_stop_sending_a_refused_disconnect_again() {
+        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
+        fake.script("DisconnectCustomKeyStore", &[ErrorKind::Transient]);
+        fake.script("DescribeCustomKeyStores", &[ErrorKind::Transient; 1000]);
+        let report = engine(&fake, Duration::from_secs(30))
+            .lockdown(
+                &request(vec![id_spec(&store_id(1), None)]),
+                &Recorded::default(),
+            )
+            .await;
+
+        assert_eq!(report.stores[0].attempts, 2, "{report:#?}");
+        // Sent again in the first round, not after a Describe retried until the deadline.
+        let order: Vec<Op> = fake.with(|s| s.requests.iter().map(|r| r.op).take(3).collect());
+        assert_eq!(order, vec![Op::Disconnect, Op::Describe, Op::Disconnect]);
+        assert_eq!(fake.seen(&store_id(1)), ConnectionState::Disconnected);
+        // KMS never answered a Describe: disconnected, but not verified.
+        assert!(!report.stores[0].verified);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn describe_reports_the_account_when_sts_answers_after_kms() {
+        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
+        fake.with(|s| s.sts_latency = Duration::from_millis(300));
+        let statuses = engine(&fake, Duration::from_secs(30))
+            .describe(&[id_spec(&store_id(1), None)])
+            .await;
+
+        assert_eq!(statuses[0].account.as_deref(), Some(DEFAULT_ACCOUNT));
+        assert!(statuses[0].key_store.is_some(), "{statuses:?}");
     }
 }

@@ -38,6 +38,12 @@ pub const DEFAULT_VERIFY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Default enforcement period while latched: a reconnected store is cut again within 30 s, at a
 /// cost of one DescribeCustomKeyStores page per account and region.
 pub const DEFAULT_ENFORCE_INTERVAL: Duration = Duration::from_secs(30);
+/// Shortest verification deadline accepted: a Disconnect and a Describe round trip to KMS (with
+/// pacing) take most of a second, so a shorter deadline would report every store failed.
+pub const MIN_VERIFY_TIMEOUT: Duration = Duration::from_secs(1);
+/// Shortest enforcement period accepted, `0s` (disabled) aside: each round spends
+/// DescribeCustomKeyStores requests from the 5/s quota that a lockdown's verification needs.
+pub const MIN_ENFORCE_INTERVAL: Duration = Duration::from_secs(1);
 /// Default request rate: KMS allows 5 DisconnectCustomKeyStore and 5 DescribeCustomKeyStores
 /// requests per second per account and region.
 pub const DEFAULT_RATE_LIMIT: u32 = 5;
@@ -1303,13 +1309,48 @@ impl Validator {
         });
         let verify_timeout = match &raw.verify_timeout {
             None => Some(DEFAULT_VERIFY_TIMEOUT),
-            Some(raw) => self.positive_duration(raw, "lockdown.verify_timeout"),
+            Some(raw) => self
+                .duration(raw, "lockdown.verify_timeout")
+                .and_then(|timeout| {
+                    if timeout >= MIN_VERIFY_TIMEOUT {
+                        return Some(timeout);
+                    }
+                    self.problem(
+                        Some(&raw.referenced),
+                        format!(
+                            "lockdown.verify_timeout: {} is too short: must be at least {} (one \
+                             DisconnectCustomKeyStore and one DescribeCustomKeyStores round trip \
+                             to KMS cannot complete in less)",
+                            quoted(raw.value.trim()),
+                            humantime::format_duration(MIN_VERIFY_TIMEOUT)
+                        ),
+                    );
+                    None
+                }),
         };
         let enforce_interval = match &raw.enforce_interval {
             None => Some(Some(DEFAULT_ENFORCE_INTERVAL)),
             Some(raw) => self
                 .duration(raw, "lockdown.enforce_interval")
-                .map(|interval| (!interval.is_zero()).then_some(interval)),
+                .and_then(|interval| {
+                    if interval.is_zero() {
+                        return Some(None);
+                    }
+                    if interval >= MIN_ENFORCE_INTERVAL {
+                        return Some(Some(interval));
+                    }
+                    self.problem(
+                        Some(&raw.referenced),
+                        format!(
+                            "lockdown.enforce_interval: {} is too short: must be `0s` (disabled) \
+                             or at least {} (every round spends DescribeCustomKeyStores quota \
+                             that a lockdown's verification shares)",
+                            quoted(raw.value.trim()),
+                            humantime::format_duration(MIN_ENFORCE_INTERVAL)
+                        ),
+                    );
+                    None
+                }),
         };
         let rate_limit = match raw.rate_limit {
             None => Some(DEFAULT_RATE_LIMIT),
@@ -2110,7 +2151,7 @@ key_stores:
         assert_one_problem(
             &with("verify_timeout", "0s"),
             Some(7),
-            "verify_timeout: must be longer than 0s",
+            "verify_timeout: `0s` is too short: must be at least 1s",
         );
         assert_one_problem(
             &with("verify_timeout", "2days"),
@@ -2119,10 +2160,10 @@ key_stores:
         );
         assert_one_problem(&with("verify_timeout", "[1]"), Some(7), "");
         assert_eq!(
-            parse_ok(&with("verify_timeout", "500ms"))
+            parse_ok(&with("verify_timeout", "1500ms"))
                 .lockdown
                 .verify_timeout,
-            Duration::from_millis(500)
+            Duration::from_millis(1500)
         );
         assert_eq!(
             parse_ok(&with("verify_timeout", "2m"))
@@ -2135,6 +2176,39 @@ key_stores:
                 .lockdown
                 .verify_timeout,
             Duration::from_secs(3600)
+        );
+    }
+
+    #[test]
+    fn verify_timeout_must_leave_time_for_one_disconnect_and_describe() {
+        let with = |value: &str| format!("{MINIMAL}lockdown:\n  verify_timeout: {value}\n");
+        assert_one_problem(
+            &with("999ms"),
+            Some(7),
+            "lockdown.verify_timeout: `999ms` is too short: must be at least 1s (one \
+             DisconnectCustomKeyStore and one DescribeCustomKeyStores round trip",
+        );
+        assert_one_problem(&with("200ms"), Some(7), "is too short");
+        assert_eq!(
+            parse_ok(&with("1s")).lockdown.verify_timeout,
+            MIN_VERIFY_TIMEOUT
+        );
+    }
+
+    #[test]
+    fn enforce_interval_is_0s_or_at_least_1s() {
+        let with = |value: &str| format!("{MINIMAL}lockdown:\n  enforce_interval: {value}\n");
+        assert_one_problem(
+            &with("500ms"),
+            Some(7),
+            "lockdown.enforce_interval: `500ms` is too short: must be `0s` (disabled) or at least \
+             1s (every round spends DescribeCustomKeyStores quota",
+        );
+        assert_one_problem(&with("1ms"), Some(7), "is too short");
+        assert_eq!(parse_ok(&with("0s")).lockdown.enforce_interval, None);
+        assert_eq!(
+            parse_ok(&with("1s")).lockdown.enforce_interval,
+            Some(MIN_ENFORCE_INTERVAL)
         );
     }
 

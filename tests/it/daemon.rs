@@ -430,7 +430,7 @@ fn kill_9_mid_lockdown_then_restart_resumes_and_completes() {
 #[test]
 fn enforcement_disconnects_a_store_reconnected_behind_its_back() {
     let env = Env::with_policy(PolicyOptions {
-        enforce_interval: "500ms",
+        enforce_interval: "1s",
         ..PolicyOptions::default()
     });
     let _daemon = env.start();
