@@ -76,6 +76,10 @@ pub struct StoreOutcome {
     /// Disconnect attempts sent.
     pub attempts: u32,
     pub request_ids: Vec<String>,
+    /// For a store listed by name: the id the name belonged to in an earlier Describe, sent a
+    /// Disconnect before verification showed the name now belongs to `custom_key_store_id` (the
+    /// store was renamed and another took its name). That store is not in the policy.
+    pub stale_id: Option<String>,
     /// From the start of the lockdown to verification (or the deadline).
     pub elapsed: Duration,
 }
@@ -312,6 +316,8 @@ struct StoreState {
     phase: Phase,
     /// When KMS last accepted a Disconnect for it (eventual-consistency grace starts here).
     accepted_at: Option<Instant>,
+    /// The cached id a name-listed store was followed away from (see [`StoreOutcome`]).
+    stale_id: Option<String>,
     connection_state: Option<ConnectionState>,
     attempts: u32,
     request_ids: Vec<String>,
@@ -412,6 +418,7 @@ impl<C: KeyStoreControl> Engine<C> {
                         custom_key_store_id: None,
                         phase: Phase::Pending,
                         accepted_at: None,
+                        stale_id: None,
                         connection_state: None,
                         attempts: 0,
                         request_ids: Vec::new(),
@@ -725,7 +732,8 @@ impl<C: KeyStoreControl> Engine<C> {
     }
 
     /// Take in one verification Describe: verify the DISCONNECTED stores, mark Pending those
-    /// that need a Disconnect (again), fail those that are gone.
+    /// that need a Disconnect (again), fail those that are gone. A store listed by name is
+    /// looked up by that name, so a cached id the name no longer belongs to is not verified.
     fn record_states(
         &self,
         target: &Target,
@@ -735,6 +743,11 @@ impl<C: KeyStoreControl> Engine<C> {
     ) {
         let now = Instant::now();
         for store in stores.iter_mut().filter(|s| !s.is_final()) {
+            if !self.follow_name(target, store, listed) {
+                let error = not_found(&store.spec, self.known_account(target).as_deref());
+                self.fail(store, error);
+                continue;
+            }
             let Some(found) = store
                 .custom_key_store_id
                 .as_deref()
@@ -776,6 +789,40 @@ impl<C: KeyStoreControl> Engine<C> {
                 }
             }
         }
+    }
+
+    /// For a store listed by name, check the (possibly cached) id against the name in a fresh
+    /// listing. The daemon lives long: a store may have been renamed since its name was cached
+    /// and another taken the name. Then the store now carrying the name is the one to
+    /// disconnect: switch to it (it needs a Disconnect unless it is already on its way) and
+    /// update the cache. Returns false, and forgets the cached id, when no listed store has the
+    /// name any more.
+    fn follow_name(&self, target: &Target, store: &mut StoreState, listed: &[KeyStore]) -> bool {
+        let KeyStoreSelector::Name(name) = &store.spec.selector else {
+            return true;
+        };
+        let Some(named) = find(listed, &store.spec.selector) else {
+            self.forget_name(target, name);
+            return false;
+        };
+        if store.custom_key_store_id.as_deref() == Some(named.custom_key_store_id.as_str()) {
+            return true;
+        }
+        warn!(
+            key_store_name = %name,
+            stale_id = store.custom_key_store_id.as_deref().unwrap_or("none"),
+            key_store = %named.custom_key_store_id,
+            region = %target.region,
+            "the key store name now belongs to another store (renamed since it was cached): following the name"
+        );
+        self.remember_name(target, name, &named.custom_key_store_id);
+        store.stale_id = store.custom_key_store_id.take();
+        store.custom_key_store_id = Some(named.custom_key_store_id.clone());
+        // Nothing was sent to this store yet: no consistency grace, no known state.
+        store.phase = Phase::Pending;
+        store.accepted_at = None;
+        store.connection_state = None;
+        true
     }
 
     /// Disconnect one store, retrying throttling and transient errors with jittered backoff
@@ -973,6 +1020,7 @@ impl<C: KeyStoreControl> Engine<C> {
                                 custom_key_store_id: Some(found.custom_key_store_id.clone()),
                                 phase: Phase::Pending,
                                 accepted_at: None,
+                                stale_id: None,
                                 connection_state: Some(found.connection_state.clone()),
                                 attempts: 0,
                                 request_ids: Vec::new(),
@@ -1140,6 +1188,11 @@ impl<C: KeyStoreControl> Engine<C> {
         );
     }
 
+    fn forget_name(&self, target: &Target, name: &str) {
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        names.remove(&(target.clone(), name.to_string()));
+    }
+
     fn fail(&self, store: &mut StoreState, error: LockdownError) {
         store.phase = Phase::Failed;
         store.finished_at = Some(Instant::now());
@@ -1291,6 +1344,7 @@ fn outcome(store: StoreState, account: Option<String>, started: Instant) -> Stor
         error: store.error.map(|e| e.to_line()),
         attempts: store.attempts,
         request_ids: store.request_ids,
+        stale_id: store.stale_id,
         elapsed: finished.saturating_duration_since(started),
         spec: store.spec,
     }
@@ -2261,5 +2315,108 @@ mod tests {
 
         assert_eq!(statuses[0].account.as_deref(), Some(DEFAULT_ACCOUNT));
         assert!(statuses[0].key_store.is_some(), "{statuses:?}");
+    }
+
+    /// A name-listed spec in the default target.
+    fn name_spec(name: &str) -> KeyStoreSpec {
+        KeyStoreSpec {
+            selector: KeyStoreSelector::Name(name.to_string()),
+            target: Target {
+                region: REGION.to_string(),
+                role_arn: None,
+            },
+        }
+    }
+
+    fn rename(fake: &FakeKms, id: &str, name: &str) {
+        fake.with(|s| {
+            if let Some(store) = s.stores.iter_mut().find(|st| st.id == id) {
+                store.name = name.to_string();
+            }
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renamed_store_is_followed_by_name_not_by_cached_id() {
+        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let name = format!("name-{}", store_id(1));
+        fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Disconnected);
+        let spec = name_spec(&name);
+        let engine = engine(&fake, Duration::from_secs(30));
+        // The long-lived daemon caches name → id (here through a `status`-like describe).
+        engine.describe(std::slice::from_ref(&spec)).await;
+        // Later the store is renamed, and a new CONNECTED store takes its name.
+        rename(&fake, &store_id(1), "old");
+        fake.add(&store_id(2), DEFAULT_ACCOUNT, ConnectionState::Connected);
+        rename(&fake, &store_id(2), &name);
+
+        let audit = Recorded::default();
+        let report = engine.lockdown(&request(vec![spec.clone()]), &audit).await;
+
+        assert_eq!(fake.seen(&store_id(2)), ConnectionState::Disconnected);
+        assert!(report.complete(), "{report:#?}");
+        let outcome = &report.stores[0];
+        assert_eq!(
+            outcome.custom_key_store_id.as_deref(),
+            Some(store_id(2).as_str())
+        );
+        assert_eq!(outcome.stale_id.as_deref(), Some(store_id(1).as_str()));
+        assert_eq!(
+            outcome.connection_state,
+            Some(ConnectionState::Disconnected)
+        );
+        assert!(audit.events().iter().any(|e| matches!(
+            e,
+            Event::StoreVerified { key_store_id, .. } if *key_store_id == store_id(2)
+        )));
+        assert!(!audit.events().iter().any(|e| matches!(
+            e,
+            Event::StoreVerified { key_store_id, .. } if *key_store_id == store_id(1)
+        )));
+
+        // The cache now holds the new id: the next lockdown's first Disconnect goes to it.
+        let sent = fake.requests(Op::Disconnect).len();
+        let report = engine.lockdown(&request(vec![spec]), &audit).await;
+        assert!(report.complete(), "{report:#?}");
+        assert_eq!(report.stores[0].stale_id, None);
+        assert_eq!(
+            fake.requests(Op::Disconnect)[sent]
+                .custom_key_store_id
+                .as_deref(),
+            Some(store_id(2).as_str())
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cached_name_that_no_store_carries_any_more_is_not_found() {
+        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let name = format!("name-{}", store_id(1));
+        fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
+        let spec = name_spec(&name);
+        let engine = engine(&fake, Duration::from_secs(30));
+        engine.describe(std::slice::from_ref(&spec)).await;
+        rename(&fake, &store_id(1), "old");
+
+        let report = engine
+            .lockdown(&request(vec![spec.clone()]), &Recorded::default())
+            .await;
+
+        assert!(!report.complete(), "{report:#?}");
+        assert!(
+            report.stores[0]
+                .error
+                .as_deref()
+                .unwrap_or_default()
+                .contains("not found"),
+            "{report:#?}"
+        );
+        // The stale mapping is gone: the next lockdown resolves the name again first.
+        let described = fake.requests(Op::Describe).len();
+        let sent = fake.requests(Op::Disconnect).len();
+        engine
+            .lockdown(&request(vec![spec]), &Recorded::default())
+            .await;
+        assert!(fake.requests(Op::Describe).len() > described);
+        assert_eq!(fake.requests(Op::Disconnect).len(), sent);
     }
 }

@@ -641,6 +641,16 @@ impl serde_saphyr::Localizer for NoLocationSuffix {
     }
 }
 
+/// Whether the URL's host is this machine: 127.0.0.0/8, ::1 or `localhost`.
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
 fn position(location: Location) -> Option<Position> {
     (location != Location::UNKNOWN).then(|| Position {
         line: location.line(),
@@ -1012,7 +1022,7 @@ impl Validator {
         Some(value.to_owned())
     }
 
-    /// An http(s) URL with a host and no credentials in it.
+    /// An https URL (or http to a loopback host) with a host and no credentials in it.
     fn endpoint(&mut self, url: &Spanned<String>, field: &str) -> Option<String> {
         let value = url.value.trim();
         let message = match url::Url::parse(value) {
@@ -1039,6 +1049,14 @@ impl Validator {
             ),
             Ok(parsed) if parsed.query().is_some() || parsed.fragment().is_some() => format!(
                 "{field}: {} must not have a query (?…) or fragment (#…)",
+                quoted(value)
+            ),
+            // KMS replies are not signed: over plain http anyone on the path could answer
+            // DISCONNECTED for a store that is still connected.
+            Ok(parsed) if parsed.scheme() == "http" && !is_loopback(&parsed) => format!(
+                "{field}: {} uses http:// to a host that is not loopback; KMS replies are not \
+                 signed, so anyone on the path could fake them: use https://, or http:// only \
+                 to 127.0.0.0/8, ::1 or localhost",
                 quoted(value)
             ),
             Ok(_) => return Some(value.to_owned()),
@@ -2096,6 +2114,89 @@ key_stores:
                 .as_deref(),
             Some("http://127.0.0.1:4599")
         );
+    }
+
+    #[test]
+    fn plain_http_endpoints_must_be_loopback_and_https_may_go_anywhere() {
+        let all = |url: &str| {
+            MINIMAL.replace(
+                "key_stores:",
+                &format!("  endpoint_url: \"{url}\"\nkey_stores:"),
+            )
+        };
+        let one = |service: &str, url: &str| {
+            MINIMAL.replace(
+                "key_stores:",
+                &format!("  endpoints:\n    {service}: {url}\nkey_stores:"),
+            )
+        };
+        for url in [
+            "http://127.0.0.1:4599",
+            "http://127.3.2.1",
+            "http://[::1]:4599",
+            "http://localhost:4599",
+            "http://LocalHost",
+            "https://kms.eu-west-1.amazonaws.com",
+            "https://10.0.0.8:8443",
+        ] {
+            assert_eq!(
+                parse_ok(&all(url)).endpoints.all.as_deref(),
+                Some(url),
+                "{url}"
+            );
+            assert_eq!(
+                parse_ok(&one("kms", url)).endpoints.kms.as_deref(),
+                Some(url),
+                "{url}"
+            );
+        }
+        for url in [
+            "http://kms.eu-west-1.amazonaws.com",
+            "http://10.0.0.8:4599",
+            "http://128.0.0.1",
+            "http://[::2]",
+            "http://[::ffff:10.0.0.1]",
+            "http://localhost.example.com",
+            "http://0.0.0.0:4599",
+        ] {
+            let problems = problems(&all(url));
+            assert_eq!(problems.len(), 1, "{url}: {problems:?}");
+            assert_eq!(
+                problems[0].position,
+                Some(Position {
+                    line: 4,
+                    column: 17
+                }),
+                "{url}: {problems:?}"
+            );
+            let message = &problems[0].message;
+            assert!(
+                message.starts_with("aws.endpoint_url: ")
+                    && message.contains("not loopback")
+                    && message.contains("not signed"),
+                "{url}: {message}"
+            );
+        }
+        for service in ["kms", "cloudwatch", "sts"] {
+            let problems = problems(&one(service, "http://kms.example:80"));
+            assert_eq!(problems.len(), 1, "{service}: {problems:?}");
+            assert_eq!(
+                problems[0].position.map(|p| p.line),
+                Some(5),
+                "{problems:?}"
+            );
+            assert!(
+                problems[0]
+                    .message
+                    .starts_with(&format!("aws.endpoints.{service}: ")),
+                "{problems:?}"
+            );
+        }
+        let err = parse(&all("http://kms.example"), Path::new(PATH))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("line 4, column 17"), "{err}");
     }
 
     #[test]
