@@ -90,6 +90,15 @@ pub fn run(ctx: &Context, args: &TripArgs) -> anyhow::Result<Exit> {
 
     print!("{}", report_table(&report));
     println!("{}", summary(&report));
+    for store in &report.stores {
+        if let Some(stale) = &store.stale_id {
+            println!(
+                "note: {} was renamed during the lockdown: {stale} was sent a Disconnect before the name moved to {}; reconnect {stale} through AWS if it should not stay disconnected",
+                store.spec.selector,
+                store.custom_key_store_id.as_deref().unwrap_or("no store"),
+            );
+        }
+    }
     if !report.dry_run && !report.complete() {
         exit = Exit::Incomplete;
     }
