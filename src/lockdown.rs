@@ -286,7 +286,7 @@ enum PacerScope {
 
 impl PacerScope {
     fn of(target: &Target) -> Self {
-        match account_from_role(target) {
+        match target.role_account().map(str::to_string) {
             Some(account) => PacerScope::Account {
                 account,
                 region: target.region.clone(),
@@ -1118,7 +1118,7 @@ impl<C: KeyStoreControl> Engine<C> {
     /// The target's account if known without a call: from its role ARN, or from an earlier
     /// GetCallerIdentity.
     fn known_account(&self, target: &Target) -> Option<String> {
-        account_from_role(target).or_else(|| {
+        target.role_account().map(str::to_string).or_else(|| {
             let accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
             accounts.get(target).cloned()
         })
@@ -1271,16 +1271,6 @@ fn group_by_target(key_stores: &[KeyStoreSpec]) -> BTreeMap<Target, Vec<(usize, 
             .push((index, spec.clone()));
     }
     groups
-}
-
-/// `arn:aws:iam::<account>:role/<name>` → the account, without a call.
-fn account_from_role(target: &Target) -> Option<String> {
-    let role_arn = target.role_arn.as_ref()?;
-    role_arn
-        .split(':')
-        .nth(4)
-        .filter(|a| !a.is_empty())
-        .map(str::to_string)
 }
 
 fn find<'a>(listed: &'a [KeyStore], selector: &KeyStoreSelector) -> Option<&'a KeyStore> {

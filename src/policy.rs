@@ -79,6 +79,7 @@ impl Target {
         self.role_arn
             .as_deref()
             .and_then(|arn| arn.split(':').nth(4))
+            .filter(|account| !account.is_empty())
     }
 }
 

@@ -197,7 +197,7 @@ impl AwsClients {
             kms: aws_sdk_kms::Client::from_conf(kms.build()),
             cloudwatch: aws_sdk_cloudwatch::Client::from_conf(cloudwatch.build()),
             sts: aws_sdk_sts::Client::new(&sts_config),
-            account: OnceCell::new_with(account_from_role(target)),
+            account: OnceCell::new_with(target.role_account().map(str::to_string)),
         }
     }
 
@@ -223,16 +223,6 @@ impl LoadServiceConfig for NoServiceConfig {
     fn load_config(&self, _key: ServiceConfigKey<'_>) -> Option<String> {
         None
     }
-}
-
-/// `arn:aws:iam::<account>:role/<name>` → the account, without a call.
-fn account_from_role(target: &Target) -> Option<String> {
-    let role_arn = target.role_arn.as_ref()?;
-    role_arn
-        .split(':')
-        .nth(4)
-        .filter(|a| !a.is_empty())
-        .map(str::to_string)
 }
 
 async fn caller_account(sts: &aws_sdk_sts::Client, target: &Target) -> Result<String, AwsError> {
@@ -552,7 +542,7 @@ mod tests {
             region: "eu-west-1".to_string(),
             role_arn: Some("arn:aws:iam::222222222222:role/kms-killswitch".to_string()),
         };
-        assert_eq!(account_from_role(&role).as_deref(), Some("222222222222"));
-        assert_eq!(account_from_role(&target()), None);
+        assert_eq!(role.role_account(), Some("222222222222"));
+        assert_eq!(target().role_account(), None);
     }
 }
