@@ -57,15 +57,9 @@ async fn key_store_state_set_over_http_is_what_kms_describes() {
     .await;
     assert_eq!(status, 200);
     let kms = kms(&sim, REGION).await;
-    let seen = kms
-        .describe_custom_key_stores()
-        .custom_key_store_id(HSM_EU)
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        seen.custom_key_stores()[0].connection_state(),
-        Some(&ConnectionStateType::Disconnected)
+        described_state(&kms, HSM_EU).await,
+        Some(ConnectionStateType::Disconnected)
     );
 
     // An attacker reconnecting the store.

@@ -205,15 +205,9 @@ async fn consistency_lag_shows_the_old_state_to_describe_but_not_to_the_handle()
         .send()
         .await
         .unwrap();
-    let seen = kms
-        .describe_custom_key_stores()
-        .custom_key_store_id(HSM_EU)
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        seen.custom_key_stores()[0].connection_state(),
-        Some(&ConnectionStateType::Connected)
+        described_state(&kms, HSM_EU).await,
+        Some(ConnectionStateType::Connected)
     );
     assert_eq!(
         sim.connection_state(ACCOUNT, REGION, HSM_EU).as_deref(),
@@ -232,15 +226,9 @@ async fn consistency_lag_shows_the_old_state_to_describe_but_not_to_the_handle()
     );
     // Without the rule, Describe catches up.
     sim.set_faults(Faults::default());
-    let seen = kms
-        .describe_custom_key_stores()
-        .custom_key_store_id(HSM_EU)
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        seen.custom_key_stores()[0].connection_state(),
-        Some(&ConnectionStateType::Disconnected)
+        described_state(&kms, HSM_EU).await,
+        Some(ConnectionStateType::Disconnected)
     );
 }
 
@@ -257,13 +245,7 @@ async fn world_consistency_lag_is_bounded() {
         .unwrap();
     let mut last = None;
     for _ in 0..500 {
-        let seen = kms
-            .describe_custom_key_stores()
-            .custom_key_store_id(XKS_EU)
-            .send()
-            .await
-            .unwrap();
-        last = seen.custom_key_stores()[0].connection_state().cloned();
+        last = described_state(&kms, XKS_EU).await;
         if last == Some(ConnectionStateType::Disconnected) {
             break;
         }
@@ -287,15 +269,9 @@ async fn stuck_store_stays_disconnecting() {
         .await
         .unwrap();
     // Transition delay is 0 in this world: a normal store would already be DISCONNECTED.
-    let seen = kms
-        .describe_custom_key_stores()
-        .custom_key_store_id(XKS_EU)
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        seen.custom_key_stores()[0].connection_state(),
-        Some(&ConnectionStateType::Disconnecting)
+        described_state(&kms, XKS_EU).await,
+        Some(ConnectionStateType::Disconnecting)
     );
     let err = kms
         .disconnect_custom_key_store()

@@ -210,29 +210,17 @@ async fn disconnect_goes_through_disconnecting_to_disconnected_after_the_delay()
         .send()
         .await
         .unwrap();
-    let seen = kms
-        .describe_custom_key_stores()
-        .custom_key_store_id(HSM_EU)
-        .send()
-        .await
-        .unwrap();
     // The delay has surely not passed between two loopback calls... unless the machine stalls;
     // then DISCONNECTED is the only other acceptable answer.
-    let state = seen.custom_key_stores()[0].connection_state().cloned();
+    let state = described_state(&kms, HSM_EU).await;
     assert!(matches!(
         state,
         Some(ConnectionStateType::Disconnecting | ConnectionStateType::Disconnected)
     ));
     wait_for_state(&sim, ACCOUNT, REGION, HSM_EU, "DISCONNECTED").await;
-    let seen = kms
-        .describe_custom_key_stores()
-        .custom_key_store_id(HSM_EU)
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        seen.custom_key_stores()[0].connection_state(),
-        Some(&ConnectionStateType::Disconnected)
+        described_state(&kms, HSM_EU).await,
+        Some(ConnectionStateType::Disconnected)
     );
     // The other store is untouched.
     assert_eq!(
@@ -252,15 +240,9 @@ async fn disconnect_holds_disconnecting_for_the_whole_transition_delay() {
         .send()
         .await
         .unwrap();
-    let seen = kms
-        .describe_custom_key_stores()
-        .custom_key_store_id(XKS_EU)
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        seen.custom_key_stores()[0].connection_state(),
-        Some(&ConnectionStateType::Disconnecting)
+        described_state(&kms, XKS_EU).await,
+        Some(ConnectionStateType::Disconnecting)
     );
     assert_eq!(
         sim.connection_state(ACCOUNT, REGION, XKS_EU).as_deref(),

@@ -119,3 +119,22 @@ pub async fn http(
         .unwrap_or_default();
     (status, body)
 }
+
+/// The `ConnectionState` KMS (the simulator, through the real SDK) reports for one store: a
+/// DescribeCustomKeyStores filtered by id. What a client sees, consistency lag included.
+pub async fn described_state(
+    kms: &aws_sdk_kms::Client,
+    custom_key_store_id: &str,
+) -> Option<aws_sdk_kms::types::ConnectionStateType> {
+    let seen = kms
+        .describe_custom_key_stores()
+        .custom_key_store_id(custom_key_store_id)
+        .send()
+        .await
+        .expect("DescribeCustomKeyStores by id succeeds");
+    seen.custom_key_stores()
+        .first()
+        .expect("the store is listed")
+        .connection_state()
+        .cloned()
+}
