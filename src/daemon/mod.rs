@@ -670,6 +670,12 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
 
     async fn try_reload(&mut self) -> Result<(), String> {
         let new = (self.load_policy)().map_err(|err| error_chain(&*err))?;
+        if new.sha256 == self.policy.sha256 {
+            // The same bytes: nothing to swap, and nothing for the audit log (a SIGHUP loop must
+            // not fill it with `policy_loaded` records that say nothing new).
+            tracing::debug!(sha256 = %new.sha256, "policy_unchanged");
+            return Ok(());
+        }
         if new.state_file != self.policy.state_file || new.audit_log != self.policy.audit_log {
             return Err(format!(
                 "policy {}: changing state_file or audit_log needs a restart",

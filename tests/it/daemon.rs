@@ -218,6 +218,44 @@ fn sighup_with_a_valid_policy_swaps_it_in() {
     assert_eq!(fired[0]["source"], "alarm");
 }
 
+/// Wait until the daemon has sent READY=1 `count` times (once at start, once after each reload).
+fn wait_ready_count(daemon: &mut crate::support::daemon::Daemon, count: usize) {
+    wait_for(&format!("READY=1 #{count}"), || {
+        daemon.drain_notify();
+        let ready = daemon
+            .messages
+            .iter()
+            .filter(|m| m.lines().any(|l| l == "READY=1"))
+            .count();
+        (ready >= count).then_some(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn sighup_with_an_unchanged_policy_records_nothing_and_a_changed_one_is_recorded() {
+    let env = Env::new();
+    let mut daemon = env.start();
+    env.wait_events("policy_loaded", 1);
+    daemon.signal("HUP");
+    wait_ready_count(&mut daemon, 2);
+    // The same bytes written again are no change either.
+    let same = std::fs::read_to_string(env.policy_path()).unwrap();
+    env.write_policy_text(&same);
+    daemon.signal("HUP");
+    wait_ready_count(&mut daemon, 3);
+    assert_eq!(env.events("policy_loaded").len(), 1, "{}", env.audit_dump());
+
+    env.write_policy(&PolicyOptions {
+        extra_triggers: alarms_yaml(&[(METRIC_ALARM, 1)], "1s", None),
+        ..PolicyOptions::default()
+    });
+    daemon.signal("HUP");
+    let loaded = env.wait_events("policy_loaded", 2);
+    assert_ne!(loaded[1]["policy_sha256"], loaded[0]["policy_sha256"]);
+    assert!(env.events("policy_rejected").is_empty());
+}
+
 #[test]
 fn sighup_with_an_invalid_policy_is_rejected_and_the_old_one_stays() {
     let env = Env::new();
