@@ -219,8 +219,8 @@ pub struct Daemon<C, A> {
     audit: Arc<dyn DaemonAudit>,
     /// systemd (or a recording fake).
     notifier: Arc<dyn Notifier>,
-    /// Re-reads the policy on SIGHUP.
-    load_policy: LoadPolicy,
+    /// Re-reads the policy on SIGHUP (on a blocking thread, never on the loop).
+    load_policy: Arc<LoadPolicy>,
     /// `WATCHDOG_USEC`, when systemd asked for pings.
     watchdog: Option<Duration>,
     /// The early signal registration from [`DaemonConfig::signal_watch`], until the triggers
@@ -266,7 +266,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
             engine,
             audit: config.audit,
             notifier: config.notifier,
-            load_policy: config.load_policy,
+            load_policy: Arc::new(config.load_policy),
             watchdog: config.watchdog,
             early_signal: config.signal_watch,
             keep_warm: config.keep_warm,
@@ -669,7 +669,13 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
     }
 
     async fn try_reload(&mut self) -> Result<(), String> {
-        let new = (self.load_policy)().map_err(|err| error_chain(&*err))?;
+        // File I/O off the loop: the policy path is opened O_NONBLOCK (a FIFO cannot block),
+        // and a slow disk stalls a blocking thread, not the triggers' tokio worker.
+        let load = self.load_policy.clone();
+        let new = tokio::task::spawn_blocking(move || load())
+            .await
+            .map_err(|err| format!("policy reload task failed: {err}"))?
+            .map_err(|err| error_chain(&*err))?;
         if new.state_file != self.policy.state_file || new.audit_log != self.policy.audit_log {
             return Err(format!(
                 "policy {}: changing state_file or audit_log needs a restart",
