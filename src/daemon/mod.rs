@@ -10,8 +10,10 @@
 //! ```
 //!
 //! State machine: **armed** → (a trigger fires) → latch written → `trigger_fired` audited →
-//! lockdown task → **latched**, enforcing every `enforce_interval` → (the latch file disappears:
-//! `kms-killswitch rearm` removed it) → **armed**. A trigger while latched is audited with
+//! lockdown task → **latched**, enforcing every `enforce_interval` → (the latch file disappears
+//! and `kms-killswitch rearm` left its tombstone naming this lockdown) → **armed**. A latch that
+//! disappears without that tombstone is tampering: audited `latch_tampered`, written back from
+//! memory, and enforcement goes on. A trigger while latched is audited with
 //! `latched: true` and starts nothing. A latch found at start resumes (`source: resume`).
 //!
 //! Rearm hand-off: the daemon `stat`s/reads the latch file every [`LATCH_POLL_INTERVAL`]. When the
@@ -622,6 +624,21 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
         match (&mut self.latched, on_disk) {
             (Some(latched), None) if !latched.persisted => {
                 latched.persisted = write_latch(&state_file, &latched.latch);
+            }
+            (Some(latched), None)
+                if latch::read_tombstone(&state_file).map(|t| t.lockdown_id)
+                    != Some(latched.latch.lockdown_id.clone()) =>
+            {
+                // Gone without `rearm` (which writes its tombstone first): tampering. The
+                // switch stays latched: write the latch back and keep enforcing.
+                let detail = format!(
+                    "latch file {} of lockdown {} vanished without a rearm; written back from memory",
+                    state_file.display(),
+                    latched.latch.lockdown_id
+                );
+                tracing::error!(path = %state_file.display(), lockdown_id = %latched.latch.lockdown_id, "latch file vanished without a rearm; writing it back and enforcing");
+                latched.persisted = write_latch(&state_file, &latched.latch);
+                self.audit.record(Event::LatchTampered { detail });
             }
             (Some(latched), None) => {
                 tracing::warn!(lockdown_id = %latched.latch.lockdown_id, "latch cleared (rearm); the switch is armed again");

@@ -89,3 +89,117 @@ fn fifo_or_symlink_swapped_in_for_the_policy_is_rejected_on_sighup_without_block
     assert!(daemon.wait_exit().success(), "{}", daemon.log());
 }
 
+#[test]
+fn fifo_at_state_file_or_audit_log_or_an_open_state_directory_refuses_to_start() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.state_file().parent().unwrap()).unwrap();
+    mkfifo(&env.state_file());
+    let output = env.command().arg("run").output().unwrap();
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("refusing state_file") && stderr.contains("a fifo or socket"),
+        "{stderr}"
+    );
+    let check = env.command().arg("check").output().unwrap();
+    assert_eq!(check.status.code(), Some(78), "{}", stderr_of(&check));
+    std::fs::remove_file(env.state_file()).unwrap();
+
+    std::fs::create_dir_all(env.audit_log().parent().unwrap()).unwrap();
+    mkfifo(&env.audit_log());
+    let output = env.command().arg("run").output().unwrap();
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("refusing audit_log"), "{stderr}");
+    std::fs::remove_file(env.audit_log()).unwrap();
+
+    // A state directory anyone may write: anyone could delete the latch.
+    let state_dir = env.state_file().parent().unwrap().to_path_buf();
+    std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let output = env.command().arg("run").output().unwrap();
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("mode 1777"), "{stderr}");
+}
+
+#[test]
+fn a_deleted_latch_is_tampering_written_back_and_enforcement_goes_on() {
+    let env = Env::with_policy(PolicyOptions {
+        enforce_interval: "1s",
+        ..PolicyOptions::default()
+    });
+    let mut daemon = env.start();
+    env.touch_flag();
+    env.wait_events("lockdown_finished", 1);
+    env.wait_all_disconnected();
+    let latched = daemon.wait_status("LATCHED since", 0);
+    let before = std::fs::read(env.state_file()).unwrap();
+    std::fs::remove_file(env.state_file()).unwrap();
+    let tampered = env.wait_events("latch_tampered", 1);
+    assert!(
+        tampered[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("without a rearm"),
+        "{}",
+        tampered[0]
+    );
+    wait_for("the latch to be written back", || {
+        std::fs::read(env.state_file())
+            .ok()
+            .filter(|b| *b == before)
+    })
+    .unwrap();
+    assert!(env.events("rearmed").is_empty());
+    // Still latched and enforcing: a reconnected store is disconnected again.
+    env.reconnect_all();
+    env.wait_events("drift_detected", 1);
+    env.wait_all_disconnected();
+    // A real rearm is still one: no second latch_tampered.
+    std::fs::remove_file(env.flag()).unwrap();
+    let rearm = env.rearm("drill over");
+    assert_eq!(rearm.status.code(), Some(0), "{}", stderr_of(&rearm));
+    env.wait_events("rearmed", 1);
+    daemon.wait_status("armed", latched);
+    assert!(!env.state_file().exists(), "the rearm stays a rearm");
+    assert_eq!(
+        env.events("latch_tampered").len(),
+        1,
+        "{}",
+        env.audit_dump()
+    );
+}
+
+#[test]
+fn a_replaced_audit_log_names_the_previous_chain_head_in_its_first_record() {
+    let env = Env::new();
+    let daemon = env.start();
+    let old = env.audit();
+    let last = old
+        .last()
+        .expect("daemon_started and policy_loaded")
+        .clone();
+    let moved = env.dir.path().join("moved.jsonl");
+    std::fs::rename(env.audit_log(), &moved).unwrap();
+    daemon.signal("USR1");
+    env.wait_events("trigger_fired", 1);
+    let new = env.audit();
+    assert_eq!(
+        new[0]["event"],
+        "audit_log_replaced",
+        "{}",
+        env.audit_dump()
+    );
+    assert_eq!(new[0]["seq"], 1);
+    assert_eq!(new[0]["previous_seq"], last["seq"]);
+    let moved_text = std::fs::read_to_string(&moved).unwrap();
+    let last_line = moved_text.lines().last().unwrap();
+    let digest = sha2::Sha256::digest(last_line.as_bytes());
+    assert_eq!(
+        new[0]["previous_line_sha256"],
+        hex::encode(digest),
+        "the hash of the last line the daemon wrote"
+    );
+    assert_eq!(read_audit(&moved).len(), old.len());
+}
+
