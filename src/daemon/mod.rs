@@ -255,6 +255,8 @@ pub struct Daemon<C, A> {
     unreadable_alarms: std::collections::BTreeMap<String, Vec<String>>,
     /// The last latch read error, so a persistent one is logged once.
     latch_read_error: Option<String>,
+    /// Why the flag now at the flag path was rejected (squatted, hard-linked …), for STATUS.
+    flag_rejected: Option<String>,
 }
 
 impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
@@ -286,6 +288,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
             next_enforce: None,
             unreadable_alarms: Default::default(),
             latch_read_error: None,
+            flag_rejected: None,
         }
     }
 
@@ -466,8 +469,18 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                     self.fire(source, detail);
                 }
             }
+            TriggerEvent::FlagRejectionCleared => {
+                self.flag_rejected = None;
+                self.notify_status();
+            }
             TriggerEvent::Rejected { source, reason } => {
                 tracing::error!(?source, %reason, "trigger rejected");
+                if source == TriggerSource::File {
+                    // Shown in STATUS until the flag is gone: a squatted flag means `touch`
+                    // by root fires nothing.
+                    self.flag_rejected = Some(reason.clone());
+                    self.notify_status();
+                }
                 self.audit.record(Event::TriggerRejected { source, reason });
             }
             TriggerEvent::AlarmPollFailed {
@@ -884,6 +897,9 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                 ),
             },
         };
+        if let Some(reason) = &self.flag_rejected {
+            line.push_str(&format!("; flag rejected: {reason}"));
+        }
         if !self.unreadable_alarms.is_empty() {
             let regions: Vec<&str> = self.unreadable_alarms.keys().map(String::as_str).collect();
             line.push_str(&format!("; alarms unreadable in {}", regions.join(", ")));

@@ -203,3 +203,64 @@ fn a_replaced_audit_log_names_the_previous_chain_head_in_its_first_record() {
     assert_eq!(read_audit(&moved).len(), old.len());
 }
 
+#[test]
+fn a_hard_linked_flag_is_rejected_and_nothing_is_disconnected() {
+    let env = Env::new();
+    let _daemon = env.start();
+    // A root-owned file anyone can see, hard-linked onto the flag's name.
+    let root_owned = env.flag_dir().join(".some-root-file");
+    std::fs::write(&root_owned, b"").unwrap();
+    std::fs::hard_link(&root_owned, env.flag()).unwrap();
+    let rejected = env.wait_events("trigger_rejected", 1);
+    assert!(
+        rejected[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("2 hard links"),
+        "{}",
+        rejected[0]
+    );
+    assert!(env.events("trigger_fired").is_empty());
+    assert!(!env.state_file().exists());
+    assert!(env.store_states().iter().all(|s| s == "CONNECTED"));
+}
+
+#[test]
+fn a_sticky_world_writable_flag_directory_refuses_to_start() {
+    let env = Env::new();
+    std::fs::set_permissions(env.flag_dir(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let output = env.command().arg("run").output().unwrap();
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("mode 1777") && stderr.contains("allow_untrusted_flag_dir"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_squatted_flag_is_reported_by_check_and_in_status() {
+    let env = Env::new();
+    env.touch_flag();
+    std::os::unix::fs::chown(env.flag(), Some(65534), Some(65534)).unwrap();
+    let check = env.command().arg("check").output().unwrap();
+    let stderr = stderr_of(&check);
+    assert_eq!(check.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("cannot fire") && stderr.contains("uid 65534"),
+        "{stderr}"
+    );
+    let mut daemon = env.start();
+    daemon.wait_notify("STATUS naming the rejected flag", |m| {
+        m.lines().any(|l| {
+            l.starts_with("STATUS=armed") && l.contains("flag rejected") && l.contains("uid 65534")
+        })
+    });
+    // Gone: STATUS says armed without it.
+    std::fs::remove_file(env.flag()).unwrap();
+    daemon.wait_notify("STATUS without the rejected flag", |m| {
+        m.lines()
+            .any(|l| l.starts_with("STATUS=armed") && !l.contains("flag rejected"))
+    });
+}
+
