@@ -264,3 +264,26 @@ fn a_squatted_flag_is_reported_by_check_and_in_status() {
     });
 }
 
+#[test]
+fn a_trace_log_in_the_flag_directory_does_not_feed_itself() {
+    let env = Env::new();
+    let log_path = env.flag_dir().join("daemon.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut daemon = env.start_with(|cmd| {
+        cmd.env("RUST_LOG", "trace")
+            .stdout(Stdio::null())
+            .stderr(log);
+    });
+    daemon.signal("USR1");
+    env.wait_events("lockdown_finished", 1);
+    daemon.signal("TERM");
+    assert!(daemon.wait_exit().success());
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    // Each such line is a write to the directory, hence one more event, hence one more line.
+    let echoes = text.lines().filter(|l| l.contains("inotify event")).count();
+    assert_eq!(echoes, 0, "{} lines of log", text.lines().count());
+    assert!(
+        text.contains("lockdown complete"),
+        "the trace log is written"
+    );
+}
