@@ -26,14 +26,23 @@ fn stderr_of(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// `kms-killswitch run` that is expected to refuse to start: its exit code and its log. Bounded
+/// (a daemon that starts after all is killed at the support module's deadline and the test fails),
+/// so a regression fails instead of hanging.
+fn run_refused(env: &Env) -> (Option<i32>, String) {
+    let mut daemon = env.spawn_with(|_| {});
+    let status = daemon.wait_exit();
+    (status.code(), daemon.log())
+}
+
 #[test]
 fn policy_in_a_directory_others_can_write_is_refused_with_78() {
     let env = Env::new();
     std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    for command in ["check", "run"] {
-        let output = env.command().arg(command).output().unwrap();
-        let stderr = stderr_of(&output);
-        assert_eq!(output.status.code(), Some(78), "{command}: {stderr}");
+    let output = env.command().arg("check").output().unwrap();
+    let check = (output.status.code(), stderr_of(&output));
+    for (command, (code, stderr)) in [("check", check), ("run", run_refused(&env))] {
+        assert_eq!(code, Some(78), "{command}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
         assert!(
             stderr.contains("writable by group and others (mode 0777)"),
@@ -94,9 +103,8 @@ fn fifo_at_state_file_or_audit_log_or_an_open_state_directory_refuses_to_start()
     let env = Env::new();
     std::fs::create_dir_all(env.state_file().parent().unwrap()).unwrap();
     mkfifo(&env.state_file());
-    let output = env.command().arg("run").output().unwrap();
-    let stderr = stderr_of(&output);
-    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    let (code, stderr) = run_refused(&env);
+    assert_eq!(code, Some(78), "{stderr}");
     assert!(
         stderr.contains("refusing state_file") && stderr.contains("a fifo or socket"),
         "{stderr}"
@@ -107,18 +115,16 @@ fn fifo_at_state_file_or_audit_log_or_an_open_state_directory_refuses_to_start()
 
     std::fs::create_dir_all(env.audit_log().parent().unwrap()).unwrap();
     mkfifo(&env.audit_log());
-    let output = env.command().arg("run").output().unwrap();
-    let stderr = stderr_of(&output);
-    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    let (code, stderr) = run_refused(&env);
+    assert_eq!(code, Some(78), "{stderr}");
     assert!(stderr.contains("refusing audit_log"), "{stderr}");
     std::fs::remove_file(env.audit_log()).unwrap();
 
     // A state directory anyone may write: anyone could delete the latch.
     let state_dir = env.state_file().parent().unwrap().to_path_buf();
     std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
-    let output = env.command().arg("run").output().unwrap();
-    let stderr = stderr_of(&output);
-    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    let (code, stderr) = run_refused(&env);
+    assert_eq!(code, Some(78), "{stderr}");
     assert!(stderr.contains("mode 1777"), "{stderr}");
 }
 
@@ -229,9 +235,8 @@ fn a_hard_linked_flag_is_rejected_and_nothing_is_disconnected() {
 fn a_sticky_world_writable_flag_directory_refuses_to_start() {
     let env = Env::new();
     std::fs::set_permissions(env.flag_dir(), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    let output = env.command().arg("run").output().unwrap();
-    let stderr = stderr_of(&output);
-    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    let (code, stderr) = run_refused(&env);
+    assert_eq!(code, Some(78), "{stderr}");
     assert!(
         stderr.contains("mode 1777") && stderr.contains("allow_untrusted_flag_dir"),
         "{stderr}"
