@@ -1,0 +1,152 @@
+//! What an outage of AWS does to every command: STS refusing connections (issue 10, item 1), a
+//! cached assumed-role session refused after an outage (item 5). The real binary against kms-sim;
+//! the stores of the accounts that still work always end DISCONNECTED, and nothing crashes.
+
+use std::net::TcpListener;
+
+use crate::support::daemon::{self, Env, PolicyOptions};
+use crate::support::sim::{ACCOUNT, DEMO_STORES, OTHER_ACCOUNT, SimEnv, output_text};
+
+/// A loopback port nobody listens on: connections to it are refused at once.
+fn closed_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    let port = listener.local_addr().expect("local addr").port();
+    drop(listener);
+    port
+}
+
+/// The demo world and a policy listing every store (the second account through its role), with
+/// STS pointed at a closed port and a short verify_timeout.
+fn sts_unreachable_env() -> SimEnv {
+    let env = SimEnv::demo();
+    let dir = env.dir.path().display();
+    let text = format!(
+        "version: 1\n\
+         aws:\n  region: eu-west-1\n  endpoint_url: \"{url}\"\n  endpoints:\n    sts: \"http://127.0.0.1:{port}\"\n\
+         key_stores:\n{stores}\
+         triggers:\n  file:\n    path: \"{dir}/kms-killswitch\"\n  signal: none\n\
+         lockdown:\n  verify_timeout: 3s\n  enforce_interval: 30s\n  rate_limit: 5\n\
+         state_file: \"{dir}/state/latch.json\"\n\
+         audit_log: \"{dir}/audit/audit.jsonl\"\n",
+        url = env.sim.endpoint_url(),
+        port = closed_port(),
+        stores = env.key_stores_yaml(&DEMO_STORES),
+    );
+    crate::support::write_policy_file(&env.policy_path(), &text);
+    env
+}
+
+/// The process ended by itself with an exit code (no abort, no stack overflow) and said why the
+/// role's account failed in one readable line.
+fn assert_readable_sts_failure(text: &str) {
+    assert!(!text.contains("overflowed its stack"), "{text}");
+    assert!(text.contains("AssumeRole"), "{text}");
+    assert!(text.contains("Connection refused"), "{text}");
+    assert!(!text.contains("DispatchFailure {"), "no Debug dump: {text}");
+}
+
+#[test]
+fn trip_with_sts_unreachable_disconnects_the_other_account_and_retries_the_role_until_the_deadline()
+{
+    let env = sts_unreachable_env();
+    let output = env.run(&["trip", "--reason", "sts down"]);
+    let text = output_text(&output);
+
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert_readable_sts_failure(&text);
+    for (account, region, id, _) in DEMO_STORES {
+        let expected = if account == ACCOUNT {
+            "DISCONNECTED"
+        } else {
+            "CONNECTED"
+        };
+        assert_eq!(env.state(account, region, id), expected, "{id}\n{text}");
+    }
+    // The role's stores were retried (a transport failure is not a refusal).
+    let most_attempts = env
+        .events("disconnect_requested")
+        .iter()
+        .filter(|e| e["account"] == OTHER_ACCOUNT)
+        .filter_map(|e| e["attempt"].as_u64())
+        .max();
+    assert!(most_attempts >= Some(2), "{most_attempts:?}\n{text}");
+    let finished = env.events("lockdown_finished");
+    assert_eq!(finished.len(), 1, "{text}");
+    assert_eq!(finished[0]["outcome"], "partial");
+    assert_eq!(finished[0]["verified"], 4);
+}
+
+#[test]
+fn status_with_sts_unreachable_reports_the_role_stores_and_describes_the_others() {
+    let env = sts_unreachable_env();
+    let output = env.run(&["status"]);
+    let text = output_text(&output);
+
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert_readable_sts_failure(&text);
+    for (account, _, id, _) in DEMO_STORES {
+        if account == ACCOUNT {
+            let line = text
+                .lines()
+                .find(|l| l.contains(id))
+                .unwrap_or_else(|| panic!("{id} listed\n{text}"));
+            assert!(line.contains("CONNECTED"), "{line}");
+        }
+    }
+}
+
+#[test]
+fn check_online_with_sts_unreachable_fails_readably() {
+    let env = sts_unreachable_env();
+    let output = env.run(&["check", "--online"]);
+    let text = output_text(&output);
+
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert_readable_sts_failure(&text);
+}
+
+#[test]
+fn daemon_with_sts_unreachable_starts_stays_up_and_disconnects_the_other_stores() {
+    let env = Env::with_policy(PolicyOptions {
+        verify_timeout: "3s",
+        ..PolicyOptions::default()
+    });
+    let text = env.policy_text(&PolicyOptions {
+        verify_timeout: "3s",
+        ..PolicyOptions::default()
+    });
+    let url_line = format!("  endpoint_url: \"{}\"\n", env.sim.endpoint_url());
+    let text = text.replace(
+        &url_line,
+        &format!(
+            "{url_line}  endpoints:\n    sts: \"http://127.0.0.1:{}\"\n",
+            closed_port()
+        ),
+    );
+    env.write_policy_text(&text);
+
+    // READY after the credential warm-up failed: start-up survived it.
+    let mut daemon = env.start();
+    env.touch_flag();
+    let finished = env.wait_events("lockdown_finished", 1);
+    assert_eq!(finished[0]["outcome"], "partial", "{}", env.audit_dump());
+    assert_eq!(finished[0]["verified"], 2, "{}", env.audit_dump());
+    for (account, region, id) in daemon::STORES {
+        let expected = if account == daemon::ACCOUNT {
+            "DISCONNECTED"
+        } else {
+            "CONNECTED"
+        };
+        assert_eq!(
+            env.sim.connection_state(account, region, id).as_deref(),
+            Some(expected),
+            "{id}"
+        );
+    }
+    // Still running after the partial lockdown (enforcement keeps retrying): a clean stop.
+    daemon.signal("TERM");
+    let status = daemon.wait_exit();
+    assert_eq!(status.code(), Some(0), "{}", daemon.log());
+    assert!(!daemon.log().contains("overflowed its stack"));
+    assert_eq!(env.events("daemon_stopped").len(), 1);
+}
