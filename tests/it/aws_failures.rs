@@ -1,8 +1,11 @@
 //! What an outage of AWS does to every command: STS refusing connections (issue 10, item 1), a
-//! cached assumed-role session refused after an outage (item 5). The real binary against kms-sim;
-//! the stores of the accounts that still work always end DISCONNECTED, and nothing crashes.
+//! cached assumed-role session refused after an outage (item 5), a region whose DescribeAlarms
+//! crawls (item 8). The real binary against kms-sim; the stores of the accounts that still work
+//! always end DISCONNECTED, the other regions' alarms still fire, and nothing crashes.
 
 use std::net::TcpListener;
+
+use kms_sim::{FaultRule, Faults};
 
 use crate::support::daemon::{self, Env, PolicyOptions};
 use crate::support::sim::{ACCOUNT, DEMO_STORES, OTHER_ACCOUNT, SimEnv, output_text};
@@ -149,4 +152,54 @@ fn daemon_with_sts_unreachable_starts_stays_up_and_disconnects_the_other_stores(
     assert_eq!(status.code(), Some(0), "{}", daemon.log());
     assert!(!daemon.log().contains("overflowed its stack"));
     assert_eq!(env.events("daemon_stopped").len(), 1);
+}
+
+#[test]
+fn alarm_in_one_region_fires_while_another_region_takes_9s_to_answer() {
+    // ap-southeast-2 sorts before eu-west-1: polled one after another, eu-west-1 would wait.
+    let slow_region = "ap-southeast-2";
+    let options = PolicyOptions {
+        extra_triggers: format!(
+            "  alarms:\n    - name: {}\n      region: {slow_region}\n    - name: {}\n  alarm_poll_interval: 1s\n",
+            daemon::COMPOSITE_ALARM,
+            daemon::METRIC_ALARM,
+        ),
+        ..PolicyOptions::default()
+    };
+    let env = Env::with_policy(options);
+    env.sim.set_faults(Faults {
+        rules: vec![
+            FaultRule {
+                transition_delay_ms: Some(100),
+                ..FaultRule::default()
+            },
+            FaultRule {
+                region: Some(slow_region.into()),
+                operation: Some("DescribeAlarms".into()),
+                latency_ms: 9_000,
+                ..FaultRule::default()
+            },
+        ],
+    });
+    let _daemon = env.start();
+    env.sim
+        .set_alarm_state(
+            daemon::ACCOUNT,
+            daemon::REGION,
+            daemon::METRIC_ALARM,
+            "ALARM",
+            "integration test",
+        )
+        .expect("set the alarm");
+    let fired = env.wait_events("trigger_fired", 1);
+    assert_eq!(fired[0]["source"], "alarm");
+    assert_eq!(fired[0]["detail"]["region"], daemon::REGION);
+    // The slow region's first DescribeAlarms (logged by the sim once answered) is not in yet.
+    let slow_answers = env
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.operation == "DescribeAlarms" && r.region.as_deref() == Some(slow_region))
+        .count();
+    assert_eq!(slow_answers, 0, "{}", env.audit_dump());
 }
