@@ -82,16 +82,17 @@ pub(crate) fn kind_for_code(code: &str, status: u16) -> ErrorKind {
         "CustomKeyStoreNotFoundException" | "ResourceNotFound" | "ResourceNotFoundException" => {
             ErrorKind::NotFound
         }
+        // The token or key is unknown or expired: new credentials may well be accepted.
+        "UnrecognizedClientException"
+        | "InvalidClientTokenId"
+        | "ExpiredToken"
+        | "ExpiredTokenException" => ErrorKind::CredentialsRejected,
         "AccessDeniedException"
         | "AccessDenied"
-        | "UnrecognizedClientException"
-        | "InvalidClientTokenId"
         | "InvalidSignatureException"
         | "SignatureDoesNotMatch"
         | "IncompleteSignature"
-        | "MissingAuthenticationToken"
-        | "ExpiredToken"
-        | "ExpiredTokenException" => ErrorKind::AccessDenied,
+        | "MissingAuthenticationToken" => ErrorKind::AccessDenied,
         "ThrottlingException"
         | "Throttling"
         | "ThrottledException"

@@ -203,3 +203,76 @@ fn alarm_in_one_region_fires_while_another_region_takes_9s_to_answer() {
         .count();
     assert_eq!(slow_answers, 0, "{}", env.audit_dump());
 }
+
+#[test]
+fn cached_session_refused_after_an_outage_is_renewed_and_the_lockdown_completes() {
+    let env = Env::new();
+    // Start-up warms the credentials: the role's session is cached from here on.
+    let _daemon = env.start();
+    let assumed_before = env
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.operation == "AssumeRole")
+        .count();
+    assert!(assumed_before >= 1, "warm-up assumed the role");
+    // An outage: every connection dropped while the lockdown starts.
+    env.sim.set_faults(Faults {
+        rules: vec![FaultRule {
+            drop_connection_rate: 1.0,
+            ..FaultRule::default()
+        }],
+    });
+    env.touch_flag();
+    env.wait_events("disconnect_result", 3);
+    // The endpoint comes back without the sessions it issued before.
+    let since = daemon::now_us();
+    env.sim.forget_sessions();
+    env.set_transition_delay(100);
+
+    let finished = env.wait_events("lockdown_finished", 1);
+    assert_eq!(finished[0]["outcome"], "complete", "{}", env.audit_dump());
+    assert_eq!(finished[0]["verified"], daemon::STORES.len());
+    env.wait_all_disconnected();
+    // The refused session was replaced, paced: not one AssumeRole per refused request.
+    let assumed = env.requests_since("AssumeRole", since);
+    assert!((1..=3).contains(&assumed), "{assumed} AssumeRole calls");
+}
+
+#[test]
+fn every_failed_enforcement_round_is_audited() {
+    let env = Env::with_policy(PolicyOptions {
+        enforce_interval: "1s",
+        ..PolicyOptions::default()
+    });
+    let _daemon = env.start();
+    env.touch_flag();
+    let finished = env.wait_events("lockdown_finished", 1);
+    assert_eq!(finished[0]["outcome"], "complete", "{}", env.audit_dump());
+    // The second account stops answering the enforcement rounds' Describe.
+    env.sim.set_faults(Faults {
+        rules: vec![FaultRule {
+            account: Some(daemon::OTHER_ACCOUNT.into()),
+            operation: Some("DescribeCustomKeyStores".into()),
+            access_denied: true,
+            ..FaultRule::default()
+        }],
+    });
+    let failed = env.wait_events("enforcement_failed", 2);
+    let (_, region, id) = daemon::STORES[2];
+    for record in &failed[..2] {
+        assert_eq!(record["key_store_id"], id, "{record}");
+        assert_eq!(record["region"], region);
+        assert_eq!(record["lockdown_id"], finished[0]["lockdown_id"]);
+        let error = record["error"].as_str().unwrap_or_default();
+        assert!(error.contains("AccessDenied"), "{error}");
+    }
+    // The first account's stores are enforced as usual: no failure recorded for them.
+    assert!(
+        env.events("enforcement_failed")
+            .iter()
+            .all(|r| r["key_store_id"] == id),
+        "{}",
+        env.audit_dump()
+    );
+}
