@@ -542,6 +542,17 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn classifies_a_refused_session_as_retryable_credentials_rejected() {
+        for code in ["UnrecognizedClientException", "ExpiredTokenException"] {
+            let refused = disconnect_error(400, code).await;
+            assert_eq!(refused.kind, ErrorKind::CredentialsRejected, "{code}");
+            assert!(refused.kind.is_retryable(), "{code}");
+        }
+        let signature = disconnect_error(400, "InvalidSignatureException").await;
+        assert_eq!(signature.kind, ErrorKind::AccessDenied);
+    }
+
+    #[tokio::test]
     async fn classifies_server_errors_as_transient() {
         let internal = disconnect_error(500, "KMSInternalException").await;
         assert_eq!(internal.kind, ErrorKind::Transient);
