@@ -186,6 +186,17 @@ pub enum Event {
         region: String,
         error: String,
     },
+    /// An enforcement round while latched could not check or disconnect this store (one record
+    /// per failing store per round; the next round tries again).
+    EnforcementFailed {
+        lockdown_id: String,
+        /// The store's id, or `name:<name>` while its name could not be resolved.
+        key_store_id: String,
+        region: String,
+        account: Option<String>,
+        connection_state: Option<String>,
+        error: String,
+    },
 }
 
 /// Where the daemon and the engine send events. The writer implements it; tests use a
@@ -1944,6 +1955,14 @@ mod tests {
                 region: String::new(),
                 error: String::new(),
             },
+            Event::EnforcementFailed {
+                lockdown_id: String::new(),
+                key_store_id: String::new(),
+                region: String::new(),
+                account: None,
+                connection_state: None,
+                error: String::new(),
+            },
         ];
         for event in &events {
             match event {
@@ -1964,7 +1983,8 @@ mod tests {
                 | Event::AuditRecordsLost { .. }
                 | Event::LatchTampered { .. }
                 | Event::AuditLogReplaced { .. }
-                | Event::AlarmPollFailed { .. } => {}
+                | Event::AlarmPollFailed { .. }
+                | Event::EnforcementFailed { .. } => {}
             }
         }
         events
