@@ -67,14 +67,18 @@ pub enum Command {
     ///
     /// Exit 0 only when every store is verified DISCONNECTED, 1 when some are not. Writes the latch
     /// and the audit log like the daemon does. --dry-run resolves and describes the stores and
-    /// shows what would be disconnected, sending no Disconnect.
+    /// shows what would be disconnected, sending no Disconnect. When the switch is already
+    /// latched, no second lockdown starts (the trip is audited with `latched: true` and only
+    /// checks that every store is DISCONNECTED, exit 0 if so); --again locks down anyway.
     Trip(TripArgs),
     /// Show the latch and each key store's ConnectionState as KMS reports it.
     Status(StatusArgs),
     /// Clear the latch after an incident, so the switch can fire again.
     ///
     /// Refuses while a trigger is still active (the flag file exists, or a watched alarm is in
-    /// ALARM). A running daemon is armed again within a second, without a restart.
+    /// ALARM) and while a lockdown is in flight (the daemon's or a `trip`'s), so no Disconnect
+    /// follows an accepted rearm. A running daemon is armed again within a second, without a
+    /// restart.
     Rearm(RearmArgs),
     /// Audit log tools.
     #[command(subcommand)]
@@ -96,6 +100,10 @@ pub struct TripArgs {
     /// Resolve and describe the stores and show what would be disconnected; send no Disconnect.
     #[arg(long)]
     pub dry_run: bool,
+    /// Lock down even if the switch is already latched. Without it, a trip while latched starts
+    /// no second lockdown: it says so and checks the stores (exit 0 if all are DISCONNECTED).
+    #[arg(long, conflicts_with = "dry_run")]
+    pub again: bool,
 }
 
 #[derive(Debug, Args)]

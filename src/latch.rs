@@ -1,11 +1,19 @@
-//! The latch: the on-disk record that the switch has fired (`state_file`, JSON). Written
-//! atomically (temp file in the same directory, fsync, rename, fsync the directory) *before* the
-//! first Disconnect, so that a crash at any point leaves either no latch or a whole one. Cleared
-//! only by `rearm`. Owns that one file; it knows nothing of AWS or triggers.
+//! The latch: the on-disk record that the switch has fired (`state_file`, JSON). Written once
+//! (create-new: temp file in the same directory, fsync, hard link to the final name, which fails
+//! if a latch is already there, fsync the directory) *before* the first Disconnect, so that a
+//! crash at any point leaves either no latch or a whole one, and a second trigger racing the first
+//! never replaces its latch. Cleared only by `rearm`.
+//!
+//! Also owns the disconnect lock next to it (`<state_file>.lock`, `flock`): every process that
+//! sends Disconnects for a latch (a lockdown, an enforcement round, in the daemon or a CLI `trip`)
+//! holds it shared and checks the latch is still there once it holds it; `rearm` takes it
+//! exclusively and refuses when it cannot, so no Disconnect is sent after an accepted rearm.
+//! Owns those two files; it knows nothing of AWS or triggers.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -76,6 +84,13 @@ pub enum LatchError {
         #[source]
         source: std::io::Error,
     },
+    /// Another trigger latched the switch first (create-new found a latch in place).
+    #[error("latch file {path} already exists: the switch is already latched")]
+    AlreadyLatched { path: PathBuf },
+    #[error(
+        "the disconnect lock {path} is held by a rearm for more than {waited:?}; going ahead without it"
+    )]
+    LockTimeout { path: PathBuf, waited: Duration },
     #[error(
         "latch file {path} is not valid (delete it only if you know the switch is not latched)"
     )]
@@ -111,7 +126,8 @@ pub fn read(path: &Path) -> Result<Option<Latch>, LatchError> {
     }
 }
 
-/// Write the latch atomically and durably. Creates the parent directory (0700) if missing.
+/// Write the latch atomically and durably, only if there is none: an existing latch is never
+/// replaced ([`LatchError::AlreadyLatched`]). Creates the parent directory (0700) if missing.
 pub fn write(path: &Path, latch: &Latch) -> Result<(), LatchError> {
     let dir = parent_dir(path);
     if !dir.exists() {
@@ -122,22 +138,119 @@ pub fn write(path: &Path, latch: &Latch) -> Result<(), LatchError> {
         source,
     })?;
     bytes.push(b'\n');
+    // Unique per writer: two processes (or a daemon and a trip) may write at the same instant.
     let tmp = dir.join(format!(
-        ".{}.tmp.{}",
+        ".{}.tmp.{}.{:08x}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("latch"),
-        std::process::id()
+        std::process::id(),
+        fastrand::u32(..)
     ));
     let result = (|| {
         let mut file = private_file(&tmp)?;
         file.write_all(&bytes)?;
         file.sync_all()?;
-        fs::rename(&tmp, path)?;
+        // link(2) fails with EEXIST instead of replacing: the first latch wins, whole.
+        let linked = fs::hard_link(&tmp, path);
+        fs::remove_file(&tmp)?;
+        linked?;
         fsync_dir(dir)
     })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let _ = fs::remove_file(&tmp);
+            Err(LatchError::AlreadyLatched {
+                path: path.to_path_buf(),
+            })
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(io_err("write", path)(e))
+        }
     }
-    result.map_err(io_err("write", path))
+}
+
+/// How long a lockdown waits for a rearm that holds the disconnect lock (a rearm holds it only to
+/// remove the latch and append one audit record); past this the lockdown goes ahead without it,
+/// since a kill switch is never stopped by its own bookkeeping.
+pub const DISCONNECT_LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// How long `rearm` waits for Disconnect senders to finish before refusing: long enough for an
+/// enforcement round against a healthy KMS, far shorter than a lockdown.
+pub const REARM_LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Between two attempts at the disconnect lock.
+const LOCK_POLL: Duration = Duration::from_millis(10);
+
+/// The disconnect lock, held while it lives (closing the file releases the `flock`).
+#[derive(Debug)]
+pub struct DisconnectLock {
+    _file: fs::File,
+}
+
+/// `<state_file>.lock`.
+pub fn lock_path(state_file: &Path) -> PathBuf {
+    let mut name = state_file.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// Hold the disconnect lock shared, to send Disconnects for the latch at `state_file` (blocking:
+/// call it off the async workers). Waits at most [`DISCONNECT_LOCK_WAIT`] for a rearm.
+pub fn lock_for_disconnects(state_file: &Path) -> Result<DisconnectLock, LatchError> {
+    match lock(state_file, false, DISCONNECT_LOCK_WAIT)? {
+        Some(lock) => Ok(lock),
+        None => Err(LatchError::LockTimeout {
+            path: lock_path(state_file),
+            waited: DISCONNECT_LOCK_WAIT,
+        }),
+    }
+}
+
+/// Hold the disconnect lock exclusively, to clear the latch; `None` while a lockdown or an
+/// enforcement round holds it (after waiting [`REARM_LOCK_WAIT`]).
+pub fn lock_for_rearm(state_file: &Path) -> Result<Option<DisconnectLock>, LatchError> {
+    lock(state_file, true, REARM_LOCK_WAIT)
+}
+
+fn lock(
+    state_file: &Path,
+    exclusive: bool,
+    wait: Duration,
+) -> Result<Option<DisconnectLock>, LatchError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = lock_path(state_file);
+    let dir = parent_dir(state_file);
+    if !dir.exists() {
+        create_private_dir(dir).map_err(io_err("create directory for", state_file))?;
+    }
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(&path)
+        .map_err(io_err("open the disconnect lock next to", state_file))?;
+    let started = Instant::now();
+    loop {
+        let attempt = if exclusive {
+            file.try_lock()
+        } else {
+            file.try_lock_shared()
+        };
+        match attempt {
+            Ok(()) => return Ok(Some(DisconnectLock { _file: file })),
+            Err(fs::TryLockError::WouldBlock) if started.elapsed() < wait => {
+                std::thread::sleep(LOCK_POLL)
+            }
+            Err(fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(io_err("lock the disconnect lock next to", state_file)(e));
+            }
+        }
+    }
 }
 
 /// Remove the latch durably. Removing a latch that is not there is not an error.
@@ -168,8 +281,7 @@ fn private_file(path: &Path) -> std::io::Result<fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(path)
 }
@@ -201,6 +313,39 @@ mod tests {
         clear(&path).unwrap();
         assert_eq!(read(&path).unwrap(), None);
         clear(&path).unwrap();
+    }
+
+    #[test]
+    fn a_second_write_never_replaces_the_first_latch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("latch.json");
+        write(&path, &sample()).unwrap();
+        let second = Latch {
+            lockdown_id: "ld-2".into(),
+            ..sample()
+        };
+        assert!(matches!(
+            write(&path, &second),
+            Err(LatchError::AlreadyLatched { .. })
+        ));
+        assert_eq!(read(&path).unwrap(), Some(sample()));
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temp file left behind: {names:?}");
+    }
+
+    #[test]
+    fn rearm_cannot_take_the_disconnect_lock_while_a_lockdown_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/latch.json");
+        let lockdown = lock_for_disconnects(&path).unwrap();
+        let enforcement = lock_for_disconnects(&path).expect("senders share the lock");
+        assert!(lock(&path, true, Duration::ZERO).unwrap().is_none());
+        drop(lockdown);
+        drop(enforcement);
+        let rearm = lock(&path, true, Duration::ZERO)
+            .unwrap()
+            .expect("free once the senders are done");
+        drop(rearm);
     }
 
     #[test]

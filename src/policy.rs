@@ -626,9 +626,41 @@ impl serde_saphyr::MessageFormatter for PolicyMessages {
                 expected: "string scalar",
                 ..
             } => Cow::Borrowed("expected a single value here, not a list or mapping"),
-            other => serde_saphyr::UserMessageFormatter.format_message(other),
+            serde_saphyr::Error::Budget { breach, .. } => Cow::Owned(budget_message(breach)),
+            other => match serde_saphyr::UserMessageFormatter.format_message(other) {
+                // The scanner's own limit on nested flow collections (`[[[…`, `{a: {a: …`).
+                message if message == "recursion limit exceeded" => Cow::Owned(format!(
+                    "the policy nests more than {} levels deep, so it was not read (a policy needs only a few)",
+                    serde_saphyr::Budget::default().flow_nesting_limit
+                )),
+                message => message,
+            },
         }
     }
+}
+
+/// One sentence for a breached parser limit (serde-saphyr prints the breach's Debug form). The
+/// limits are serde-saphyr's defaults ([`serde_saphyr::Budget`]), named in the sentence.
+fn budget_message(breach: &serde_saphyr::budget::BudgetBreach) -> String {
+    use serde_saphyr::budget::BudgetBreach as B;
+    let limits = serde_saphyr::Budget::default();
+    let what = match breach {
+        B::Aliases { .. } => format!("has more than {} aliases (`*name`)", limits.max_aliases),
+        B::AliasAnchorRatio { aliases, anchors } => format!(
+            "uses {aliases} aliases for {anchors} anchors (more than {} per anchor)",
+            limits.alias_anchor_ratio_multiplier
+        ),
+        B::Anchors { .. } => format!("has more than {} anchors (`&name`)", limits.max_anchors),
+        B::Depth { .. } => format!("nests more than {} levels deep", limits.max_depth),
+        B::Events { .. } => format!("has more than {} YAML events", limits.max_events),
+        B::Nodes { .. } => format!("has more than {} values", limits.max_nodes),
+        B::Documents { .. } => format!("has more than {} YAML documents", limits.max_documents),
+        B::MergeKeys { .. } => format!("has more than {} merge keys (`<<`)", limits.max_merge_keys),
+        B::ScalarBytes { .. } => "holds more text than the parser's limit".to_owned(),
+        B::InputBytes { .. } => "is larger than the parser's limit".to_owned(),
+        _ => "expands beyond the parser's limits (anchors, aliases or nesting)".to_owned(),
+    };
+    format!("the policy {what}, so it was not read (a policy needs only a few dozen lines)")
 }
 
 struct NoLocationSuffix;

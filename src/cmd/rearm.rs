@@ -1,6 +1,7 @@
 //! `kms-killswitch rearm --reason TEXT`: clear the latch after an incident. Refuses (exit 1) while
 //! a trigger is still active: the flag file exists, or a watched CloudWatch alarm is in ALARM (or
-//! cannot be read, so that cannot be ruled out). Otherwise removes the latch and audits
+//! cannot be read, so that cannot be ruled out); and while a lockdown is in flight (it cannot
+//! take the disconnect lock, `crate::latch`). Otherwise removes the latch and audits
 //! `rearmed {reason, by}`. A running daemon re-reads the latch file every half second and is armed
 //! again within a second (see `crate::daemon`); nothing else is needed. It never calls KMS.
 
@@ -44,6 +45,16 @@ pub fn run(ctx: &Context, args: &RearmArgs) -> anyhow::Result<Exit> {
         }
     }
 
+    // Held until the rearm is audited: no lockdown or enforcement round (daemon or `trip`) sends
+    // a Disconnect meanwhile, and none that starts later finds the old latch (see `crate::latch`).
+    let Some(_disconnect_lock) = latch::lock_for_rearm(&policy.state_file)? else {
+        eprintln!(
+            "kms-killswitch: refusing to rearm: a lockdown is in flight (the daemon's or a `kms-killswitch trip`'s, holding {}); wait until it has finished (at most verify_timeout, {}s) and rearm again",
+            latch::lock_path(&policy.state_file).display(),
+            policy.lockdown.verify_timeout.as_secs()
+        );
+        return Ok(Exit::Incomplete);
+    };
     let Some(latch) = latch::read(&policy.state_file)? else {
         println!("not latched: nothing to rearm");
         return Ok(Exit::Success);

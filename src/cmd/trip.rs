@@ -1,8 +1,12 @@
-//! `kms-killswitch trip [--reason TEXT] [--dry-run]`: lock down now from a shell, with or without
-//! the daemon. Records `trigger_fired {source: cli}`, writes the latch before the first
-//! Disconnect (unless a dry run), runs the engine to verification, prints one line per store and
-//! exits 0 only when every store is verified DISCONNECTED (1 otherwise, or when the audit log
-//! could not be written). A dry run resolves and describes only and sends no Disconnect.
+//! `kms-killswitch trip [--reason TEXT] [--dry-run] [--again]`: lock down now from a shell, with
+//! or without the daemon. Writes the latch (create-new) before the first Disconnect (unless a dry
+//! run), records `trigger_fired {source: cli}`, runs the engine to verification, prints one line
+//! per store and exits 0 only when every store is verified DISCONNECTED (1 otherwise, or when the
+//! audit log could not be written). A dry run resolves and describes only and sends no
+//! Disconnect. When the switch is already latched (another trigger won), the trip records
+//! `latched: true` and starts no second lockdown unless `--again`: it only describes the stores
+//! (exit 0 when all are DISCONNECTED). It holds the disconnect lock (`crate::latch`) while it
+//! sends Disconnects, so a `rearm` refuses meanwhile.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -12,12 +16,13 @@ use anyhow::Context as _;
 use serde_json::json;
 
 use crate::audit::{AuditLog, AuditSink, Event, TriggerSource};
+use crate::aws::ConnectionState;
 use crate::cli::TripArgs;
 use crate::cmd::status::{engine, runtime, table};
 use crate::cmd::{Context, Exit};
-use crate::latch::{self, Latch, TriggerSourceName};
+use crate::latch::{self, Latch, LatchError, TriggerSourceName};
 use crate::lockdown::{LockdownReport, LockdownRequest, ProgressEvent, ProgressStep};
-use crate::policy::{self, LoadOptions};
+use crate::policy::{self, LoadOptions, Policy};
 
 pub fn run(ctx: &Context, args: &TripArgs) -> anyhow::Result<Exit> {
     let policy = policy::load(
@@ -37,22 +42,26 @@ pub fn run(ctx: &Context, args: &TripArgs) -> anyhow::Result<Exit> {
         std::process::id()
     );
 
-    // A latch we cannot read is treated as latched: never lose an earlier lockdown's record.
-    let latched = match latch::read(&policy.state_file) {
-        Ok(latch) => latch.is_some(),
-        Err(err) => {
-            eprintln!("kms-killswitch: warning: {:#}", anyhow::Error::new(err));
-            true
-        }
-    };
-    audit.record(Event::TriggerFired {
-        source: TriggerSource::Cli,
-        detail: json!({ "user": user, "reason": reason, "dry_run": args.dry_run }),
-        latched,
-    });
-
     let mut exit = Exit::Success;
-    if !args.dry_run && !latched {
+    // Held until this trip's lockdown ends: `rearm` refuses while it is held, so no Disconnect
+    // of this trip follows an accepted rearm (see `crate::latch`).
+    let mut disconnect_lock = None;
+    // The latch that was there first, if any: then this trip starts no second lockdown.
+    let mut existing = None;
+    let latched = if args.dry_run {
+        // A latch we cannot read is treated as latched: never lose an earlier lockdown's record.
+        match latch::read(&policy.state_file) {
+            Ok(latch) => latch.is_some(),
+            Err(err) => {
+                eprintln!("kms-killswitch: warning: {:#}", anyhow::Error::new(err));
+                true
+            }
+        }
+    } else {
+        match latch::lock_for_disconnects(&policy.state_file) {
+            Ok(lock) => disconnect_lock = Some(lock),
+            Err(err) => eprintln!("kms-killswitch: warning: {:#}", anyhow::Error::new(err)),
+        }
         let latch = Latch {
             trigger: TriggerSourceName::Cli,
             fired_at,
@@ -63,16 +72,42 @@ pub fn run(ctx: &Context, args: &TripArgs) -> anyhow::Result<Exit> {
                 format!("trip by {user}: {reason}")
             },
         };
-        // The lockdown goes ahead even so: a human asked for it in an emergency.
-        if let Err(err) = latch::write(&policy.state_file, &latch) {
-            eprintln!(
-                "kms-killswitch: ERROR: {:#}; locking down anyway",
-                anyhow::Error::new(err)
-            );
-            exit = Exit::Incomplete;
+        match latch::write(&policy.state_file, &latch) {
+            Ok(()) => {}
+            Err(LatchError::AlreadyLatched { .. }) => match latch::read(&policy.state_file) {
+                Ok(found) => existing = found,
+                // Not a latch we can trust to be in force: lock down (fail closed).
+                Err(err) => eprintln!(
+                    "kms-killswitch: warning: {:#}; locking down",
+                    anyhow::Error::new(err)
+                ),
+            },
+            // The lockdown goes ahead even so: a human asked for it in an emergency.
+            Err(err) => {
+                eprintln!(
+                    "kms-killswitch: ERROR: {:#}; locking down anyway",
+                    anyhow::Error::new(err)
+                );
+                exit = Exit::Incomplete;
+            }
         }
-    } else if latched && !args.dry_run {
-        println!("already latched: locking down again as requested");
+        existing.is_some()
+    };
+    audit.record(Event::TriggerFired {
+        source: TriggerSource::Cli,
+        detail: json!({ "user": user, "reason": reason, "dry_run": args.dry_run, "again": args.again }),
+        latched,
+    });
+
+    if let Some(existing) = &existing {
+        if !args.again {
+            drop(disconnect_lock);
+            return already_latched(&policy, &audit, existing);
+        }
+        println!(
+            "already latched by lockdown {}: locking down again as requested (--again)",
+            existing.lockdown_id
+        );
     }
 
     let request = LockdownRequest {
@@ -110,6 +145,44 @@ pub fn run(ctx: &Context, args: &TripArgs) -> anyhow::Result<Exit> {
             "kms-killswitch: ERROR: the audit log {} could not be written ({} records held in memory are lost when this process exits); the lockdown itself is as reported above",
             policy.audit_log.display(),
             audit.unflushed()
+        );
+        exit = Exit::Incomplete;
+    }
+    Ok(exit)
+}
+
+/// A trip while latched, without `--again`: no Disconnect, only a look at what KMS reports.
+/// Exit 0 when every store is DISCONNECTED now (what `trip` promises), 1 otherwise (the first
+/// lockdown may still be in flight; a running daemon keeps enforcing).
+fn already_latched(policy: &Policy, audit: &AuditLog, existing: &Latch) -> anyhow::Result<Exit> {
+    println!(
+        "already latched: lockdown {} fired {} by {} ({}); no second lockdown (`kms-killswitch trip --again` sends the Disconnects again)",
+        existing.lockdown_id, existing.fired_at, existing.trigger, existing.detail
+    );
+    let statuses =
+        runtime()?.block_on(async { engine(policy).await.describe(&policy.key_stores).await });
+    let disconnected = statuses
+        .iter()
+        .filter(|s| {
+            s.key_store
+                .as_ref()
+                .is_some_and(|k| k.connection_state == ConnectionState::Disconnected)
+        })
+        .count();
+    let total = statuses.len();
+    let mut exit = Exit::Success;
+    if disconnected == total {
+        println!("{disconnected}/{total} key stores DISCONNECTED as KMS reports now");
+    } else {
+        println!(
+            "only {disconnected}/{total} key stores DISCONNECTED as KMS reports now: the first lockdown may still be in flight and a running daemon keeps enforcing; `kms-killswitch status` shows each store"
+        );
+        exit = Exit::Incomplete;
+    }
+    if !audit.flush() || !audit.healthy() {
+        eprintln!(
+            "kms-killswitch: ERROR: the audit log {} could not be written",
+            policy.audit_log.display()
         );
         exit = Exit::Incomplete;
     }

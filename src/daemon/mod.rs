@@ -17,7 +17,11 @@
 //! Rearm hand-off: the daemon `stat`s/reads the latch file every [`LATCH_POLL_INTERVAL`]. When the
 //! file is gone the switch is armed again; when a latch appears that the daemon did not write
 //! (a `kms-killswitch trip` from a shell), it adopts it and enforces. No pid file, no socket, no
-//! signal: the latch file is the single source of truth and survives everything.
+//! signal: the latch file is the single source of truth and survives everything. The latch is
+//! written create-new: when a `trip` latched first, the daemon's trigger is a trigger while
+//! latched. Each lockdown and enforcement task holds the disconnect lock (`crate::latch`) and checks
+//! the latch is still on disk before its first Disconnect, so `rearm` (which needs that lock
+//! exclusively) refuses while one is in flight and none sends after an accepted rearm.
 //!
 //! Shutdown (the future passed to [`Daemon::run`], SIGTERM/SIGINT in production): triggers stop,
 //! triggers already queued are still handled, a lockdown in flight is awaited (it ends by its
@@ -241,8 +245,8 @@ pub struct Daemon<C, A> {
     alarms: Option<Running<AlarmConfig>>,
     /// `Some` while latched.
     latched: Option<Latched>,
-    /// The lockdown in flight (at most one).
-    lockdown: Option<JoinHandle<LockdownReport>>,
+    /// The lockdown in flight (at most one); `None` when a rearm came first and it sent nothing.
+    lockdown: Option<JoinHandle<Option<LockdownReport>>>,
     /// A lockdown requested while another was in flight (a trip right after a rearm).
     pending_lockdown: Option<String>,
     /// The enforcement round in flight and its cancellation.
@@ -489,12 +493,35 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
         }
     }
 
-    /// The first trigger: latch (durably, before any Disconnect), audit, lock down.
+    /// The first trigger: latch (durably, before any Disconnect), audit, lock down. When another
+    /// process (a `trip`) latched first, this trigger is a trigger while latched.
     fn fire(&mut self, source: TriggerSource, detail: serde_json::Value) {
         let latch = new_latch(source, detail.to_string());
         let lockdown_id = latch.lockdown_id.clone();
+        let state_file = self.policy.state_file.clone();
+        let written = latch::write(&state_file, &latch);
+        // Another process latched first (a latch file we cannot read instead: fail closed, lock
+        // down below).
+        if let Err(latch::LatchError::AlreadyLatched { .. }) = &written
+            && let Ok(Some(existing)) = latch::read(&state_file)
+        {
+            tracing::info!(?source, %detail, lockdown_id = %existing.lockdown_id, "trigger fired but another process latched first; no second lockdown");
+            self.latched = Some(Latched {
+                latch: existing,
+                persisted: true,
+                progress: None,
+            });
+            self.audit.record(Event::TriggerFired {
+                source,
+                detail,
+                latched: true,
+            });
+            self.schedule_enforcement();
+            self.notify_status();
+            return;
+        }
         tracing::warn!(?source, %detail, %lockdown_id, "trigger fired; latching and locking down");
-        let persisted = write_latch(&self.policy.state_file, &latch);
+        let persisted = latch_on_disk(&state_file, written);
         self.latched = Some(Latched {
             latch,
             persisted,
@@ -525,17 +552,27 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
         };
         let engine = self.engine.clone();
         let audit = self.audit.clone();
+        let state_file = self.policy.state_file.clone();
+        let require_latch = self.latched.as_ref().is_some_and(|l| l.persisted);
         // Not tied to any cancellation: a lockdown always runs to its end.
         self.lockdown = Some(self.tracker.spawn(async move {
+            let Some(_lock) = hold_disconnect_lock(state_file, require_latch).await else {
+                tracing::warn!(lockdown_id = %request.lockdown_id, "rearmed before the lockdown started; no Disconnect sent");
+                return None;
+            };
             let sink: &dyn AuditSink = &*audit;
-            engine.lockdown(&request, sink).await
+            Some(engine.lockdown(&request, sink).await)
         }));
         self.notify_status();
     }
 
-    fn on_lockdown_finished(&mut self, result: Result<LockdownReport, tokio::task::JoinError>) {
+    fn on_lockdown_finished(
+        &mut self,
+        result: Result<Option<LockdownReport>, tokio::task::JoinError>,
+    ) {
         match result {
-            Ok(report) => {
+            Ok(None) => {}
+            Ok(Some(report)) => {
                 let verified = report.stores.iter().filter(|s| s.verified).count();
                 let total = report.stores.len();
                 if report.complete() {
@@ -575,14 +612,23 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
         let audit = self.audit.clone();
         let key_stores = self.policy.key_stores.clone();
         let lockdown_id = latched.latch.lockdown_id.clone();
+        let state_file = self.policy.state_file.clone();
+        let require_latch = latched.persisted;
         let cancel = self.cancel.child_token();
         let round_cancel = cancel.clone();
         let handle = self.tracker.spawn(async move {
             let sink: &dyn AuditSink = &*audit;
+            let round = async {
+                match hold_disconnect_lock(state_file, require_latch).await {
+                    // Rearmed since this round was scheduled: nothing to enforce.
+                    None => (0, 0),
+                    Some(_lock) => enforce_round(&engine, &key_stores, &lockdown_id, sink).await,
+                }
+            };
             tokio::select! {
                 // Rearmed, a new lockdown, or shutdown: an enforcement round may stop anywhere.
                 _ = round_cancel.cancelled() => (0, 0),
-                counts = enforce_round(&engine, &key_stores, &lockdown_id, sink) => counts,
+                counts = round => counts,
             }
         });
         self.enforcement = Some((handle, cancel));
@@ -670,6 +716,12 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
 
     async fn try_reload(&mut self) -> Result<(), String> {
         let new = (self.load_policy)().map_err(|err| error_chain(&*err))?;
+        if new.sha256 == self.policy.sha256 {
+            // The same bytes: nothing to swap, and nothing for the audit log (a SIGHUP loop must
+            // not fill it with `policy_loaded` records that say nothing new).
+            tracing::debug!(sha256 = %new.sha256, "policy_unchanged");
+            return Ok(());
+        }
         if new.state_file != self.policy.state_file || new.audit_log != self.policy.audit_log {
             return Err(format!(
                 "policy {}: changing state_file or audit_log needs a restart",
@@ -906,11 +958,41 @@ async fn sleep_until_some(deadline: Option<Instant>) {
     }
 }
 
+/// Take the disconnect lock (on a blocking thread) before sending Disconnects for the latch, and
+/// check the latch is still there once it is held (a rearm needs the lock exclusively, so from
+/// then on the answer stays true). `None`: an accepted rearm cleared it, send nothing. `Some(None)`:
+/// the lock could not be had; Disconnects go ahead anyway (never stopped by bookkeeping).
+async fn hold_disconnect_lock(
+    state_file: std::path::PathBuf,
+    require_latch: bool,
+) -> Option<Option<latch::DisconnectLock>> {
+    let held = tokio::task::spawn_blocking(move || {
+        let lock = match latch::lock_for_disconnects(&state_file) {
+            Ok(lock) => Some(lock),
+            Err(err) => {
+                tracing::error!(cause = %error_chain(&err), "cannot hold the disconnect lock; disconnecting without it");
+                None
+            }
+        };
+        // An unreadable latch is not a rearm: fail closed.
+        let rearmed = require_latch && matches!(latch::read(&state_file), Ok(None));
+        (!rearmed).then_some(lock)
+    })
+    .await;
+    held.unwrap_or(Some(None))
+}
+
 /// Write the latch; a failure is logged and the lockdown still runs (a kill switch is never
-/// stopped by its own bookkeeping). Returns whether it is on disk.
+/// stopped by its own bookkeeping). Returns whether a latch is on disk (ours, or one another
+/// process wrote first: the latch poll adopts that one).
 fn write_latch(path: &std::path::Path, latch: &Latch) -> bool {
-    match latch::write(path, latch) {
-        Ok(()) => true,
+    latch_on_disk(path, latch::write(path, latch))
+}
+
+/// See [`write_latch`].
+fn latch_on_disk(path: &std::path::Path, written: Result<(), latch::LatchError>) -> bool {
+    match written {
+        Ok(()) | Err(latch::LatchError::AlreadyLatched { .. }) => true,
         Err(err) => {
             tracing::error!(path = %path.display(), cause = %error_chain(&err), "cannot write the latch; locking down anyway and retrying the write");
             false

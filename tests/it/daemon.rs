@@ -218,6 +218,44 @@ fn sighup_with_a_valid_policy_swaps_it_in() {
     assert_eq!(fired[0]["source"], "alarm");
 }
 
+/// Wait until the daemon has sent READY=1 `count` times (once at start, once after each reload).
+fn wait_ready_count(daemon: &mut crate::support::daemon::Daemon, count: usize) {
+    wait_for(&format!("READY=1 #{count}"), || {
+        daemon.drain_notify();
+        let ready = daemon
+            .messages
+            .iter()
+            .filter(|m| m.lines().any(|l| l == "READY=1"))
+            .count();
+        (ready >= count).then_some(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn sighup_with_an_unchanged_policy_records_nothing_and_a_changed_one_is_recorded() {
+    let env = Env::new();
+    let mut daemon = env.start();
+    env.wait_events("policy_loaded", 1);
+    daemon.signal("HUP");
+    wait_ready_count(&mut daemon, 2);
+    // The same bytes written again are no change either.
+    let same = std::fs::read_to_string(env.policy_path()).unwrap();
+    env.write_policy_text(&same);
+    daemon.signal("HUP");
+    wait_ready_count(&mut daemon, 3);
+    assert_eq!(env.events("policy_loaded").len(), 1, "{}", env.audit_dump());
+
+    env.write_policy(&PolicyOptions {
+        extra_triggers: alarms_yaml(&[(METRIC_ALARM, 1)], "1s", None),
+        ..PolicyOptions::default()
+    });
+    daemon.signal("HUP");
+    let loaded = env.wait_events("policy_loaded", 2);
+    assert_ne!(loaded[1]["policy_sha256"], loaded[0]["policy_sha256"]);
+    assert!(env.events("policy_rejected").is_empty());
+}
+
 #[test]
 fn sighup_with_an_invalid_policy_is_rejected_and_the_old_one_stays() {
     let env = Env::new();
@@ -579,4 +617,118 @@ fn notify_socket_gets_ready_status_and_watchdog_in_order() {
         .position(|m| m.contains("STOPPING=1"))
         .expect("STOPPING=1 sent");
     assert!(stopping > latched, "{:?}", daemon.messages);
+}
+
+/// Issue 10 item 10: two `trip`s and the daemon's flag at once. The latch is written once (the
+/// first writer wins, nobody replaces it), every loser records `latched: true`, and exactly one
+/// lockdown runs.
+#[test]
+fn concurrent_trips_and_the_daemon_latch_once_and_lock_down_once() {
+    let env = Env::new();
+    let _daemon = env.start();
+    let trips: Vec<_> = (0..2)
+        .map(|i| {
+            env.command()
+                .args(["trip", "--reason", &format!("race {i}")])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("trip runs")
+        })
+        .collect();
+    env.touch_flag();
+    for trip in trips {
+        let output = trip.wait_with_output().expect("trip ends");
+        assert!(
+            matches!(output.status.code(), Some(0 | 1)),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let fired = env.wait_events("trigger_fired", 3);
+    env.wait_events("lockdown_finished", 1);
+    let dump = env.audit_dump();
+    let started = env.events("lockdown_started");
+    assert_eq!(started.len(), 1, "one lockdown: {dump}");
+    let first = fired.iter().filter(|f| f["latched"] != true).count();
+    assert_eq!(first, 1, "one trigger latched, the others found it: {dump}");
+    let latch: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.state_file()).expect("latch")).unwrap();
+    assert_eq!(
+        latch["lockdown_id"], started[0]["lockdown_id"],
+        "the latch is the winner's, never replaced: {dump}"
+    );
+    assert!(
+        env.events("disconnect_requested")
+            .iter()
+            .all(|d| d["lockdown_id"] == started[0]["lockdown_id"]),
+        "{dump}"
+    );
+}
+
+/// Issue 10 item 6: `rearm` refuses while the daemon's lockdown is still sending Disconnects (it
+/// would otherwise be accepted and the lockdown go on disconnecting), and is accepted once it has
+/// finished; no Disconnect follows the accepted rearm.
+#[test]
+fn rearm_is_refused_while_the_daemons_lockdown_is_in_flight() {
+    let env = Env::new();
+    // Long enough that the lockdown is still in flight after rearm's wait for the lock.
+    env.set_transition_delay(6000);
+    let mut daemon = env.start();
+    env.touch_flag();
+    env.wait_events("disconnect_requested", 1);
+    std::fs::remove_file(env.flag()).unwrap();
+
+    let refused = env.rearm("too early");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("a lockdown is in flight"), "{stderr}");
+    assert!(env.state_file().exists());
+    assert!(env.events("rearmed").is_empty());
+
+    assert_complete_lockdown(&env, 0);
+    let latched = daemon.wait_status("LATCHED since", 0);
+    let accepted = env.rearm("drill over");
+    let since = now_us();
+    assert_eq!(
+        accepted.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&accepted.stderr)
+    );
+    daemon.wait_status("armed, 3 key stores", latched);
+    assert_eq!(env.requests_since("DisconnectCustomKeyStore", since), 0);
+}
+
+/// Issue 10 item 6, for a lockdown run by `kms-killswitch trip` (a process of its own).
+#[test]
+fn rearm_is_refused_while_a_trip_is_locking_down() {
+    let env = Env::new();
+    env.set_transition_delay(6000);
+    let trip = env
+        .command()
+        .args(["trip", "--reason", "slow"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("trip runs");
+    env.wait_events("disconnect_requested", 1);
+
+    let refused = env.rearm("too early");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("a lockdown is in flight"), "{stderr}");
+    assert!(env.state_file().exists());
+
+    let output = trip.wait_with_output().expect("trip ends");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let since = now_us();
+    assert_eq!(env.rearm("drill over").status.code(), Some(0));
+    assert!(!env.state_file().exists());
+    assert_eq!(env.requests_since("DisconnectCustomKeyStore", since), 0);
 }

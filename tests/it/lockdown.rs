@@ -160,23 +160,50 @@ fn trip_is_partial_when_one_account_denies_disconnect() {
     assert_eq!(finished["failed"].as_array().map(Vec::len), Some(4));
 }
 
+/// Issue 10 item 10: a trip while latched records `latched: true`, starts no second lockdown
+/// and never replaces the latch; it exits 0 only if every store is DISCONNECTED now. `--again`
+/// locks down again.
 #[test]
-fn trip_when_already_latched_records_it_and_locks_down_again() {
+fn trip_while_latched_starts_no_second_lockdown_unless_again() {
     let env = SimEnv::demo();
     assert_eq!(env.run(&["trip"]).status.code(), Some(0));
-    // Someone reconnects a store; a second trip from the shell still disconnects it.
+    let latch = std::fs::read(env.state_file()).expect("latch written");
+    let disconnects = env.requests("DisconnectCustomKeyStore").len();
+
+    let output = env.run(&["trip", "--reason", "again?"]);
+    let text = output_text(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(text.contains("already latched"), "{text}");
+    assert!(text.contains("8/8 key stores DISCONNECTED"), "{text}");
+
+    // Someone reconnects a store: a plain trip says so (exit 1) and still sends nothing.
     let (account, region, id, _) = DEMO_STORES[4];
     env.sim
         .set_connection_state(account, region, id, "CONNECTED")
         .expect("store exists");
     let output = env.run(&["trip"]);
+    let text = output_text(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("only 7/8"), "{text}");
+    assert_eq!(env.state(account, region, id), "CONNECTED");
+    assert_eq!(env.requests("DisconnectCustomKeyStore").len(), disconnects);
+    assert_eq!(env.events("lockdown_started").len(), 1);
 
-    assert_eq!(output.status.code(), Some(0), "{}", output_text(&output));
+    // `--again` locks down again, under the same latch.
+    let output = env.run(&["trip", "--again"]);
+    let text = output_text(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(text.contains("locking down again"), "{text}");
     assert_eq!(env.state(account, region, id), "DISCONNECTED");
     let fired = env.events("trigger_fired");
-    assert_eq!(fired.len(), 2);
-    assert_eq!(fired[1]["latched"], true);
-    assert_eq!(env.events("lockdown_finished").len(), 2);
+    assert_eq!(fired.len(), 4);
+    assert!(fired[1..].iter().all(|f| f["latched"] == true), "{fired:?}");
+    assert_eq!(env.events("lockdown_started").len(), 2);
+    assert_eq!(
+        std::fs::read(env.state_file()).unwrap(),
+        latch,
+        "never replaced"
+    );
 }
 
 #[test]

@@ -320,3 +320,32 @@ fn usage_errors_exit_2() {
     assert_eq!(output.status.code(), Some(2), "stderr: {}", stderr(&output));
     assert!(stderr(&output).contains("--no-such-flag"));
 }
+
+/// A policy that breaches the YAML parser's limits (issue 10, item 9): `check` exits 78 with one
+/// readable sentence naming the limit, never the parser's Debug text (`Aliases { aliases: … }`).
+#[test]
+fn check_explains_a_policy_beyond_the_parser_limits_in_one_sentence() {
+    let mut alias_bomb = String::from(
+        "version: 1\naws:\n  region: eu-west-1\nkey_stores:\n  - &store {id: cks-1}\n",
+    );
+    for _ in 0..50_001 {
+        alias_bomb.push_str("  - *store\n");
+    }
+    let deep = format!(
+        "version: 1\naws:\n  region: eu-west-1\nkey_stores:\n  - {}1{}\n",
+        "{a: ".repeat(3000),
+        "}".repeat(3000)
+    );
+    for (text, expected) in [
+        (alias_bomb, "the policy has more than 50000 aliases"),
+        (deep, "the policy nests more than 255 levels deep"),
+    ] {
+        let (_dir, path) = policy_file(&text, 0o600);
+        let line = assert_config_error(&check(&path, &[]), &path);
+        assert!(line.contains(expected), "{line}");
+        assert!(
+            !line.contains('{') && !line.contains("limits breached"),
+            "{line}"
+        );
+    }
+}

@@ -262,6 +262,9 @@ mod systemd {
             .expect("daemon_started names the daemon's pid");
         let signal = |signal| rustix::process::kill_process(pid, signal).expect("signal sent");
 
+        // A changed policy (an unchanged one is not audited): the reload reads and swaps it.
+        let policy = std::fs::read_to_string(env.policy_path()).expect("policy");
+        env.write_policy_text(&format!("{policy}# reloaded\n"));
         signal(rustix::process::Signal::HUP);
         env.wait_events("policy_loaded", 2);
         env.touch_flag();
