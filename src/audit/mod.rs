@@ -147,6 +147,17 @@ pub enum Event {
     AuditRecordsLost {
         count: u64,
     },
+    /// The latch file vanished (or became unreadable as a latch) without a `rearm`: the daemon
+    /// wrote it back from memory and keeps enforcing.
+    LatchTampered {
+        detail: String,
+    },
+    /// Written by the writer itself as the first record of a file that replaced the one it was
+    /// appending to (moved away, deleted or truncated): the chain head it knew before.
+    AuditLogReplaced {
+        previous_seq: u64,
+        previous_line_sha256: String,
+    },
     /// A CloudWatch poll failed or a watched alarm is missing (never fires by itself).
     AlarmPollFailed {
         alarm_names: Vec<String>,
@@ -302,6 +313,13 @@ mod tests {
                 torn_len: 0,
             },
             Event::AuditRecordsLost { count: 0 },
+            Event::LatchTampered {
+                detail: String::new(),
+            },
+            Event::AuditLogReplaced {
+                previous_seq: 0,
+                previous_line_sha256: String::new(),
+            },
             Event::AlarmPollFailed {
                 alarm_names: vec![],
                 region: String::new(),
@@ -325,6 +343,8 @@ mod tests {
                 | Event::Rearmed { .. }
                 | Event::AuditRecovered { .. }
                 | Event::AuditRecordsLost { .. }
+                | Event::LatchTampered { .. }
+                | Event::AuditLogReplaced { .. }
                 | Event::AlarmPollFailed { .. } => {}
             }
         }

@@ -54,6 +54,20 @@ impl KnownTail {
     fn matches(&self, meta: &Metadata) -> bool {
         self.dev == meta.dev() && self.ino == meta.ino() && self.len == meta.len()
     }
+
+    /// True when the path now holds another file than the one our last append wrote, or that
+    /// file cut shorter than it: the chain we knew is gone from here.
+    fn replaced_by(&self, meta: &Metadata) -> bool {
+        self.dev != meta.dev() || self.ino != meta.ino() || meta.len() < self.len
+    }
+}
+
+/// The chain head our last append left in a file that is no longer at the path (moved away,
+/// deleted or truncated): the new file's first record names it (`audit_log_replaced`).
+#[derive(Debug)]
+struct ReplacedChain {
+    previous_seq: u64,
+    previous_line_sha256: String,
 }
 
 /// The mutable part of the log, behind one mutex.
@@ -209,8 +223,8 @@ impl AuditLog {
         }
     }
 
-    /// One locked append of the torn-tail recovery (if any), the queued records, and a
-    /// lost-records note (if any).
+    /// One locked append of the replaced-file note and the torn-tail recovery (if any), the queued
+    /// records, and a lost-records note (if any).
     fn append(&self, state: &mut State) -> Result<(), AuditError> {
         let file = self.open_file()?;
         self.lock_file(&file)?;
@@ -218,8 +232,8 @@ impl AuditLog {
             path: self.path.clone(),
             source,
         })?;
-        let tail = self.current_tail(state.known.as_ref(), &file, &meta)?;
-        let records = self.records_to_write(state, &tail);
+        let (tail, replaced) = self.current_tail(state.known.as_ref(), &file, &meta)?;
+        let (records, recovered) = self.records_to_write(state, &tail, replaced);
         if records.is_empty() {
             return Ok(());
         }
@@ -233,9 +247,9 @@ impl AuditLog {
                 })?;
         }
         if let Err(err) = self.write_durably(&file, &batch.bytes, tail.complete_len) {
-            if !tail.torn.is_empty() {
+            if let Some(recovered) = recovered {
                 // The torn bytes are cut off already: their record must not be lost with them.
-                state.pending.push_front(records[0].clone());
+                state.pending.push_front(recovered);
             }
             return Err(err);
         }
@@ -255,50 +269,83 @@ impl AuditLog {
     }
 
     /// Where the chain continues: from our last append if the file is as it left it, else from
-    /// the file's own tail (another writer, rotation or truncation, or the first append).
+    /// the file's own tail (another writer, rotation or truncation, or the first append); and the
+    /// chain head we knew if the path no longer holds the file we appended to.
     fn current_tail(
         &self,
         known: Option<&KnownTail>,
         file: &File,
         meta: &Metadata,
-    ) -> Result<ChainTail, AuditError> {
+    ) -> Result<(ChainTail, Option<ReplacedChain>), AuditError> {
+        let mut replaced = None;
         match known {
-            Some(known) if known.matches(meta) => Ok(ChainTail {
-                seq: known.seq,
-                prev: known.prev.clone(),
-                complete_len: known.len,
-                torn: Vec::new(),
-            }),
-            known => {
-                if known.is_some() {
-                    tracing::warn!(
-                        path = %self.path.display(),
-                        "audit log changed since our last record (another writer, rotation or truncation); continuing the chain found in the file"
-                    );
-                }
-                chain::read_tail(&self.path, file, meta.len())
+            Some(known) if known.matches(meta) => {
+                let tail = ChainTail {
+                    seq: known.seq,
+                    prev: known.prev.clone(),
+                    complete_len: known.len,
+                    torn: Vec::new(),
+                };
+                return Ok((tail, None));
             }
+            Some(known) => {
+                tracing::warn!(
+                    path = %self.path.display(),
+                    "audit log changed since our last record (another writer, rotation or truncation); continuing the chain found in the file"
+                );
+                // Another file, or this one cut shorter than our last record: the chain we
+                // knew is gone from here, and the new file's first record says so.
+                if known.replaced_by(meta) {
+                    replaced = Some(ReplacedChain {
+                        previous_seq: known.seq,
+                        previous_line_sha256: known.prev.clone(),
+                    });
+                }
+            }
+            None => {}
         }
+        let tail = chain::read_tail(&self.path, file, meta.len())?;
+        Ok((tail, replaced))
     }
 
-    /// What one append writes, in order: the `audit_recovered` record of a torn tail (if any),
-    /// the queued records, and an `audit_records_lost` note (if records were dropped).
-    fn records_to_write(&self, state: &State, tail: &ChainTail) -> Vec<Pending> {
+    /// What one append writes, in order: `audit_log_replaced` (if the path no longer holds the
+    /// file our last append wrote), `audit_recovered` (a torn tail), the queued records, and
+    /// `audit_records_lost` (if records were dropped). Also returns the `audit_recovered` record
+    /// alone: once the torn bytes are cut off, an append that fails must keep it queued.
+    fn records_to_write(
+        &self,
+        state: &State,
+        tail: &ChainTail,
+        replaced: Option<ReplacedChain>,
+    ) -> (Vec<Pending>, Option<Pending>) {
         let mut records: Vec<Pending> = Vec::new();
-        if let Some(recovered) = tail.recovered() {
+        if let Some(ReplacedChain {
+            previous_seq,
+            previous_line_sha256,
+        }) = replaced
+        {
+            tracing::error!(path = %self.path.display(), previous_seq, %previous_line_sha256, "audit log was replaced, moved or truncated; recording it as audit_log_replaced");
+            let replaced = Event::AuditLogReplaced {
+                previous_seq,
+                previous_line_sha256,
+            };
+            records.push(Pending::writer_record(&replaced, &state.policy_sha256));
+        }
+        let recovered = tail.recovered().map(|recovered| {
             tracing::error!(
                 path = %self.path.display(),
                 torn_len = tail.torn.len(),
                 "audit log ends in a torn line (a crash in mid-write); cutting it off and recording it as audit_recovered"
             );
-            records.push(Pending::writer_record(&recovered, &state.policy_sha256));
-        }
+            Pending::writer_record(&recovered, &state.policy_sha256)
+        });
+        records.extend(recovered.clone());
         records.extend(state.pending.iter().cloned());
         if state.lost > 0 {
             let lost = Event::AuditRecordsLost { count: state.lost };
             records.push(Pending::writer_record(&lost, &state.policy_sha256));
         }
-        records
+        (records, recovered)
     }
 
     /// Append `bytes` with one `write_all` and make them durable. On failure, take back a partial
@@ -345,7 +392,32 @@ impl AuditLog {
                 })?;
         }
         let mut options = OpenOptions::new();
-        options.read(true).append(true).mode(0o600);
+        // O_NOFOLLOW | O_NONBLOCK: a symlink or FIFO put at the path is refused, never followed
+        // or waited on (a FIFO would block `write_all` once its pipe buffer is full).
+        let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+        options
+            .read(true)
+            .append(true)
+            .mode(0o600)
+            .custom_flags(flags.bits() as i32);
+        let file = self.open_or_create(&options)?;
+        let file_type = file.metadata().map(|m| m.file_type());
+        match file_type {
+            Ok(file_type) => match crate::fs_trust::file_kind(&file_type) {
+                None => Ok(file),
+                Some(kind) => Err(AuditError::Open {
+                    path: self.path.clone(),
+                    source: std::io::Error::other(format!("it is {kind}, not a regular file")),
+                }),
+            },
+            Err(source) => Err(AuditError::Open {
+                path: self.path.clone(),
+                source,
+            }),
+        }
+    }
+
+    fn open_or_create(&self, options: &OpenOptions) -> Result<File, AuditError> {
         match options.clone().create_new(true).open(&self.path) {
             Ok(file) => {
                 // Make the new file's directory entry durable too, or a crash could lose the

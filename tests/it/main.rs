@@ -5,6 +5,7 @@ mod support;
 
 mod audit;
 mod daemon;
+mod fs_trust;
 mod lockdown;
 mod policy_check;
 mod ship;
