@@ -460,7 +460,7 @@ mod tests {
         drop(file);
         assert!(broken_line(verify(&path)).1.starts_with("torn"));
 
-        let log = AuditLog::open(&path, POLICY).unwrap();
+        let log = AuditLog::open(&path, POLICY);
         assert!(log.healthy());
         log.record(Event::DaemonStarted);
         drop(log);
@@ -485,7 +485,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         std::fs::write(&path, b"{\"seq\":1,\"ts\":").unwrap();
-        let log = AuditLog::open(&path, POLICY).unwrap();
+        let log = AuditLog::open(&path, POLICY);
         log.record(Event::DaemonStarted);
         assert_eq!(events(&path), ["audit_recovered", "daemon_started"]);
         assert_eq!(verify(&path).unwrap().records, 2);
@@ -495,7 +495,7 @@ mod tests {
     fn torn_tail_left_by_another_writer_is_recovered_at_the_next_record() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        let log = AuditLog::open(&path, POLICY).unwrap();
+        let log = AuditLog::open(&path, POLICY);
         log.record(Event::DaemonStarted);
         // Another process crashed in mid-append after our record.
         let mut file = OpenOptions::new().append(true).open(&path).unwrap();
@@ -518,7 +518,7 @@ mod tests {
         ] {
             let path = dir.path().join("audit.jsonl");
             std::fs::write(&path, content).unwrap();
-            let log = AuditLog::open(&path, POLICY).unwrap();
+            let log = AuditLog::open(&path, POLICY);
             log.record(Event::DaemonStarted);
             assert!(!log.healthy());
             assert_eq!(log.unflushed(), 1);

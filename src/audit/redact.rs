@@ -170,7 +170,7 @@ mod tests {
         std::fs::create_dir(&unwritable).unwrap();
         // Once written, once held in memory: both paths print the record.
         for path in [path, unwritable] {
-            let log = AuditLog::open(&path, POLICY).unwrap();
+            let log = AuditLog::open(&path, POLICY);
             log.record(Event::DisconnectResult {
                 lockdown_id: "ld-1".into(),
                 key_store_id: "cks-1234567890abcdef0".into(),

@@ -54,7 +54,7 @@ pub(super) fn broken_line(result: Result<VerifySummary, AuditError>) -> (u64, St
 /// A small log with one of each kind of field: strings, numbers, null, arrays, nested objects.
 pub(super) fn sample_log(dir: &Path) -> Vec<u8> {
     let path = dir.join("sample.jsonl");
-    let log = AuditLog::open(&path, POLICY).unwrap();
+    let log = AuditLog::open(&path, POLICY);
     log.record(Event::TriggerFired {
         source: TriggerSource::Cli,
         detail: serde_json::json!({"user": "root", "reason": "drill"}),

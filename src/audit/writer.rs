@@ -107,9 +107,9 @@ impl AuditLog {
     /// last line is not an audit record (then it is left untouched: it is evidence, or someone
     /// else's file), the failure is logged at `error`, the log reports itself unhealthy and keeps
     /// records in memory until the file can be written. A kill switch must not be stopped by its
-    /// own logging, so no state of the file makes `open` return `Err` today; the `Result` is kept so
-    /// callers handle a future refusal without a signature change.
-    pub fn open(path: &Path, policy_sha256: &str) -> Result<AuditLog, AuditError> {
+    /// own logging. (Refusing an audit path at start, e.g. in a directory others can change, is
+    /// the caller's check: see `fs_trust`.)
+    pub fn open(path: &Path, policy_sha256: &str) -> AuditLog {
         let log = AuditLog {
             path: path.to_path_buf(),
             origin: Origin::this_process(),
@@ -127,7 +127,7 @@ impl AuditLog {
         let mut state = log.lock_state();
         let _ = log.flush_locked(&mut state);
         drop(state);
-        Ok(log)
+        log
     }
 
     /// How long `record` waits for another writer's lock before keeping the record in memory
@@ -536,7 +536,7 @@ mod tests {
     fn creates_the_file_0600_in_a_new_0700_directory() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("new/deeper/audit.jsonl");
-        let log = AuditLog::open(&path, POLICY).unwrap();
+        let log = AuditLog::open(&path, POLICY);
         assert!(log.healthy());
         assert_eq!(log.path(), path);
         let file_mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
@@ -555,11 +555,11 @@ mod tests {
     fn chain_continues_across_reopen_and_policy_reload() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        let log = AuditLog::open(&path, POLICY).unwrap();
+        let log = AuditLog::open(&path, POLICY);
         log.record(Event::DaemonStarted);
         log.record(Event::PolicyLoaded);
         drop(log);
-        let log = AuditLog::open(&path, POLICY).unwrap();
+        let log = AuditLog::open(&path, POLICY);
         log.record(Event::DaemonStarted);
         log.set_policy_sha256(RELOADED);
         log.record(Event::PolicyLoaded);
@@ -580,8 +580,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let logs = [
-            Arc::new(AuditLog::open(&path, POLICY).unwrap()),
-            Arc::new(AuditLog::open(&path, POLICY).unwrap()),
+            Arc::new(AuditLog::open(&path, POLICY)),
+            Arc::new(AuditLog::open(&path, POLICY)),
         ];
         let threads: Vec<_> = (0..8)
             .map(|t| {
@@ -630,7 +630,7 @@ mod tests {
                     .unwrap()
             })
             .collect();
-        let log = AuditLog::open(&path, POLICY).unwrap();
+        let log = AuditLog::open(&path, POLICY);
         for i in 0..CHILD_RECORDS {
             log.record(drift(&format!("cks-parent-{i}")));
         }
@@ -660,7 +660,7 @@ mod tests {
         let path =
             PathBuf::from(std::env::var_os(CHILD_LOG).expect("run by the multi-process test"));
         let tag = std::env::var(CHILD_TAG).expect("run by the multi-process test");
-        let log = AuditLog::open(&path, POLICY).unwrap();
+        let log = AuditLog::open(&path, POLICY);
         for i in 0..CHILD_RECORDS {
             log.record(drift(&format!("cks-{tag}-{i}")));
         }
@@ -674,7 +674,7 @@ mod tests {
         let parent = dir.path().join("log");
         std::fs::write(&parent, b"a file where the directory should be").unwrap();
         let path = parent.join("audit.jsonl");
-        let log = AuditLog::open(&path, POLICY).unwrap();
+        let log = AuditLog::open(&path, POLICY);
         assert!(!log.healthy(), "the failure to create the file is reported");
         log.record(Event::TriggerFired {
             source: TriggerSource::Signal,
@@ -706,7 +706,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         std::fs::create_dir(&path).unwrap();
-        let log = AuditLog::open(&path, POLICY).unwrap();
+        let log = AuditLog::open(&path, POLICY);
         log.record(Event::DaemonStarted);
         assert!(!log.flush());
         assert!(!log.healthy());
@@ -721,7 +721,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         std::fs::create_dir(&path).unwrap();
-        let log = AuditLog::open(&path, POLICY).unwrap();
+        let log = AuditLog::open(&path, POLICY);
         log.record(Event::DaemonStarted);
         std::fs::remove_dir(&path).unwrap();
         drop(log);
@@ -732,9 +732,7 @@ mod tests {
     fn a_writer_holding_the_lock_does_not_block_a_record() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        let log = AuditLog::open(&path, POLICY)
-            .unwrap()
-            .with_lock_wait(Duration::ZERO);
+        let log = AuditLog::open(&path, POLICY).with_lock_wait(Duration::ZERO);
         let stuck_writer = File::open(&path).unwrap();
         stuck_writer.lock().unwrap();
         log.record(Event::DaemonStarted);
