@@ -12,8 +12,6 @@
 
 mod chain;
 mod redact;
-#[cfg(test)]
-mod test_support;
 mod verify;
 mod writer;
 
@@ -164,6 +162,17 @@ pub enum Event {
         region: String,
         error: String,
     },
+    /// An enforcement round while latched could not check or disconnect this store (one record
+    /// per failing store per round; the next round tries again).
+    EnforcementFailed {
+        lockdown_id: String,
+        /// The store's id, or `name:<name>` while its name could not be resolved.
+        key_store_id: String,
+        region: String,
+        account: Option<String>,
+        connection_state: Option<String>,
+        error: String,
+    },
 }
 
 /// Where the daemon and the engine send events. The writer implements it; tests use a
@@ -239,6 +248,10 @@ fn event_fields(event: &Event) -> (String, Map<String, Value>) {
     }
     (name, fields)
 }
+
+/// The helpers the tests of every file here share (a sample log, reading a log back).
+#[cfg(test)]
+mod test_support;
 
 #[cfg(test)]
 mod tests {
@@ -325,6 +338,14 @@ mod tests {
                 region: String::new(),
                 error: String::new(),
             },
+            Event::EnforcementFailed {
+                lockdown_id: String::new(),
+                key_store_id: String::new(),
+                region: String::new(),
+                account: None,
+                connection_state: None,
+                error: String::new(),
+            },
         ];
         for event in &events {
             match event {
@@ -345,7 +366,8 @@ mod tests {
                 | Event::AuditRecordsLost { .. }
                 | Event::LatchTampered { .. }
                 | Event::AuditLogReplaced { .. }
-                | Event::AlarmPollFailed { .. } => {}
+                | Event::AlarmPollFailed { .. }
+                | Event::EnforcementFailed { .. } => {}
             }
         }
         events

@@ -969,8 +969,38 @@ async fn enforce_round<C: KeyStoreControl>(
     audit: &dyn AuditSink,
 ) -> (usize, usize) {
     let report = engine.enforce(key_stores, lockdown_id, audit).await;
+    record_enforcement_failures(&report, lockdown_id, audit);
     let verified = report.stores.iter().filter(|s| s.verified).count();
     (verified, report.stores.len())
+}
+
+/// Audit every store an enforcement round could not check or disconnect (issue 10, item 5:
+/// a round failing for hours must show in the audit log, not only in the journal).
+fn record_enforcement_failures(
+    report: &crate::lockdown::EnforceReport,
+    lockdown_id: &str,
+    audit: &dyn AuditSink,
+) {
+    for store in report.stores.iter() {
+        let Some(error) = &store.error else { continue };
+        let key_store_id =
+            store
+                .custom_key_store_id
+                .clone()
+                .unwrap_or_else(|| match &store.spec.selector {
+                    crate::policy::KeyStoreSelector::Id(id) => id.clone(),
+                    crate::policy::KeyStoreSelector::Name(name) => format!("name:{name}"),
+                });
+        tracing::warn!(key_store = %key_store_id, region = %store.spec.target.region, cause = %error, "enforcement round failed for a key store");
+        audit.record(Event::EnforcementFailed {
+            lockdown_id: lockdown_id.to_string(),
+            key_store_id,
+            region: store.spec.target.region.clone(),
+            account: store.account.clone(),
+            connection_state: store.connection_state.as_ref().map(|s| s.to_string()),
+            error: error.clone(),
+        });
+    }
 }
 
 /// Await the handle if there is one; never completes otherwise.

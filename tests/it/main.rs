@@ -4,6 +4,7 @@
 mod support;
 
 mod audit;
+mod aws_failures;
 mod daemon;
 mod fs_trust;
 mod lockdown;
