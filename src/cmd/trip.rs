@@ -12,7 +12,6 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use anyhow::Context as _;
 use serde_json::json;
 
 use crate::audit::{AuditLog, AuditSink, Event, TriggerSource};
@@ -31,8 +30,7 @@ pub fn run(ctx: &Context, args: &TripArgs) -> anyhow::Result<Exit> {
             insecure_permissions: ctx.insecure_policy_permissions,
         },
     )?;
-    let audit = AuditLog::open(&policy.audit_log, &policy.sha256)
-        .with_context(|| format!("cannot open the audit log {}", policy.audit_log.display()))?;
+    let audit = AuditLog::open(&policy.audit_log, &policy.sha256);
     let user = invoking_user();
     let reason = args.reason.clone().unwrap_or_default();
     let fired_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();

@@ -19,7 +19,7 @@ const POLICY_SHA256: &str = "333333333333333333333333333333333333333333333333333
 
 /// A log of one lockdown (and one dry run, which is not counted as a lockdown).
 fn write_log(path: &Path) {
-    let log = AuditLog::open(path, POLICY_SHA256).unwrap();
+    let log = AuditLog::open(path, POLICY_SHA256);
     log.record(Event::TriggerFired {
         source: TriggerSource::Cli,
         detail: serde_json::json!({"user": "root", "reason": "integration test"}),
