@@ -6,7 +6,8 @@
 //!   dispatch, respond, log; `control` serves the `/_sim/` JSON API.
 //! - `protocol` — the wire formats (awsJson 1.0/1.1, RPC v2 CBOR via `value`, awsQuery XML) and
 //!   the AWS error shapes; `input` reads operation inputs.
-//! - `kms`, `cloudwatch`, `sts` — the operations.
+//! - `kms`, `cloudwatch`, `sts` — the operations; `sqs`, `sns` (fan-out to queues) and
+//!   `metrics` (PutMetricData) the second round's, steered through `messaging`.
 //! - `state`    — the running world behind one lock (lazy, timestamped state machine);
 //!   `world` — the YAML world file.
 //!
@@ -19,9 +20,13 @@ mod error;
 mod faults;
 mod input;
 mod kms;
+mod messaging;
+mod metrics;
 mod protocol;
 mod server;
 pub mod sigv4;
+mod sns;
+mod sqs;
 mod state;
 mod sts;
 mod value;
@@ -34,6 +39,13 @@ use std::thread::JoinHandle;
 
 pub use error::SimError;
 pub use faults::{FaultRule, Faults};
+pub use metrics::MetricDatumRecord;
+pub use sns::{
+    PublishRecord, SubscriptionDecl, SubscriptionView, TopicDecl, TopicFault, TopicView,
+};
+pub use sqs::{
+    DeletionView, MessageAttribute, MessageView, QueueDecl, QueueFault, QueueFaultKind, QueueView,
+};
 pub use state::{AlarmView, RequestRecord, StoreView};
 pub use world::{
     AlarmDecl, AlarmKind, AlarmState, ConnectionState, Credential, KeyStoreDecl, KeyStoreType,

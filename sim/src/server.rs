@@ -27,10 +27,11 @@ use crate::protocol::{
 use crate::sigv4::{Authorization, SigError};
 use crate::state::{Identity, RequestRecord, Sim, now_us};
 use crate::value::cbor_to_json;
-use crate::{SimError, cloudwatch, control, kms, sts};
+use crate::{SimError, cloudwatch, control, kms, metrics, sns, sqs, sts};
 
-/// Largest request body accepted; real inputs of these operations are a few KiB at most.
-const MAX_BODY_BYTES: usize = 1 << 20;
+/// Largest request body accepted: an SQS message may be 1 MiB, more once JSON-escaped; the
+/// other operations' inputs are a few KiB.
+const MAX_BODY_BYTES: usize = 3 << 20;
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -45,6 +46,9 @@ pub(crate) async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SimError> {
+    if let Ok(addr) = listener.local_addr() {
+        sim.queues.set_endpoint(format!("http://{addr}"));
+    }
     // Every connection task; dropping the set when we return aborts the ones still open.
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -104,7 +108,7 @@ async fn handle(
     let Some((protocol, operation)) = Protocol::recognise(path, &parts.headers) else {
         return Ok(plain(
             404,
-            "kms-sim: not a KMS (awsJson1_1), CloudWatch (rpc-v2-cbor/awsJson1_0) or STS (awsQuery) request",
+            "kms-sim: not a KMS (awsJson1_1), CloudWatch (rpc-v2-cbor/awsJson1_0), SQS (awsJson1_0), SNS or STS (awsQuery) request",
         ));
     };
     let request_id = new_request_id();
@@ -185,17 +189,19 @@ async fn process(
     // 1. Decode the input (and, for awsQuery, find the operation in it).
     let mut form = HashMap::new();
     let input: Json = match protocol {
-        Protocol::KmsJson | Protocol::CloudWatchJson if body.is_empty() => {
+        Protocol::KmsJson | Protocol::CloudWatchJson | Protocol::SqsJson if body.is_empty() => {
             Json::Object(Default::default())
         }
-        Protocol::KmsJson | Protocol::CloudWatchJson => match serde_json::from_slice(body) {
-            Ok(json @ Json::Object(_)) => json,
-            _ => {
-                return Outcome::Refuse(
-                    Common::MalformedInput.error(protocol, "request body is not a JSON object"),
-                );
+        Protocol::KmsJson | Protocol::CloudWatchJson | Protocol::SqsJson => {
+            match serde_json::from_slice(body) {
+                Ok(json @ Json::Object(_)) => json,
+                _ => {
+                    return Outcome::Refuse(
+                        Common::MalformedInput.error(protocol, "request body is not a JSON object"),
+                    );
+                }
             }
-        },
+        }
         Protocol::CloudWatchCbor => match cbor_to_json(body) {
             Ok(json @ Json::Object(_)) => json,
             Ok(_) => {
@@ -210,7 +216,7 @@ async fn process(
                 );
             }
         },
-        Protocol::StsQuery => {
+        Protocol::StsQuery | Protocol::SnsQuery => {
             form = form_urlencoded::parse(body).into_owned().collect();
             Json::Object(Default::default())
         }
@@ -224,6 +230,8 @@ async fn process(
         Protocol::KmsJson => kms::target(&input),
         Protocol::CloudWatchCbor | Protocol::CloudWatchJson => cloudwatch::target(&input),
         Protocol::StsQuery => form.get("RoleArn").cloned(),
+        Protocol::SqsJson => sqs::target(&input),
+        Protocol::SnsQuery => sns::target(&form),
     };
 
     // 2. Authenticate: region from the credential scope, account from the access key.
@@ -267,12 +275,34 @@ async fn process(
     if effects.throttle {
         return Outcome::Refuse(Common::Throttling.error(protocol, "Rate exceeded"));
     }
-    if !sim.take_token(account, &region, &operation) {
+    let allowed = match second_round_rate(sim, protocol, &operation, &region) {
+        Some(rate) => sim.take_token_at(account, &region, &operation, rate),
+        None => sim.take_token(account, &region, &operation),
+    };
+    if !allowed {
         return Outcome::Refuse(Common::Throttling.error(protocol, "Rate exceeded"));
     }
 
     // 4. The operation itself.
     let result = match protocol {
+        Protocol::CloudWatchCbor | Protocol::CloudWatchJson if operation == "PutMetricData" => {
+            metrics::put_metric_data(&sim.metrics, account, &region, &input)
+                .map(|output| success(protocol, request_id, &output))
+        }
+        Protocol::SqsJson => {
+            match sqs::handle(sim, account, &region, &identity.user_id, &operation, &input).await {
+                Ok(output) => Ok(success(protocol, request_id, &output)),
+                Err(sqs::Failure::Api(error)) => Err(error),
+                Err(sqs::Failure::Drop) => return Outcome::Drop,
+            }
+        }
+        Protocol::SnsQuery => {
+            match sns::handle(sim, account, &region, &operation, &form, request_id).await {
+                Ok(xml) => Ok(xml_response(request_id, xml)),
+                Err(sqs::Failure::Api(error)) => Err(error),
+                Err(sqs::Failure::Drop) => return Outcome::Drop,
+            }
+        }
         Protocol::KmsJson => kms::handle(sim, account, &region, &operation, &input)
             .map(|output| success(protocol, request_id, &output)),
         Protocol::CloudWatchCbor | Protocol::CloudWatchJson => {
@@ -294,7 +324,42 @@ fn signing_name(protocol: Protocol) -> &'static str {
         Protocol::KmsJson => "kms",
         Protocol::CloudWatchCbor | Protocol::CloudWatchJson => "monitoring",
         Protocol::StsQuery => "sts",
+        Protocol::SqsJson => "sqs",
+        Protocol::SnsQuery => "sns",
     }
+}
+
+/// The default quota of the SNS, SQS and PutMetricData operations, which is not the KMS-sized
+/// `rate_limit_rps` (None: that one applies). A world's `operation_rate_limits` entry still
+/// wins, and `rate_limit_rps: 0` still turns every quota off.
+fn second_round_rate(sim: &Sim, protocol: Protocol, operation: &str, region: &str) -> Option<f64> {
+    let settings = &sim.world.settings;
+    let default = match (protocol, operation) {
+        // PutMetricData: 500 transactions per second per account and region (CloudWatch quotas).
+        (Protocol::CloudWatchCbor | Protocol::CloudWatchJson, "PutMetricData") => 500.0,
+        // SNS Publish: 30,000 TPS in us-east-1, 9,000 in us-west-2 and eu-west-1, 1,500 elsewhere;
+        // the other SNS APIs modelled here are far lower (SNS quotas).
+        (Protocol::SnsQuery, "Publish") => match region {
+            "us-east-1" => 30_000.0,
+            "us-west-2" | "eu-west-1" => 9_000.0,
+            _ => 1_500.0,
+        },
+        (Protocol::SnsQuery, "ListTopics") => 30.0,
+        (Protocol::SnsQuery, _) => 100.0,
+        // SQS standard queues: a nearly unlimited number of API calls per second.
+        (Protocol::SqsJson, _) => 0.0,
+        _ => return None,
+    };
+    if settings.rate_limit_rps <= 0.0 {
+        return Some(0.0);
+    }
+    Some(
+        settings
+            .operation_rate_limits
+            .get(operation)
+            .copied()
+            .unwrap_or(default),
+    )
 }
 
 fn authenticate(
