@@ -188,12 +188,19 @@ async fn process(
 ) -> Outcome {
     // 1. Decode the input (and, for awsQuery, find the operation in it).
     let mut form = HashMap::new();
+    // The SDKs and the CLI gzip PutMetricData bodies past 10 KiB (`Content-Encoding: gzip`);
+    // SigV4 covers the bytes as sent, so only the reading uses the inflated ones.
+    let inflated = match inflate(parts, body) {
+        Ok(inflated) => inflated,
+        Err(message) => return Outcome::Refuse(Common::MalformedInput.error(protocol, message)),
+    };
+    let content: &[u8] = inflated.as_deref().unwrap_or(body);
     let input: Json = match protocol {
-        Protocol::KmsJson | Protocol::CloudWatchJson | Protocol::SqsJson if body.is_empty() => {
+        Protocol::KmsJson | Protocol::CloudWatchJson | Protocol::SqsJson if content.is_empty() => {
             Json::Object(Default::default())
         }
         Protocol::KmsJson | Protocol::CloudWatchJson | Protocol::SqsJson => {
-            match serde_json::from_slice(body) {
+            match serde_json::from_slice(content) {
                 Ok(json @ Json::Object(_)) => json,
                 _ => {
                     return Outcome::Refuse(
@@ -202,7 +209,7 @@ async fn process(
                 }
             }
         }
-        Protocol::CloudWatchCbor => match cbor_to_json(body) {
+        Protocol::CloudWatchCbor => match cbor_to_json(content) {
             Ok(json @ Json::Object(_)) => json,
             Ok(_) => {
                 return Outcome::Refuse(
@@ -217,7 +224,7 @@ async fn process(
             }
         },
         Protocol::StsQuery | Protocol::SnsQuery => {
-            form = form_urlencoded::parse(body).into_owned().collect();
+            form = form_urlencoded::parse(content).into_owned().collect();
             Json::Object(Default::default())
         }
     };
@@ -316,6 +323,30 @@ async fn process(
         Ok(response) => Outcome::Answer(response),
         Err(error) => Outcome::Refuse(error),
     }
+}
+
+/// The body inflated when its `Content-Encoding` is gzip (None: as sent).
+fn inflate(parts: &Parts, body: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    use std::io::Read as _;
+    let gzip = parts
+        .headers
+        .get_all("content-encoding")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| coding.trim().eq_ignore_ascii_case("gzip"));
+    if !gzip {
+        return Ok(None);
+    }
+    let mut inflated = Vec::new();
+    flate2::read::GzDecoder::new(body)
+        .take(MAX_BODY_BYTES as u64 + 1)
+        .read_to_end(&mut inflated)
+        .map_err(|err| format!("request body is not valid gzip: {err}"))?;
+    if inflated.len() > MAX_BODY_BYTES {
+        return Err("inflated request body is too large".to_owned());
+    }
+    Ok(Some(inflated))
 }
 
 /// The SigV4 signing name each protocol's service uses.

@@ -194,3 +194,21 @@ async fn control_api_steers_queues_and_topics_and_shows_what_arrived() {
     .await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn a_large_put_metric_data_arrives_gzip_compressed_and_is_read() {
+    let sim = start(quiet_world());
+    let cw = cloudwatch(&sim, REGION).await;
+    let mut request = cw.put_metric_data().namespace("KmsKillswitch");
+    // 1,000 datums are far past the SDK's 10 KiB compression threshold.
+    for i in 0..1000 {
+        request = request.metric_data(heartbeat(&format!("host-{i:04}")));
+    }
+    request
+        .send()
+        .await
+        .expect("a compressed PutMetricData succeeds");
+    let data = sim.metric_data();
+    assert_eq!(data.len(), 1000);
+    assert_eq!(data[999].dimensions[0].1, "host-0999");
+}
