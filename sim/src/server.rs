@@ -187,46 +187,9 @@ async fn process(
     record: &mut RequestRecord,
 ) -> Outcome {
     // 1. Decode the input (and, for awsQuery, find the operation in it).
-    let mut form = HashMap::new();
-    // The SDKs and the CLI gzip PutMetricData bodies past 10 KiB (`Content-Encoding: gzip`);
-    // SigV4 covers the bytes as sent, so only the reading uses the inflated ones.
-    let inflated = match inflate(parts, body) {
-        Ok(inflated) => inflated,
-        Err(message) => return Outcome::Refuse(Common::MalformedInput.error(protocol, message)),
-    };
-    let content: &[u8] = inflated.as_deref().unwrap_or(body);
-    let input: Json = match protocol {
-        Protocol::KmsJson | Protocol::CloudWatchJson | Protocol::SqsJson if content.is_empty() => {
-            Json::Object(Default::default())
-        }
-        Protocol::KmsJson | Protocol::CloudWatchJson | Protocol::SqsJson => {
-            match serde_json::from_slice(content) {
-                Ok(json @ Json::Object(_)) => json,
-                _ => {
-                    return Outcome::Refuse(
-                        Common::MalformedInput.error(protocol, "request body is not a JSON object"),
-                    );
-                }
-            }
-        }
-        Protocol::CloudWatchCbor => match cbor_to_json(content) {
-            Ok(json @ Json::Object(_)) => json,
-            Ok(_) => {
-                return Outcome::Refuse(
-                    Common::MalformedInput.error(protocol, "request body is not a CBOR map"),
-                );
-            }
-            Err(cause) => {
-                return Outcome::Refuse(
-                    Common::MalformedInput
-                        .error(protocol, format!("request body is not valid CBOR: {cause}")),
-                );
-            }
-        },
-        Protocol::StsQuery | Protocol::SnsQuery => {
-            form = form_urlencoded::parse(content).into_owned().collect();
-            Json::Object(Default::default())
-        }
+    let (input, form) = match decode_input(protocol, parts, body) {
+        Ok(decoded) => decoded,
+        Err(error) => return Outcome::Refuse(error),
     };
     let operation = match operation.or_else(|| form.get("Action").cloned()) {
         Some(operation) => operation,
@@ -291,25 +254,25 @@ async fn process(
     }
 
     // 4. The operation itself.
+    let call = Call {
+        protocol,
+        operation: &operation,
+        account,
+        region: &region,
+        user_id: &identity.user_id,
+        input: &input,
+        form: &form,
+        request_id,
+    };
+    let cloudwatch = matches!(
+        protocol,
+        Protocol::CloudWatchCbor | Protocol::CloudWatchJson
+    );
+    if cloudwatch && operation == "PutMetricData" {
+        return second_round(sim, &call).await;
+    }
     let result = match protocol {
-        Protocol::CloudWatchCbor | Protocol::CloudWatchJson if operation == "PutMetricData" => {
-            metrics::put_metric_data(&sim.metrics, account, &region, &input)
-                .map(|output| success(protocol, request_id, &output))
-        }
-        Protocol::SqsJson => {
-            match sqs::handle(sim, account, &region, &identity.user_id, &operation, &input).await {
-                Ok(output) => Ok(success(protocol, request_id, &output)),
-                Err(sqs::Failure::Api(error)) => Err(error),
-                Err(sqs::Failure::Drop) => return Outcome::Drop,
-            }
-        }
-        Protocol::SnsQuery => {
-            match sns::handle(sim, account, &region, &operation, &form, request_id).await {
-                Ok(xml) => Ok(xml_response(request_id, xml)),
-                Err(sqs::Failure::Api(error)) => Err(error),
-                Err(sqs::Failure::Drop) => return Outcome::Drop,
-            }
-        }
+        Protocol::SqsJson | Protocol::SnsQuery => return second_round(sim, &call).await,
         Protocol::KmsJson => kms::handle(sim, account, &region, &operation, &input)
             .map(|output| success(protocol, request_id, &output)),
         Protocol::CloudWatchCbor | Protocol::CloudWatchJson => {
@@ -322,6 +285,106 @@ async fn process(
     match result {
         Ok(response) => Outcome::Answer(response),
         Err(error) => Outcome::Refuse(error),
+    }
+}
+
+/// The operation input of a request body: JSON (awsJson, CBOR decoded to JSON) or, for
+/// awsQuery, the form (with an empty JSON object).
+fn decode_input(
+    protocol: Protocol,
+    parts: &Parts,
+    body: &[u8],
+) -> Result<(Json, HashMap<String, String>), ApiError> {
+    let mut form = HashMap::new();
+    // The SDKs and the CLI gzip PutMetricData bodies past 10 KiB (`Content-Encoding: gzip`);
+    // SigV4 covers the bytes as sent, so only the reading uses the inflated ones.
+    let inflated = match inflate(parts, body) {
+        Ok(inflated) => inflated,
+        Err(message) => return Err(Common::MalformedInput.error(protocol, message)),
+    };
+    let content: &[u8] = inflated.as_deref().unwrap_or(body);
+    let input: Json = match protocol {
+        Protocol::KmsJson | Protocol::CloudWatchJson | Protocol::SqsJson if content.is_empty() => {
+            Json::Object(Default::default())
+        }
+        Protocol::KmsJson | Protocol::CloudWatchJson | Protocol::SqsJson => {
+            match serde_json::from_slice(content) {
+                Ok(json @ Json::Object(_)) => json,
+                _ => {
+                    return Err(
+                        Common::MalformedInput.error(protocol, "request body is not a JSON object")
+                    );
+                }
+            }
+        }
+        Protocol::CloudWatchCbor => match cbor_to_json(content) {
+            Ok(json @ Json::Object(_)) => json,
+            Ok(_) => {
+                return Err(
+                    Common::MalformedInput.error(protocol, "request body is not a CBOR map")
+                );
+            }
+            Err(cause) => {
+                return Err(Common::MalformedInput
+                    .error(protocol, format!("request body is not valid CBOR: {cause}")));
+            }
+        },
+        Protocol::StsQuery | Protocol::SnsQuery => {
+            form = form_urlencoded::parse(content).into_owned().collect();
+            Json::Object(Default::default())
+        }
+    };
+    Ok((input, form))
+}
+
+/// One authenticated request of the second round's operations (SQS, SNS, PutMetricData).
+struct Call<'a> {
+    protocol: Protocol,
+    operation: &'a str,
+    account: &'a str,
+    region: &'a str,
+    /// The caller's user id: SQS shows it as a message's SenderId.
+    user_id: &'a str,
+    input: &'a Json,
+    form: &'a HashMap<String, String>,
+    request_id: &'a str,
+}
+
+async fn second_round(sim: &Sim, call: &Call<'_>) -> Outcome {
+    let (protocol, request_id) = (call.protocol, call.request_id);
+    let result = match protocol {
+        Protocol::SqsJson => {
+            let handled = sqs::handle(
+                sim,
+                call.account,
+                call.region,
+                call.user_id,
+                call.operation,
+                call.input,
+            );
+            handled
+                .await
+                .map(|output| success(protocol, request_id, &output))
+        }
+        Protocol::SnsQuery => {
+            let handled = sns::handle(
+                sim,
+                call.account,
+                call.region,
+                call.operation,
+                call.form,
+                request_id,
+            );
+            handled.await.map(|xml| xml_response(request_id, xml))
+        }
+        _ => metrics::put_metric_data(&sim.metrics, call.account, call.region, call.input)
+            .map(|output| success(protocol, request_id, &output))
+            .map_err(sqs::Failure::Api),
+    };
+    match result {
+        Ok(response) => Outcome::Answer(response),
+        Err(sqs::Failure::Api(error)) => Outcome::Refuse(error),
+        Err(sqs::Failure::Drop) => Outcome::Drop,
     }
 }
 

@@ -249,3 +249,44 @@ async fn publish_checks_its_topic_and_message() {
     let rejected: Vec<_> = sim.publishes().into_iter().map(|p| p.outcome).collect();
     assert_eq!(rejected, ["rejected", "rejected"]);
 }
+
+#[tokio::test]
+async fn topics_and_queues_declared_in_the_world_fan_out() {
+    let world = kms_sim::World::from_yaml_str(
+        r#"
+credentials:
+  - {access_key_id: AKIDKMSSIMDEMO, secret_access_key: kms-sim-demo-secret, account: "111111111111"}
+settings: {rate_limit_rps: 0}
+accounts:
+  "111111111111":
+    eu-west-1:
+      queues:
+        - {name: host-a, visibility_timeout_seconds: 5}
+        - {name: host-b}
+      topics:
+        - name: fleet
+          subscriptions:
+            - {queue: host-a}
+            - {queue: "arn:aws:sqs:eu-west-1:111111111111:host-b", raw_message_delivery: true}
+"#,
+    )
+    .expect("the world parses");
+    let sim = start(world);
+    let topic = &sim.topics(ACCOUNT, REGION)[0];
+    assert_eq!(topic.subscriptions.len(), 2);
+    sns(&sim, REGION)
+        .await
+        .publish()
+        .topic_arn(&topic.topic_arn)
+        .message("trip")
+        .send()
+        .await
+        .unwrap();
+    let a = sim.queue_messages(ACCOUNT, REGION, "host-a").unwrap();
+    let b = sim.queue_messages(ACCOUNT, REGION, "host-b").unwrap();
+    assert!(a[0].body.contains("\"Message\":\"trip\""));
+    assert_eq!(b[0].body, "trip");
+    assert_eq!(sim.queues(ACCOUNT, REGION)[0].visibility_timeout_seconds, 5);
+    let bad = "credentials: []\naccounts:\n  \"111111111111\":\n    eu-west-1:\n      queues:\n        - {name: \"no spaces\"}\n";
+    assert!(kms_sim::World::from_yaml_str(bad).is_err());
+}
