@@ -15,6 +15,9 @@ use crate::faults::Faults;
 use crate::protocol::HttpResponse;
 use crate::state::{RequestRecord, Sim, now_us};
 
+/// `/_sim/sqs`, `/_sim/sns`, `/_sim/metrics` and their `SimHandle` methods.
+mod messaging;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct KeyStoreStateBody {
@@ -37,7 +40,7 @@ struct AlarmStateBody {
     state_reason: Option<String>,
 }
 
-pub(crate) fn json(status: u16, value: &impl serde::Serialize) -> HttpResponse {
+fn json(status: u16, value: &impl serde::Serialize) -> HttpResponse {
     let body = serde_json::to_vec_pretty(value).unwrap_or_else(|_| b"{}".to_vec());
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
@@ -48,21 +51,21 @@ pub(crate) fn json(status: u16, value: &impl serde::Serialize) -> HttpResponse {
     response
 }
 
-pub(crate) fn error(status: u16, message: impl Into<String>) -> HttpResponse {
+fn error(status: u16, message: impl Into<String>) -> HttpResponse {
     json(status, &serde_json::json!({ "error": message.into() }))
 }
 
-pub(crate) fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     serde_json::from_slice(body).map_err(|e| format!("invalid request body: {e}"))
 }
 
-pub(crate) fn query(parts: &Parts) -> HashMap<String, String> {
+fn query(parts: &Parts) -> HashMap<String, String> {
     form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
         .into_owned()
         .collect()
 }
 
-pub(crate) fn log_change(
+fn log_change(
     sim: &Sim,
     operation: &str,
     account: Option<&str>,
@@ -170,9 +173,7 @@ pub(crate) fn handle(sim: &Sim, parts: &Parts, body: &[u8]) -> HttpResponse {
                 Err(err) => error(status_for(&err), err.to_string()),
             }
         }
-        _ if crate::messaging::is_control_path(path) => {
-            crate::messaging::control(sim, parts, path, body)
-        }
+        _ if messaging::is_control_path(path) => messaging::control(sim, parts, path, body),
         _ => error(404, format!("no control endpoint {} {path}", parts.method)),
     }
 }

@@ -6,10 +6,11 @@
 //!   dispatch, respond, log; `control` serves the `/_sim/` JSON API.
 //! - `protocol` — the wire formats (awsJson 1.0/1.1, RPC v2 CBOR via `value`, awsQuery XML) and
 //!   the AWS error shapes; `input` reads operation inputs.
-//! - `kms`, `cloudwatch`, `sts` — the operations; `sqs`, `sns` (fan-out to queues) and
-//!   `metrics` (PutMetricData) the second round's, steered through `messaging`.
+//! - `kms`, `cloudwatch`, `sts` — the operations.
 //! - `state`    — the running world behind one lock (lazy, timestamped state machine);
 //!   `world` — the YAML world file.
+//! - `sqs`, `sns` (topics fanning out to queues), `metrics` (PutMetricData) — the second
+//!   round's operations, each with its own state and lock; `control/messaging` steers them.
 //!
 //! This crate must not depend on the kms-killswitch crate: it stands in for AWS.
 #![forbid(unsafe_code)]
@@ -20,7 +21,6 @@ mod error;
 mod faults;
 mod input;
 mod kms;
-mod messaging;
 mod metrics;
 mod protocol;
 mod server;
@@ -39,17 +39,19 @@ use std::thread::JoinHandle;
 
 pub use error::SimError;
 pub use faults::{FaultRule, Faults};
+pub use state::{AlarmView, RequestRecord, StoreView};
+pub use world::{
+    AlarmDecl, AlarmKind, AlarmState, ConnectionState, Credential, KeyStoreDecl, KeyStoreType,
+    RegionWorld, Role, Settings, World,
+};
+
+// SQS, SNS and PutMetricData (second round).
 pub use metrics::MetricDatumRecord;
 pub use sns::{
     PublishRecord, SubscriptionDecl, SubscriptionView, TopicDecl, TopicFault, TopicView,
 };
 pub use sqs::{
     DeletionView, MessageAttribute, MessageView, QueueDecl, QueueFault, QueueFaultKind, QueueView,
-};
-pub use state::{AlarmView, RequestRecord, StoreView};
-pub use world::{
-    AlarmDecl, AlarmKind, AlarmState, ConnectionState, Credential, KeyStoreDecl, KeyStoreType,
-    RegionWorld, Role, Settings, World,
 };
 
 use state::Sim;

@@ -99,154 +99,6 @@ impl Cli {
     }
 }
 
-#[test]
-fn official_aws_cli_sees_and_changes_the_same_world() {
-    let aws = aws_cli();
-    let sim = start(quiet_world());
-    let home = std::env::temp_dir().join(format!("kms-sim-awscli-{}", std::process::id()));
-    std::fs::create_dir_all(&home).unwrap();
-    let cli = Cli {
-        aws,
-        endpoint: sim.endpoint_url(),
-        home: home.clone(),
-    };
-    let base = (ACCESS_KEY_ID, SECRET, None);
-
-    let listed = cli.run(REGION, base, &["kms", "describe-custom-key-stores"]);
-    let ids: Vec<&str> = listed["CustomKeyStores"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|s| s["CustomKeyStoreId"].as_str())
-        .collect();
-    assert_eq!(ids, [HSM_EU, XKS_EU]);
-    assert_eq!(listed["CustomKeyStores"][0]["ConnectionState"], "CONNECTED");
-
-    cli.run(
-        REGION,
-        base,
-        &[
-            "kms",
-            "disconnect-custom-key-store",
-            "--custom-key-store-id",
-            HSM_EU,
-        ],
-    );
-    assert_eq!(
-        sim.connection_state(ACCOUNT, REGION, HSM_EU).as_deref(),
-        Some("DISCONNECTED")
-    );
-    let one = cli.run(
-        REGION,
-        base,
-        &[
-            "kms",
-            "describe-custom-key-stores",
-            "--custom-key-store-id",
-            HSM_EU,
-        ],
-    );
-    assert_eq!(one["CustomKeyStores"][0]["ConnectionState"], "DISCONNECTED");
-
-    let alarms = cli.run(
-        REGION,
-        base,
-        &[
-            "cloudwatch",
-            "describe-alarms",
-            "--alarm-types",
-            "MetricAlarm",
-            "CompositeAlarm",
-        ],
-    );
-    assert_eq!(alarms["MetricAlarms"][0]["AlarmName"], METRIC_ALARM);
-    assert_eq!(alarms["CompositeAlarms"][0]["AlarmName"], COMPOSITE_ALARM);
-    assert_eq!(alarms["CompositeAlarms"][0]["StateValue"], "OK");
-
-    cli.run(
-        REGION,
-        base,
-        &[
-            "cloudwatch",
-            "set-alarm-state",
-            "--alarm-name",
-            COMPOSITE_ALARM,
-            "--state-value",
-            "ALARM",
-            "--state-reason",
-            "fleet-wide red button",
-        ],
-    );
-    let composite = sim
-        .alarms(ACCOUNT, REGION)
-        .into_iter()
-        .find(|a| a.alarm_name == COMPOSITE_ALARM)
-        .unwrap();
-    assert_eq!(
-        (
-            composite.state_value.as_str(),
-            composite.state_reason.as_str()
-        ),
-        ("ALARM", "fleet-wide red button")
-    );
-
-    let assumed = cli.run(
-        REGION,
-        base,
-        &[
-            "sts",
-            "assume-role",
-            "--role-arn",
-            ROLE_ARN,
-            "--role-session-name",
-            "cli-test",
-        ],
-    );
-    let creds = &assumed["Credentials"];
-    let key = creds["AccessKeyId"].as_str().unwrap();
-    let secret = creds["SecretAccessKey"].as_str().unwrap();
-    let token = creds["SessionToken"].as_str().unwrap();
-    assert!(creds["Expiration"].as_str().is_some());
-    let other = cli.run(
-        REGION,
-        (key, secret, Some(token)),
-        &["kms", "describe-custom-key-stores"],
-    );
-    assert_eq!(
-        other["CustomKeyStores"][0]["CustomKeyStoreId"],
-        "cks-2e1c0000000000001"
-    );
-
-    // The CLI spoke awsJson1_0 to CloudWatch and every call went through the simulator's log.
-    let log = sim.requests();
-    for op in [
-        "DescribeCustomKeyStores",
-        "DisconnectCustomKeyStore",
-        "DescribeAlarms",
-        "SetAlarmState",
-        "AssumeRole",
-    ] {
-        assert!(
-            log.iter().any(|r| r.operation == op && r.status == 200),
-            "{op} missing from {log:?}"
-        );
-    }
-    // botocore picks CloudWatch's protocol from the service model (rpc-v2-cbor first in recent
-    // releases, awsJson1_0 before): either must be one the simulator speaks.
-    let cloudwatch_protocols: Vec<&str> = log
-        .iter()
-        .filter(|r| r.service == "cloudwatch")
-        .map(|r| r.protocol.as_str())
-        .collect();
-    eprintln!("the AWS CLI spoke {cloudwatch_protocols:?} to CloudWatch");
-    assert!(
-        cloudwatch_protocols
-            .iter()
-            .all(|p| matches!(*p, "rpcv2Cbor" | "awsJson1_0"))
-    );
-    std::fs::remove_dir_all(&home).ok();
-}
-
 /// `aws sqs`, `aws sns` and `aws cloudwatch put-metric-data` against the simulator: a fan-out
 /// set up, used and torn down with the official CLI only, checked through the handle.
 #[test]
@@ -403,5 +255,153 @@ fn official_aws_cli_drives_sqs_sns_and_put_metric_data() {
             "{op} missing from {log:?}"
         );
     }
+    std::fs::remove_dir_all(&home).ok();
+}
+
+#[test]
+fn official_aws_cli_sees_and_changes_the_same_world() {
+    let aws = aws_cli();
+    let sim = start(quiet_world());
+    let home = std::env::temp_dir().join(format!("kms-sim-awscli-{}", std::process::id()));
+    std::fs::create_dir_all(&home).unwrap();
+    let cli = Cli {
+        aws,
+        endpoint: sim.endpoint_url(),
+        home: home.clone(),
+    };
+    let base = (ACCESS_KEY_ID, SECRET, None);
+
+    let listed = cli.run(REGION, base, &["kms", "describe-custom-key-stores"]);
+    let ids: Vec<&str> = listed["CustomKeyStores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["CustomKeyStoreId"].as_str())
+        .collect();
+    assert_eq!(ids, [HSM_EU, XKS_EU]);
+    assert_eq!(listed["CustomKeyStores"][0]["ConnectionState"], "CONNECTED");
+
+    cli.run(
+        REGION,
+        base,
+        &[
+            "kms",
+            "disconnect-custom-key-store",
+            "--custom-key-store-id",
+            HSM_EU,
+        ],
+    );
+    assert_eq!(
+        sim.connection_state(ACCOUNT, REGION, HSM_EU).as_deref(),
+        Some("DISCONNECTED")
+    );
+    let one = cli.run(
+        REGION,
+        base,
+        &[
+            "kms",
+            "describe-custom-key-stores",
+            "--custom-key-store-id",
+            HSM_EU,
+        ],
+    );
+    assert_eq!(one["CustomKeyStores"][0]["ConnectionState"], "DISCONNECTED");
+
+    let alarms = cli.run(
+        REGION,
+        base,
+        &[
+            "cloudwatch",
+            "describe-alarms",
+            "--alarm-types",
+            "MetricAlarm",
+            "CompositeAlarm",
+        ],
+    );
+    assert_eq!(alarms["MetricAlarms"][0]["AlarmName"], METRIC_ALARM);
+    assert_eq!(alarms["CompositeAlarms"][0]["AlarmName"], COMPOSITE_ALARM);
+    assert_eq!(alarms["CompositeAlarms"][0]["StateValue"], "OK");
+
+    cli.run(
+        REGION,
+        base,
+        &[
+            "cloudwatch",
+            "set-alarm-state",
+            "--alarm-name",
+            COMPOSITE_ALARM,
+            "--state-value",
+            "ALARM",
+            "--state-reason",
+            "fleet-wide red button",
+        ],
+    );
+    let composite = sim
+        .alarms(ACCOUNT, REGION)
+        .into_iter()
+        .find(|a| a.alarm_name == COMPOSITE_ALARM)
+        .unwrap();
+    assert_eq!(
+        (
+            composite.state_value.as_str(),
+            composite.state_reason.as_str()
+        ),
+        ("ALARM", "fleet-wide red button")
+    );
+
+    let assumed = cli.run(
+        REGION,
+        base,
+        &[
+            "sts",
+            "assume-role",
+            "--role-arn",
+            ROLE_ARN,
+            "--role-session-name",
+            "cli-test",
+        ],
+    );
+    let creds = &assumed["Credentials"];
+    let key = creds["AccessKeyId"].as_str().unwrap();
+    let secret = creds["SecretAccessKey"].as_str().unwrap();
+    let token = creds["SessionToken"].as_str().unwrap();
+    assert!(creds["Expiration"].as_str().is_some());
+    let other = cli.run(
+        REGION,
+        (key, secret, Some(token)),
+        &["kms", "describe-custom-key-stores"],
+    );
+    assert_eq!(
+        other["CustomKeyStores"][0]["CustomKeyStoreId"],
+        "cks-2e1c0000000000001"
+    );
+
+    // The CLI spoke awsJson1_0 to CloudWatch and every call went through the simulator's log.
+    let log = sim.requests();
+    for op in [
+        "DescribeCustomKeyStores",
+        "DisconnectCustomKeyStore",
+        "DescribeAlarms",
+        "SetAlarmState",
+        "AssumeRole",
+    ] {
+        assert!(
+            log.iter().any(|r| r.operation == op && r.status == 200),
+            "{op} missing from {log:?}"
+        );
+    }
+    // botocore picks CloudWatch's protocol from the service model (rpc-v2-cbor first in recent
+    // releases, awsJson1_0 before): either must be one the simulator speaks.
+    let cloudwatch_protocols: Vec<&str> = log
+        .iter()
+        .filter(|r| r.service == "cloudwatch")
+        .map(|r| r.protocol.as_str())
+        .collect();
+    eprintln!("the AWS CLI spoke {cloudwatch_protocols:?} to CloudWatch");
+    assert!(
+        cloudwatch_protocols
+            .iter()
+            .all(|p| matches!(*p, "rpcv2Cbor" | "awsJson1_0"))
+    );
     std::fs::remove_dir_all(&home).ok();
 }

@@ -9,7 +9,7 @@ use hyper::Method;
 use hyper::http::request::Parts;
 use serde::Deserialize;
 
-use crate::control::{error, json, log_change, parse, query};
+use super::{error, json, log_change, parse, query};
 use crate::metrics::MetricDatumRecord;
 use crate::protocol::HttpResponse;
 use crate::sns::{PublishRecord, SubscriptionView, TopicFault, TopicView};
