@@ -435,10 +435,14 @@ async fn receive_message(
             take_visible(&mut state, &key, max, visibility, now)?
         };
         if !taken.is_empty() || now >= deadline {
-            let messages = taken
+            let messages: Vec<Value> = taken
                 .iter()
                 .map(|m| received(m, &wanted, &wanted_message_attributes))
                 .collect();
+            // An empty receive answers `{}`, without a Messages list, as SQS does.
+            if messages.is_empty() {
+                return Ok(Value::Map(vec![]));
+            }
             return Ok(Value::Map(vec![("Messages", Value::List(messages))]));
         }
         let wake = next.map_or(deadline, |at| at.min(deadline));
