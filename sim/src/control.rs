@@ -15,6 +15,9 @@ use crate::faults::Faults;
 use crate::protocol::HttpResponse;
 use crate::state::{RequestRecord, Sim, now_us};
 
+/// `/_sim/sqs`, `/_sim/sns`, `/_sim/metrics` and their `SimHandle` methods.
+mod messaging;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct KeyStoreStateBody {
@@ -175,6 +178,7 @@ pub(crate) fn handle(sim: &Sim, parts: &Parts, body: &[u8]) -> HttpResponse {
                 Err(err) => error(status_for(&err), err.to_string()),
             }
         }
+        _ if messaging::is_control_path(path) => messaging::control(sim, parts, path, body),
         _ => error(404, format!("no control endpoint {} {path}", parts.method)),
     }
 }

@@ -7,6 +7,14 @@ use std::path::PathBuf;
 /// Everything that can go wrong when loading a world, serving it, or steering it from a test.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
+    #[error("no queue {queue_name} in account {account} region {region}")]
+    QueueNotFound {
+        account: String,
+        region: String,
+        queue_name: String,
+    },
+    #[error("no topic {topic_arn}")]
+    TopicNotFound { topic_arn: String },
     #[error("cannot read world file {path}")]
     WorldRead {
         path: PathBuf,

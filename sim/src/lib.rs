@@ -9,6 +9,8 @@
 //! - `kms`, `cloudwatch`, `sts` — the operations.
 //! - `state`    — the running world behind one lock (lazy, timestamped state machine);
 //!   `world` — the YAML world file.
+//! - `sqs`, `sns` (topics fanning out to queues), `metrics` (PutMetricData) — the second
+//!   round's operations, each with its own state and lock; `control/messaging` steers them.
 //!
 //! This crate must not depend on the kms-killswitch crate: it stands in for AWS.
 #![forbid(unsafe_code)]
@@ -19,9 +21,12 @@ mod error;
 mod faults;
 mod input;
 mod kms;
+mod metrics;
 mod protocol;
 mod server;
 pub mod sigv4;
+mod sns;
+mod sqs;
 mod state;
 mod sts;
 mod value;
@@ -38,6 +43,15 @@ pub use state::{AlarmView, RequestRecord, StoreView};
 pub use world::{
     AlarmDecl, AlarmKind, AlarmState, ConnectionState, Credential, KeyStoreDecl, KeyStoreType,
     RegionWorld, Role, Settings, World,
+};
+
+// SQS, SNS and PutMetricData (second round).
+pub use metrics::MetricDatumRecord;
+pub use sns::{
+    PublishRecord, SubscriptionDecl, SubscriptionView, TopicDecl, TopicFault, TopicView,
+};
+pub use sqs::{
+    DeletionView, MessageAttribute, MessageView, QueueDecl, QueueFault, QueueFaultKind, QueueView,
 };
 
 use state::Sim;

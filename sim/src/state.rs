@@ -241,6 +241,11 @@ pub(crate) struct Sim {
     state: Mutex<State>,
     /// Opened in append mode from [`OPERATIONS_LOG_ENV`] when the simulator starts, if set.
     operations_log: Option<Mutex<std::fs::File>>,
+    /// SQS queues, SNS topics and PutMetricData records: each behind its own lock, so a long
+    /// poll or a fan-out never holds the key store and alarm lock.
+    pub(crate) queues: crate::sqs::Queues,
+    pub(crate) topics: crate::sns::Topics,
+    pub(crate) metrics: crate::metrics::MetricStore,
 }
 
 impl Sim {
@@ -308,6 +313,9 @@ impl Sim {
                 .map(Mutex::new)
         });
         Sim {
+            queues: crate::sqs::Queues::from_world(&world),
+            topics: crate::sns::Topics::from_world(&world),
+            metrics: crate::metrics::MetricStore::default(),
             world,
             operations_log,
             state: Mutex::new(State {
@@ -361,6 +369,19 @@ impl Sim {
             .get(operation)
             .copied()
             .unwrap_or(settings.rate_limit_rps);
+        self.take_token_at(account, region, operation, rate)
+    }
+
+    /// Take one token from the bucket of (account, region, operation) refilled at `rate` per
+    /// second; false = throttle. A rate ≤ 0 never throttles.
+    pub(crate) fn take_token_at(
+        &self,
+        account: &str,
+        region: &str,
+        operation: &str,
+        rate: f64,
+    ) -> bool {
+        let settings = &self.world.settings;
         if rate <= 0.0 {
             return true;
         }

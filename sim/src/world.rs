@@ -91,6 +91,13 @@ pub struct Role {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegionWorld {
+    /// SQS standard queues (see `sqs`).
+    #[serde(default)]
+    pub queues: Vec<crate::sqs::QueueDecl>,
+    /// SNS topics and their SQS subscriptions (see `sns`).
+    #[serde(default)]
+    pub topics: Vec<crate::sns::TopicDecl>,
+
     #[serde(default)]
     pub key_stores: Vec<KeyStoreDecl>,
     #[serde(default)]
@@ -306,6 +313,9 @@ impl World {
                 ));
             }
         }
+        crate::sqs::validate_world(self)
+            .and_then(|()| crate::sns::validate_world(self))
+            .map_err(|reason| SimError::WorldInvalid { reason })?;
         let settings = &self.settings;
         let rates = std::iter::once(settings.rate_limit_rps)
             .chain(settings.operation_rate_limits.values().copied());

@@ -1,4 +1,5 @@
 //! kms-sim driven by the real AWS SDK for Rust (aws-sdk-kms, aws-sdk-cloudwatch, aws-sdk-sts,
+//! aws-sdk-sqs, aws-sdk-sns,
 //! aws-config's AssumeRoleProvider), the official AWS CLI, raw HTTP for the control API, and the
 //! real `kms-sim` binary. One test binary: faster to build and link.
 
@@ -10,4 +11,7 @@ mod cloudwatch;
 mod control;
 mod faults;
 mod kms;
+mod metrics;
+mod sns;
+mod sqs;
 mod sts;
