@@ -18,6 +18,7 @@ mod control;
 mod error;
 mod faults;
 mod input;
+mod keys;
 mod kms;
 mod protocol;
 mod server;
@@ -34,10 +35,11 @@ use std::thread::JoinHandle;
 
 pub use error::SimError;
 pub use faults::{FaultRule, Faults};
+pub use keys::KeyView;
 pub use state::{AlarmView, RequestRecord, StoreView};
 pub use world::{
-    AlarmDecl, AlarmKind, AlarmState, ConnectionState, Credential, KeyStoreDecl, KeyStoreType,
-    RegionWorld, Role, Settings, World,
+    AlarmDecl, AlarmKind, AlarmState, ConnectionState, Credential, KeyDecl, KeyManager, KeyState,
+    KeyStoreDecl, KeyStoreType, RegionWorld, Role, Settings, World,
 };
 
 use state::Sim;
@@ -171,6 +173,64 @@ impl SimHandle {
     /// The alarms of an account and region as they are now.
     pub fn alarms(&self, account: &str, region: &str) -> Vec<AlarmView> {
         self.sim.alarms(account, region)
+    }
+
+    /// The standard KMS keys of an account and region as they truly are now (no lag).
+    pub fn keys(&self, account: &str, region: &str) -> Vec<KeyView> {
+        self.sim.keys(account, region)
+    }
+
+    /// The true current KeyState ("Enabled", "Disabled", …) of one key, by key id, key ARN,
+    /// alias name or alias ARN.
+    pub fn key_state(&self, account: &str, region: &str, key_id: &str) -> Option<String> {
+        let views = self.keys(account, region);
+        views
+            .iter()
+            .find(|k| k.key_id == key_id || k.arn == key_id)
+            .or_else(|| {
+                let alias = key_id.rsplit_once(':').map_or(key_id, |(_, alias)| alias);
+                views.iter().find(|k| k.aliases.iter().any(|a| a == alias))
+            })
+            .map(|k| k.key_state.clone())
+    }
+
+    /// Force a key's KeyState now, bypassing KMS's rules (e.g. an attacker's EnableKey:
+    /// "Enabled").
+    pub fn set_key_state(
+        &self,
+        account: &str,
+        region: &str,
+        key_id: &str,
+        key_state: &str,
+    ) -> Result<(), SimError> {
+        self.sim
+            .set_key_state(account, region, key_id, key_state, 0)
+    }
+
+    /// Schedule a KeyState change `after` from now (an attacker re-enabling a key later). Later
+    /// DisableKey calls do not cancel it.
+    pub fn schedule_key_state(
+        &self,
+        account: &str,
+        region: &str,
+        key_id: &str,
+        key_state: &str,
+        after: std::time::Duration,
+    ) -> Result<(), SimError> {
+        let after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        self.sim
+            .set_key_state(account, region, key_id, key_state, after_ms)
+    }
+
+    /// Add a custom key store now (one created after the daemon started). An empty `decl.id`
+    /// gets a fresh random id; the store as it now is comes back.
+    pub fn add_key_store(
+        &self,
+        account: &str,
+        region: &str,
+        decl: KeyStoreDecl,
+    ) -> Result<StoreView, SimError> {
+        self.sim.add_key_store(account, region, &decl)
     }
 
     /// Replace every fault rule.

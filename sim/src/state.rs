@@ -184,6 +184,7 @@ pub(crate) struct AlarmRecord {
 pub(crate) struct RegionState {
     pub key_stores: Vec<StoreState>,
     pub alarms: Vec<AlarmRecord>,
+    pub keys: Vec<crate::keys::KeyRecord>,
 }
 
 /// Who signed a request.
@@ -292,7 +293,15 @@ impl Sim {
                     .collect();
                 regions.insert(
                     (account.clone(), region.clone()),
-                    RegionState { key_stores, alarms },
+                    RegionState {
+                        key_stores,
+                        alarms,
+                        keys: contents
+                            .keys
+                            .iter()
+                            .map(|decl| crate::keys::KeyRecord::from_decl(decl, started))
+                            .collect(),
+                    },
                 );
             }
         }
@@ -364,6 +373,10 @@ impl Sim {
         if rate <= 0.0 {
             return true;
         }
+        let rate = match settings.operation_rate_limits.get(operation) {
+            Some(_) => rate,
+            None => crate::keys::documented_rate(operation).unwrap_or(rate),
+        };
         let burst = settings.rate_limit_burst.unwrap_or(rate).max(1.0);
         let now = Instant::now();
         let mut state = self.lock();

@@ -9,5 +9,6 @@ mod cli;
 mod cloudwatch;
 mod control;
 mod faults;
+mod keys;
 mod kms;
 mod sts;
