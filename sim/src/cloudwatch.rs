@@ -44,6 +44,9 @@ pub(crate) fn handle(
     match operation {
         "DescribeAlarms" => describe_alarms(sim, account, region, &input),
         "SetAlarmState" => set_alarm_state(sim, account, region, &input),
+        "DescribeAlarmHistory" => {
+            crate::alarm_history::describe_alarm_history(sim, account, region, &input)
+        }
         other => Err(Common::UnknownOperation.error(
             protocol,
             format!("operation {other} is not supported by kms-sim"),
@@ -114,7 +117,8 @@ fn describe_alarms(
             )
         })?,
     };
-    let state = sim.lock();
+    let mut state = sim.lock();
+    crate::alarm_history::settle_alarms(&mut state, account, region);
     let mut matches: Vec<&AlarmRecord> = state
         .region(account, region)
         .map(|r| r.alarms.iter().collect())
@@ -287,7 +291,7 @@ fn set_alarm_state(
                 format!("Alarm {name} does not exist"),
             )
         })?;
-    alarm.set_state(state_value, reason.to_owned(), data.map(str::to_owned));
+    alarm.set_by_api(state_value, reason.to_owned(), data.map(str::to_owned));
     Ok(Value::Map(vec![]))
 }
 

@@ -39,6 +39,15 @@ struct AlarmStateBody {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct AlarmRevertBody {
+    account: String,
+    region: String,
+    alarm_name: String,
+    set_state_revert_ms: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct KeyStateBody {
     account: String,
     region: String,
@@ -137,6 +146,7 @@ pub(crate) fn handle(sim: &Sim, parts: &Parts, body: &[u8]) -> HttpResponse {
         }
         (&Method::POST, "/_sim/keys/state") => set_key_state(sim, body),
         (&Method::POST, "/_sim/key-stores") => add_key_store(sim, body),
+        (&Method::POST, "/_sim/alarms/revert") => set_alarm_revert(sim, body),
         (&Method::GET, "/_sim/world") => json(200, &sim.world),
         (&Method::GET, "/_sim/requests") => json(200, &sim.requests()),
         (&Method::DELETE, "/_sim/requests") | (&Method::POST, "/_sim/requests/clear") => {
@@ -287,6 +297,35 @@ fn add_key_store(sim: &Sim, body: &[u8]) -> HttpResponse {
                 200,
             );
             json(200, &view)
+        }
+        Err(err) => error(status_for(&err), err.to_string()),
+    }
+}
+
+fn set_alarm_revert(sim: &Sim, body: &[u8]) -> HttpResponse {
+    let body: AlarmRevertBody = match parse(body) {
+        Ok(body) => body,
+        Err(message) => return error(400, message),
+    };
+    match sim.set_alarm_revert_ms(
+        &body.account,
+        &body.region,
+        &body.alarm_name,
+        body.set_state_revert_ms,
+    ) {
+        Ok(()) => {
+            log_change(
+                sim,
+                "SetAlarmRevert",
+                Some(&body.account),
+                Some(&body.region),
+                Some(&body.alarm_name),
+                200,
+            );
+            json(
+                200,
+                &serde_json::json!({ "set_state_revert_ms": body.set_state_revert_ms }),
+            )
         }
         Err(err) => error(status_for(&err), err.to_string()),
     }

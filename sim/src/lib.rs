@@ -13,6 +13,7 @@
 //! This crate must not depend on the kms-killswitch crate: it stands in for AWS.
 #![forbid(unsafe_code)]
 
+mod alarm_history;
 mod cloudwatch;
 mod control;
 mod error;
@@ -168,6 +169,20 @@ impl SimHandle {
     ) -> Result<(), SimError> {
         self.sim
             .set_alarm_state(account, region, alarm_name, state_value, reason)
+    }
+
+    /// How long a CloudWatch SetAlarmState lasts on one metric alarm before it returns to its
+    /// evaluated state (world default: `settings.alarm_set_state_revert_ms`, 3 s).
+    pub fn set_alarm_revert(
+        &self,
+        account: &str,
+        region: &str,
+        alarm_name: &str,
+        after: std::time::Duration,
+    ) -> Result<(), SimError> {
+        let revert_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        self.sim
+            .set_alarm_revert_ms(account, region, alarm_name, revert_ms)
     }
 
     /// The alarms of an account and region as they are now.

@@ -178,6 +178,15 @@ pub(crate) struct AlarmRecord {
     pub namespace: Option<String>,
     pub metric_name: Option<String>,
     pub threshold: Option<f64>,
+    /// The state the alarm's own evaluation gives (world, control API, `set_state`); a state set
+    /// with SetAlarmState on a metric alarm returns to it at `revert_at_us`.
+    pub evaluated: AlarmState,
+    pub evaluated_reason: String,
+    pub revert_at_us: Option<u64>,
+    /// How long a SetAlarmState lasts on this (metric) alarm.
+    pub revert_ms: u64,
+    /// Every state change, oldest first (bounded).
+    pub history: Vec<crate::alarm_history::StateChange>,
 }
 
 #[derive(Debug, Default)]
@@ -270,27 +279,36 @@ impl Sim {
                         store
                     })
                     .collect();
-                let alarms = contents
-                    .alarms
-                    .iter()
-                    .map(|decl| AlarmRecord {
-                        name: decl.name.clone(),
-                        kind: decl.kind,
-                        state: decl.state,
-                        state_reason: decl
-                            .state_reason
-                            .clone()
-                            .unwrap_or_else(|| "initial state from the kms-sim world".to_owned()),
-                        state_reason_data: None,
-                        state_updated: us_to_secs(started),
-                        state_transitioned: us_to_secs(started),
-                        configuration_updated: us_to_secs(started),
-                        alarm_rule: decl.alarm_rule.clone(),
-                        namespace: decl.namespace.clone(),
-                        metric_name: decl.metric_name.clone(),
-                        threshold: decl.threshold,
-                    })
-                    .collect();
+                let alarms =
+                    contents
+                        .alarms
+                        .iter()
+                        .map(|decl| AlarmRecord {
+                            name: decl.name.clone(),
+                            kind: decl.kind,
+                            state: decl.state,
+                            state_reason: decl.state_reason.clone().unwrap_or_else(|| {
+                                "initial state from the kms-sim world".to_owned()
+                            }),
+                            evaluated: decl.state,
+                            evaluated_reason: decl.state_reason.clone().unwrap_or_else(|| {
+                                "initial state from the kms-sim world".to_owned()
+                            }),
+                            revert_at_us: None,
+                            revert_ms: decl
+                                .set_state_revert_ms
+                                .unwrap_or(world.settings.alarm_set_state_revert_ms),
+                            history: Vec::new(),
+                            state_reason_data: None,
+                            state_updated: us_to_secs(started),
+                            state_transitioned: us_to_secs(started),
+                            configuration_updated: us_to_secs(started),
+                            alarm_rule: decl.alarm_rule.clone(),
+                            namespace: decl.namespace.clone(),
+                            metric_name: decl.metric_name.clone(),
+                            threshold: decl.threshold,
+                        })
+                        .collect();
                 regions.insert(
                     (account.clone(), region.clone()),
                     RegionState {
@@ -445,7 +463,9 @@ impl Sim {
     }
 
     pub(crate) fn alarms(&self, account: &str, region: &str) -> Vec<AlarmView> {
-        self.lock()
+        let mut state = self.lock();
+        crate::alarm_history::settle_alarms(&mut state, account, region);
+        state
             .region(account, region)
             .map(|r| {
                 r.alarms
@@ -564,15 +584,15 @@ impl Sim {
 }
 
 impl AlarmRecord {
+    /// The alarm's evaluation gives `state` now (its metric changed, or the world says so): it
+    /// goes there, and a pending SetAlarmState revert is cancelled. Recorded in its history.
     pub(crate) fn set_state(&mut self, state: AlarmState, reason: String, data: Option<String>) {
-        let now = us_to_secs(now_us());
-        if state != self.state {
-            self.state_transitioned = now;
-        }
-        self.state = state;
-        self.state_reason = reason;
-        self.state_reason_data = data;
-        self.state_updated = now;
+        let now = now_us();
+        self.settle(now);
+        self.revert_at_us = None;
+        self.evaluated = state;
+        self.evaluated_reason = reason.clone();
+        self.transition(now, state, reason, data);
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod alarm_history;
 mod binary;
 mod cli;
 mod cloudwatch;
