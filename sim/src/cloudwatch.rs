@@ -1,4 +1,5 @@
-//! CloudWatch alarm operations: DescribeAlarms and SetAlarmState, for both wire protocols (the
+//! CloudWatch alarm operations: DescribeAlarms and SetAlarmState (DescribeAlarmHistory and the
+//! revert of a set state live in `alarm_history`), for both wire protocols (the
 //! caller decodes CBOR or JSON into JSON first and encodes the `Value` back). Metric and composite
 //! alarms, AlarmTypes semantics, NextToken pagination. Never sees HTTP or signatures.
 

@@ -1,5 +1,6 @@
 //! KMS custom key store operations: DescribeCustomKeyStores, DisconnectCustomKeyStore,
-//! ConnectCustomKeyStore, CreateCustomKeyStore, with the KMS state machine and error codes.
+//! ConnectCustomKeyStore, CreateCustomKeyStore, with the KMS state machine and error codes, and
+//! stores added at run time; the standard-key operations are passed on to `keys`.
 //! Input arrives as JSON, output leaves as a `Value`; this file never sees HTTP or signatures.
 
 use serde_json::Value as Json;

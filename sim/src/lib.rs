@@ -6,7 +6,8 @@
 //!   dispatch, respond, log; `control` serves the `/_sim/` JSON API.
 //! - `protocol` — the wire formats (awsJson 1.0/1.1, RPC v2 CBOR via `value`, awsQuery XML) and
 //!   the AWS error shapes; `input` reads operation inputs.
-//! - `kms`, `cloudwatch`, `sts` — the operations.
+//! - `kms`, `keys`, `cloudwatch`, `alarm_history`, `sts` — the operations (custom key stores,
+//!   standard keys, alarms, alarm history and SetAlarmState's revert, STS).
 //! - `state`    — the running world behind one lock (lazy, timestamped state machine);
 //!   `world` — the YAML world file.
 //!
