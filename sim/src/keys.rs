@@ -97,12 +97,13 @@ impl KeyRecord {
 }
 
 /// KMS's documented request quota (requests per second, per account and Region) of the key
-/// operations whose quota is not the 5 rps the simulator applies by default: DescribeKey 2000,
-/// ListAliases 100. DisableKey and EnableKey have 5 each (separate quotas).
+/// operations whose quota is not the 5 rps the simulator applies by default (KMS Developer Guide,
+/// "Request quotas", each calculated independently): DescribeKey 2000,
+/// ListAliases 500. DisableKey and EnableKey have 5 each (separate quotas).
 pub(crate) fn documented_rate(operation: &str) -> Option<f64> {
     match operation {
         "DescribeKey" => Some(2000.0),
-        "ListAliases" => Some(100.0),
+        "ListAliases" => Some(500.0),
         _ => None,
     }
 }

@@ -380,7 +380,7 @@ async fn key_operations_have_their_documented_quotas() {
     assert_eq!(code(&err).as_deref(), Some("ThrottlingException"));
     // EnableKey has a bucket of its own.
     kms.enable_key().key_id(KEY).send().await.unwrap();
-    // DescribeKey (2000 rps) and ListAliases (100 rps) are not held to the 5 rps default.
+    // DescribeKey (2000 rps) and ListAliases (500 rps) are not held to the 5 rps default.
     for _ in 0..20 {
         kms.describe_key().key_id(KEY).send().await.unwrap();
         kms.list_aliases().send().await.unwrap();
