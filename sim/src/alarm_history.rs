@@ -11,7 +11,7 @@ use crate::input::Input;
 use crate::protocol::ApiError;
 use crate::state::{AlarmRecord, Sim, State, now_us, us_to_secs};
 use crate::value::Value;
-use crate::world::{AlarmKind, AlarmState};
+use crate::world::{AlarmDecl, AlarmKind, AlarmState, Settings};
 
 /// History items kept per alarm (AWS keeps 30 days); the oldest are dropped past this.
 const HISTORY_CAPACITY: usize = 1000;
@@ -33,6 +33,38 @@ pub(crate) struct StateChange {
     pub new: (AlarmState, String, Option<String>),
 }
 
+/// What an alarm's state is made of besides its current state: what its own evaluation gives,
+/// a pending SetAlarmState revert, how long a SetAlarmState lasts, and its history.
+#[derive(Debug, Clone)]
+pub(crate) struct Timeline {
+    /// The state the alarm's own evaluation gives (world, control API, `set_state`); a state set
+    /// with SetAlarmState on a metric alarm returns to it at `revert_at_us`.
+    pub evaluated: AlarmState,
+    pub evaluated_reason: String,
+    pub revert_at_us: Option<u64>,
+    /// How long a SetAlarmState lasts on this (metric) alarm.
+    pub revert_ms: u64,
+    /// Every state change, oldest first (bounded).
+    pub history: Vec<StateChange>,
+}
+
+impl Timeline {
+    pub(crate) fn new(decl: &AlarmDecl, settings: &Settings) -> Timeline {
+        Timeline {
+            evaluated: decl.state,
+            evaluated_reason: decl
+                .state_reason
+                .clone()
+                .unwrap_or_else(|| "initial state from the kms-sim world".to_owned()),
+            revert_at_us: None,
+            revert_ms: decl
+                .set_state_revert_ms
+                .unwrap_or(settings.alarm_set_state_revert_ms),
+            history: Vec::new(),
+        }
+    }
+}
+
 impl AlarmRecord {
     /// Move to `state` at `at_us`, recording a history item when the value changes.
     pub(crate) fn transition(
@@ -45,7 +77,7 @@ impl AlarmRecord {
         let at = us_to_secs(at_us);
         if state != self.state {
             self.state_transitioned = at;
-            self.history.push(StateChange {
+            self.timeline.history.push(StateChange {
                 at_us,
                 old: (
                     self.state,
@@ -54,8 +86,8 @@ impl AlarmRecord {
                 ),
                 new: (state, reason.clone(), data.clone()),
             });
-            if self.history.len() > HISTORY_CAPACITY {
-                self.history.remove(0);
+            if self.timeline.history.len() > HISTORY_CAPACITY {
+                self.timeline.history.remove(0);
             }
         }
         self.state = state;
@@ -66,10 +98,10 @@ impl AlarmRecord {
 
     /// Apply a SetAlarmState revert that is due by `now_us`, at the time it was due.
     pub(crate) fn settle(&mut self, now_us: u64) {
-        if let Some(at) = self.revert_at_us.filter(|at| *at <= now_us) {
-            self.revert_at_us = None;
-            let reason = self.evaluated_reason.clone();
-            self.transition(at, self.evaluated, reason, None);
+        if let Some(at) = self.timeline.revert_at_us.filter(|at| *at <= now_us) {
+            self.timeline.revert_at_us = None;
+            let reason = self.timeline.evaluated_reason.clone();
+            self.transition(at, self.timeline.evaluated, reason, None);
         }
     }
 
@@ -81,9 +113,9 @@ impl AlarmRecord {
         let now = now_us();
         self.settle(now);
         self.transition(now, state, reason, data);
-        self.revert_at_us = match self.kind {
-            AlarmKind::Metric if state != self.evaluated => {
-                Some(now + self.revert_ms.saturating_mul(1000))
+        self.timeline.revert_at_us = match self.kind {
+            AlarmKind::Metric if state != self.timeline.evaluated => {
+                Some(now + self.timeline.revert_ms.saturating_mul(1000))
             }
             _ => None,
         };
@@ -123,7 +155,7 @@ impl Sim {
                 region: region.to_owned(),
                 alarm_name: alarm_name.to_owned(),
             })?;
-        alarm.revert_ms = revert_ms;
+        alarm.timeline.revert_ms = revert_ms;
         Ok(())
     }
 }
@@ -242,7 +274,7 @@ pub(crate) fn describe_alarm_history(
             AlarmKind::Metric => query.metric,
             AlarmKind::Composite => query.composite,
         })
-        .flat_map(|a| a.history.iter().map(move |h| (a, h)))
+        .flat_map(|a| a.timeline.history.iter().map(move |h| (a, h)))
         .filter(|_| query.state_updates)
         .filter(|(_, h)| query.start.is_none_or(|s| us_to_secs(h.at_us) >= s))
         .filter(|(_, h)| query.end.is_none_or(|e| us_to_secs(h.at_us) <= e))

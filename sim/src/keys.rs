@@ -96,6 +96,14 @@ impl KeyRecord {
     }
 }
 
+/// The records of a world's key declarations, as the simulator starts.
+pub(crate) fn records(decls: &[KeyDecl], started_us: u64) -> Vec<KeyRecord> {
+    decls
+        .iter()
+        .map(|decl| KeyRecord::from_decl(decl, started_us))
+        .collect()
+}
+
 /// KMS's documented request quota (requests per second, per account and Region) of the key
 /// operations whose quota is not the 5 rps the simulator applies by default (KMS Developer Guide,
 /// "Request quotas", each calculated independently): DescribeKey 2000,

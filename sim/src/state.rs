@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::SimError;
+use crate::alarm_history::Timeline;
 use crate::faults::{Faults, Selector};
 use crate::world::{
     AlarmKind, AlarmState, ConnectionState, KeyStoreType, World, is_account_id, role_account,
@@ -178,15 +179,8 @@ pub(crate) struct AlarmRecord {
     pub namespace: Option<String>,
     pub metric_name: Option<String>,
     pub threshold: Option<f64>,
-    /// The state the alarm's own evaluation gives (world, control API, `set_state`); a state set
-    /// with SetAlarmState on a metric alarm returns to it at `revert_at_us`.
-    pub evaluated: AlarmState,
-    pub evaluated_reason: String,
-    pub revert_at_us: Option<u64>,
-    /// How long a SetAlarmState lasts on this (metric) alarm.
-    pub revert_ms: u64,
-    /// Every state change, oldest first (bounded).
-    pub history: Vec<crate::alarm_history::StateChange>,
+    /// Evaluated state, SetAlarmState's pending revert, history (`alarm_history`).
+    pub timeline: Timeline,
 }
 
 #[derive(Debug, Default)]
@@ -279,46 +273,35 @@ impl Sim {
                         store
                     })
                     .collect();
-                let alarms =
-                    contents
-                        .alarms
-                        .iter()
-                        .map(|decl| AlarmRecord {
-                            name: decl.name.clone(),
-                            kind: decl.kind,
-                            state: decl.state,
-                            state_reason: decl.state_reason.clone().unwrap_or_else(|| {
-                                "initial state from the kms-sim world".to_owned()
-                            }),
-                            evaluated: decl.state,
-                            evaluated_reason: decl.state_reason.clone().unwrap_or_else(|| {
-                                "initial state from the kms-sim world".to_owned()
-                            }),
-                            revert_at_us: None,
-                            revert_ms: decl
-                                .set_state_revert_ms
-                                .unwrap_or(world.settings.alarm_set_state_revert_ms),
-                            history: Vec::new(),
-                            state_reason_data: None,
-                            state_updated: us_to_secs(started),
-                            state_transitioned: us_to_secs(started),
-                            configuration_updated: us_to_secs(started),
-                            alarm_rule: decl.alarm_rule.clone(),
-                            namespace: decl.namespace.clone(),
-                            metric_name: decl.metric_name.clone(),
-                            threshold: decl.threshold,
-                        })
-                        .collect();
+                let alarms = contents
+                    .alarms
+                    .iter()
+                    .map(|decl| AlarmRecord {
+                        name: decl.name.clone(),
+                        kind: decl.kind,
+                        state: decl.state,
+                        state_reason: decl
+                            .state_reason
+                            .clone()
+                            .unwrap_or_else(|| "initial state from the kms-sim world".to_owned()),
+                        state_reason_data: None,
+                        state_updated: us_to_secs(started),
+                        state_transitioned: us_to_secs(started),
+                        configuration_updated: us_to_secs(started),
+                        alarm_rule: decl.alarm_rule.clone(),
+                        namespace: decl.namespace.clone(),
+                        metric_name: decl.metric_name.clone(),
+                        threshold: decl.threshold,
+                        timeline: Timeline::new(decl, &world.settings),
+                    })
+                    .collect();
+                let keys = crate::keys::records(&contents.keys, started);
                 regions.insert(
                     (account.clone(), region.clone()),
                     RegionState {
                         key_stores,
                         alarms,
-                        keys: contents
-                            .keys
-                            .iter()
-                            .map(|decl| crate::keys::KeyRecord::from_decl(decl, started))
-                            .collect(),
+                        keys,
                     },
                 );
             }
@@ -589,9 +572,9 @@ impl AlarmRecord {
     pub(crate) fn set_state(&mut self, state: AlarmState, reason: String, data: Option<String>) {
         let now = now_us();
         self.settle(now);
-        self.revert_at_us = None;
-        self.evaluated = state;
-        self.evaluated_reason = reason.clone();
+        self.timeline.revert_at_us = None;
+        self.timeline.evaluated = state;
+        self.timeline.evaluated_reason = reason.clone();
         self.transition(now, state, reason, data);
     }
 }
