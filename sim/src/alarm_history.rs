@@ -1,12 +1,14 @@
 //! Alarm state over time: every state change as a `StateUpdate` history item, SetAlarmState's
 //! temporary state on a metric alarm that returns to the evaluated state after the alarm's
 //! revert time (settled lazily, under the lock, before anything reads alarms), and the
-//! DescribeAlarmHistory operation for both CloudWatch protocols. Never sees HTTP or signatures;
-//! does not evaluate metrics or composite rules.
+//! DescribeAlarmHistory operation for both CloudWatch protocols; composite alarms re-evaluated
+//! by their rule (`alarm_rule`) when a child changes. Never sees HTTP or signatures; does not
+//! evaluate metrics.
 
 use serde_json::{Value as Json, json};
 
 use crate::SimError;
+use crate::alarm_rule::Rule;
 use crate::input::Input;
 use crate::protocol::ApiError;
 use crate::state::{AlarmRecord, Sim, State, now_us, us_to_secs};
@@ -46,6 +48,9 @@ pub(crate) struct Timeline {
     pub revert_ms: u64,
     /// Every state change, oldest first (bounded).
     pub history: Vec<StateChange>,
+    /// Composite alarms: child changes up to this time are accounted for (the rule was
+    /// evaluated, or the state was set after them).
+    pub rule_checked_us: u64,
 }
 
 impl Timeline {
@@ -61,6 +66,7 @@ impl Timeline {
                 .set_state_revert_ms
                 .unwrap_or(settings.alarm_set_state_revert_ms),
             history: Vec::new(),
+            rule_checked_us: 0,
         }
     }
 }
@@ -107,12 +113,13 @@ impl AlarmRecord {
 
     /// CloudWatch SetAlarmState: the state holds until the next evaluation. A metric alarm is
     /// evaluated again `revert_ms` later and returns to its evaluated state; a composite alarm
-    /// keeps the set state (AWS: until one of its children changes; the simulator does not
-    /// evaluate rules, so it keeps it until the next change of its own).
+    /// keeps the set state until one of its children changes, when its rule is evaluated again
+    /// (`settle_alarms`).
     pub(crate) fn set_by_api(&mut self, state: AlarmState, reason: String, data: Option<String>) {
         let now = now_us();
         self.settle(now);
         self.transition(now, state, reason, data);
+        self.timeline.rule_checked_us = now;
         self.timeline.revert_at_us = match self.kind {
             AlarmKind::Metric if state != self.timeline.evaluated => {
                 Some(now + self.timeline.revert_ms.saturating_mul(1000))
@@ -122,17 +129,95 @@ impl AlarmRecord {
     }
 }
 
-/// Settle every alarm of one account and region (call under the lock before reading them).
+/// Settle every alarm of one account and region (call under the lock before reading them):
+/// due SetAlarmState reverts, then the composite alarms whose children changed since their rule
+/// was last evaluated (nested composites too).
 pub(crate) fn settle_alarms(state: &mut State, account: &str, region: &str) {
     let now = now_us();
-    if let Some(region_state) = state
-        .regions
-        .get_mut(&(account.to_owned(), region.to_owned()))
-    {
-        for alarm in &mut region_state.alarms {
-            alarm.settle(now);
+    let key = (account.to_owned(), region.to_owned());
+    let Some(region_state) = state.regions.get_mut(&key) else {
+        return;
+    };
+    let alarms = &mut region_state.alarms;
+    for alarm in alarms.iter_mut() {
+        alarm.settle(now);
+    }
+    // Each pass settles at least one composite for good, so as many passes as alarms suffice.
+    for _ in 0..alarms.len() {
+        if !evaluate_composites(alarms) {
+            break;
         }
     }
+}
+
+/// An alarm's state at `at_us`, from its history.
+fn state_at(alarm: &AlarmRecord, at_us: u64) -> AlarmState {
+    let history = &alarm.timeline.history;
+    match history.iter().rev().find(|h| h.at_us <= at_us) {
+        Some(change) => change.new.0,
+        None => history.first().map_or(alarm.state, |change| change.old.0),
+    }
+}
+
+/// Re-evaluate each composite alarm whose children changed after its `rule_checked_us`, at each
+/// such change in time order (so a child's ALARM that is over by now still shows in the
+/// composite's history); a rule the simulator cannot parse leaves the alarm as it is.
+/// Returns whether any composite changed state.
+fn evaluate_composites(alarms: &mut [AlarmRecord]) -> bool {
+    let mut changed = false;
+    for i in 0..alarms.len() {
+        if alarms[i].kind != AlarmKind::Composite {
+            continue;
+        }
+        let Some(rule) = alarms[i].alarm_rule.as_deref().and_then(Rule::parse) else {
+            continue;
+        };
+        let children = rule.children();
+        let checked = alarms[i].timeline.rule_checked_us;
+        let mut times: Vec<u64> = alarms
+            .iter()
+            .filter(|a| children.contains(&a.name.as_str()) && a.name != alarms[i].name)
+            .flat_map(|a| a.timeline.history.iter().map(|h| h.at_us))
+            .filter(|at| *at > checked)
+            .collect();
+        times.sort_unstable();
+        times.dedup();
+        let outcomes: Vec<(u64, bool)> = times
+            .iter()
+            .map(|&at| {
+                let state_of = |name: &str| {
+                    alarms
+                        .iter()
+                        .find(|a| a.name == name)
+                        .map(|a| state_at(a, at))
+                };
+                (at, rule.eval(&state_of))
+            })
+            .collect();
+        let alarm = &mut alarms[i];
+        for (at, value) in outcomes {
+            alarm.timeline.rule_checked_us = at;
+            let value = if value {
+                AlarmState::Alarm
+            } else {
+                AlarmState::Ok
+            };
+            if value != alarm.state {
+                let reason = format!(
+                    "kms-sim evaluated the alarm rule {} as {}",
+                    alarm.alarm_rule.as_deref().unwrap_or(""),
+                    if value == AlarmState::Alarm {
+                        "TRUE"
+                    } else {
+                        "FALSE"
+                    }
+                );
+                alarm.transition(at, value, reason, None);
+                changed = true;
+            }
+        }
+    }
+    changed
 }
 
 impl Sim {

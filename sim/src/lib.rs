@@ -7,7 +7,8 @@
 //! - `protocol` — the wire formats (awsJson 1.0/1.1, RPC v2 CBOR via `value`, awsQuery XML) and
 //!   the AWS error shapes; `input` reads operation inputs.
 //! - `kms`, `keys`, `cloudwatch`, `alarm_history`, `sts` — the operations (custom key stores,
-//!   standard keys, alarms, alarm history and SetAlarmState's revert, STS).
+//!   standard keys, alarms, alarm history and SetAlarmState's revert, STS); `alarm_rule` —
+//!   composite alarm rules.
 //! - `state`    — the running world behind one lock (lazy, timestamped state machine);
 //!   `world` — the YAML world file.
 //!
@@ -15,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 mod alarm_history;
+mod alarm_rule;
 mod cloudwatch;
 mod control;
 mod error;

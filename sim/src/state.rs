@@ -576,6 +576,7 @@ impl AlarmRecord {
         self.timeline.evaluated = state;
         self.timeline.evaluated_reason = reason.clone();
         self.transition(now, state, reason, data);
+        self.timeline.rule_checked_us = now;
     }
 }
 

@@ -245,8 +245,8 @@ pub struct AlarmDecl {
     pub state: AlarmState,
     #[serde(default)]
     pub state_reason: Option<String>,
-    /// Composite alarms: the rule (default `ALARM("<first metric alarm>")`-like text is not
-    /// evaluated; the simulator never changes alarm states by itself).
+    /// Composite alarms: the rule, evaluated again whenever one of the alarms it names changes
+    /// state (`alarm_rule.rs` for the syntax); absent = `FALSE` in DescribeAlarms, never evaluated.
     #[serde(default)]
     pub alarm_rule: Option<String>,
     /// Metric alarms: what they watch (cosmetic, returned by DescribeAlarms).

@@ -115,25 +115,7 @@ async fn set_alarm_state_on_a_metric_alarm_reverts_and_both_transitions_are_reco
 
 #[tokio::test]
 async fn a_set_state_holds_for_the_alarms_revert_time() {
-    let mut world = world_with_revert_ms(50);
-    let region = world
-        .accounts
-        .get_mut(ACCOUNT)
-        .unwrap()
-        .get_mut(REGION)
-        .unwrap();
-    region.alarms.push(kms_sim::AlarmDecl {
-        name: "clock".into(),
-        kind: kms_sim::AlarmKind::Metric,
-        state: kms_sim::AlarmState::Ok,
-        state_reason: None,
-        alarm_rule: None,
-        namespace: None,
-        metric_name: None,
-        threshold: None,
-        set_state_revert_ms: None,
-    });
-    let sim = start(world);
+    let sim = start(with_clock_alarm(world_with_revert_ms(50)));
     sim.set_alarm_revert(ACCOUNT, REGION, METRIC_ALARM, Duration::from_secs(3600))
         .unwrap();
     let cw = cloudwatch(&sim, REGION).await;
@@ -154,14 +136,50 @@ async fn a_set_state_holds_for_the_alarms_revert_time() {
     );
 }
 
+fn with_clock_alarm(mut world: World) -> World {
+    let region = world
+        .accounts
+        .get_mut(ACCOUNT)
+        .unwrap()
+        .get_mut(REGION)
+        .unwrap();
+    region.alarms.push(kms_sim::AlarmDecl {
+        name: "clock".into(),
+        kind: kms_sim::AlarmKind::Metric,
+        state: kms_sim::AlarmState::Ok,
+        state_reason: None,
+        alarm_rule: None,
+        namespace: None,
+        metric_name: None,
+        threshold: None,
+        set_state_revert_ms: None,
+    });
+    world
+}
+
+async fn composite_history(cw: &aws_sdk_cloudwatch::Client) -> Vec<(String, String)> {
+    cw.describe_alarm_history()
+        .alarm_name(COMPOSITE_ALARM)
+        .alarm_types(AlarmType::CompositeAlarm)
+        .scan_by(ScanBy::TimestampAscending)
+        .send()
+        .await
+        .unwrap()
+        .alarm_history_items()
+        .iter()
+        .map(states)
+        .collect()
+}
+
 #[tokio::test]
-async fn a_composite_alarm_keeps_the_set_state() {
-    let sim = start(world_with_revert_ms(50));
+async fn a_composite_alarm_keeps_the_set_state_until_a_child_changes() {
+    // The demo composite's rule is ALARM("kms-killswitch-hsm-anomaly").
+    let sim = start(with_clock_alarm(world_with_revert_ms(50)));
     let cw = cloudwatch(&sim, REGION).await;
     set_alarm(&cw, COMPOSITE_ALARM, StateValue::Alarm).await;
-    // The metric alarm is the clock: once it has reverted, 50 ms have passed.
-    set_alarm(&cw, METRIC_ALARM, StateValue::Alarm).await;
-    wait_for_alarm(&sim, METRIC_ALARM, "OK").await;
+    // The clock alarm is no child of it: once the clock is back, 50 ms have passed.
+    set_alarm(&cw, "clock", StateValue::Alarm).await;
+    wait_for_alarm(&sim, "clock", "OK").await;
     let described = cw
         .describe_alarms()
         .alarm_names(COMPOSITE_ALARM)
@@ -181,17 +199,47 @@ async fn a_composite_alarm_keeps_the_set_state() {
         .await
         .unwrap();
     assert!(default_types.alarm_history_items().is_empty());
-    let composite = cw
+    let items = cw
         .describe_alarm_history()
         .alarm_name(COMPOSITE_ALARM)
         .alarm_types(AlarmType::CompositeAlarm)
         .send()
         .await
         .unwrap();
-    let items = composite.alarm_history_items();
-    assert_eq!(items.len(), 1);
-    assert_eq!(items[0].alarm_type(), Some(&AlarmType::CompositeAlarm));
-    assert_eq!(states(&items[0]), ("OK".into(), "ALARM".into()));
+    assert_eq!(
+        items.alarm_history_items()[0].alarm_type(),
+        Some(&AlarmType::CompositeAlarm)
+    );
+    assert_eq!(
+        composite_history(&cw).await,
+        [("OK".into(), "ALARM".into())]
+    );
+    // Its child changes (ALARM, then back to OK): the rule is evaluated again at each change.
+    set_alarm(&cw, METRIC_ALARM, StateValue::Alarm).await;
+    wait_for_alarm(&sim, METRIC_ALARM, "OK").await;
+    assert_eq!(
+        composite_history(&cw).await,
+        [("OK".into(), "ALARM".into()), ("ALARM".into(), "OK".into())]
+    );
+}
+
+#[tokio::test]
+async fn a_child_blip_nobody_read_still_shows_in_the_composite_history() {
+    let sim = start(world_with_revert_ms(50));
+    let cw = cloudwatch(&sim, REGION).await;
+    set_alarm(&cw, METRIC_ALARM, StateValue::Alarm).await;
+    // Nothing reads the alarms until the child is back to OK.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        composite_history(&cw).await,
+        [("OK".into(), "ALARM".into()), ("ALARM".into(), "OK".into())]
+    );
+    let composite = sim
+        .alarms(ACCOUNT, REGION)
+        .into_iter()
+        .find(|a| a.alarm_name == COMPOSITE_ALARM)
+        .unwrap();
+    assert_eq!(composite.state_value, "OK");
 }
 
 #[tokio::test]
