@@ -177,8 +177,15 @@ fn evaluate_composites(alarms: &mut [AlarmRecord]) -> bool {
         let mut times: Vec<u64> = alarms
             .iter()
             .filter(|a| children.contains(&a.name.as_str()) && a.name != alarms[i].name)
-            .flat_map(|a| a.timeline.history.iter().map(|h| h.at_us))
-            .filter(|at| *at > checked)
+            // Histories are in time order: read only the changes since `checked`.
+            .flat_map(|a| {
+                a.timeline
+                    .history
+                    .iter()
+                    .rev()
+                    .map(|h| h.at_us)
+                    .take_while(|at| *at > checked)
+            })
             .collect();
         times.sort_unstable();
         times.dedup();
