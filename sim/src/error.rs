@@ -58,6 +58,21 @@ pub enum SimError {
         region: String,
         alarm_name: String,
     },
+    #[error("no KMS key {key_id} in account {account} region {region}")]
+    KeyNotFound {
+        account: String,
+        region: String,
+        key_id: String,
+    },
+    #[error(
+        "cannot add key store {custom_key_store_id} in account {account} region {region}: {reason}"
+    )]
+    KeyStoreRefused {
+        account: String,
+        region: String,
+        custom_key_store_id: String,
+        reason: String,
+    },
     #[error("{value:?} is not a valid {field}")]
     InvalidValue { field: &'static str, value: String },
 }

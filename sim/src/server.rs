@@ -223,6 +223,7 @@ async fn process(
         region: Some(&region),
         operation: &operation,
         custom_key_store_id: store_id.as_deref(),
+        key_id: None,
     };
     let effects = RequestEffects::roll(&sim.lock().faults, &selector);
     if effects.latency_ms > 0 {

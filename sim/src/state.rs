@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::SimError;
+use crate::alarm_history::Timeline;
 use crate::faults::{Faults, Selector};
 use crate::world::{
     AlarmKind, AlarmState, ConnectionState, KeyStoreType, World, is_account_id, role_account,
@@ -178,12 +179,15 @@ pub(crate) struct AlarmRecord {
     pub namespace: Option<String>,
     pub metric_name: Option<String>,
     pub threshold: Option<f64>,
+    /// Evaluated state, SetAlarmState's pending revert, history (`alarm_history`).
+    pub timeline: Timeline,
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct RegionState {
     pub key_stores: Vec<StoreState>,
     pub alarms: Vec<AlarmRecord>,
+    pub keys: Vec<crate::keys::KeyRecord>,
 }
 
 /// Who signed a request.
@@ -293,11 +297,17 @@ impl Sim {
                         namespace: decl.namespace.clone(),
                         metric_name: decl.metric_name.clone(),
                         threshold: decl.threshold,
+                        timeline: Timeline::new(decl, &world.settings),
                     })
                     .collect();
+                let keys = crate::keys::records(&contents.keys, started);
                 regions.insert(
                     (account.clone(), region.clone()),
-                    RegionState { key_stores, alarms },
+                    RegionState {
+                        key_stores,
+                        alarms,
+                        keys,
+                    },
                 );
             }
         }
@@ -385,6 +395,10 @@ impl Sim {
         if rate <= 0.0 {
             return true;
         }
+        let rate = match settings.operation_rate_limits.get(operation) {
+            Some(_) => rate,
+            None => crate::keys::documented_rate(operation).unwrap_or(rate),
+        };
         let burst = settings.rate_limit_burst.unwrap_or(rate).max(1.0);
         let now = Instant::now();
         let mut state = self.lock();
@@ -453,7 +467,9 @@ impl Sim {
     }
 
     pub(crate) fn alarms(&self, account: &str, region: &str) -> Vec<AlarmView> {
-        self.lock()
+        let mut state = self.lock();
+        crate::alarm_history::settle_alarms(&mut state, account, region);
+        state
             .region(account, region)
             .map(|r| {
                 r.alarms
@@ -583,15 +599,16 @@ impl Sim {
 }
 
 impl AlarmRecord {
+    /// The alarm's evaluation gives `state` now (its metric changed, or the world says so): it
+    /// goes there, and a pending SetAlarmState revert is cancelled. Recorded in its history.
     pub(crate) fn set_state(&mut self, state: AlarmState, reason: String, data: Option<String>) {
-        let now = us_to_secs(now_us());
-        if state != self.state {
-            self.state_transitioned = now;
-        }
-        self.state = state;
-        self.state_reason = reason;
-        self.state_reason_data = data;
-        self.state_updated = now;
+        let now = now_us();
+        self.settle(now);
+        self.timeline.revert_at_us = None;
+        self.timeline.evaluated = state;
+        self.timeline.evaluated_reason = reason.clone();
+        self.transition(now, state, reason, data);
+        self.timeline.rule_checked_us = now;
     }
 }
 

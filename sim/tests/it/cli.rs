@@ -405,3 +405,123 @@ fn official_aws_cli_sees_and_changes_the_same_world() {
     );
     std::fs::remove_dir_all(&home).ok();
 }
+
+#[test]
+fn official_aws_cli_disables_keys_and_reads_alarm_history() {
+    let aws = aws_cli();
+    let mut world = quiet_world();
+    world.settings.alarm_set_state_revert_ms = 3_600_000;
+    let sim = start(world);
+    let home = std::env::temp_dir().join(format!("kms-sim-awscli-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&home).unwrap();
+    let cli = Cli {
+        aws,
+        endpoint: sim.endpoint_url(),
+        home: home.clone(),
+    };
+    let base = (ACCESS_KEY_ID, SECRET, None);
+    let key = "1e1a0000-0000-4000-8000-000000000001";
+
+    let described = cli.run(
+        REGION,
+        base,
+        &["kms", "describe-key", "--key-id", "alias/payments"],
+    );
+    assert_eq!(described["KeyMetadata"]["KeyId"], key);
+    assert_eq!(described["KeyMetadata"]["KeyState"], "Enabled");
+    assert_eq!(described["KeyMetadata"]["KeyManager"], "CUSTOMER");
+    let arn = described["KeyMetadata"]["Arn"].as_str().unwrap().to_owned();
+    cli.run(REGION, base, &["kms", "disable-key", "--key-id", &arn]);
+    assert_eq!(
+        sim.key_state(ACCOUNT, REGION, key).as_deref(),
+        Some("Disabled")
+    );
+    let again = cli.run(REGION, base, &["kms", "describe-key", "--key-id", key]);
+    assert_eq!(again["KeyMetadata"]["KeyState"], "Disabled");
+    assert_eq!(again["KeyMetadata"]["Enabled"], false);
+    // The CLI follows NextMarker itself: pages of 2 give every alias once.
+    let aliases = cli.run(REGION, base, &["kms", "list-aliases", "--page-size", "2"]);
+    let names: Vec<&str> = aliases["Aliases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["AliasName"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "alias/aws/ebs",
+            "alias/payments",
+            "alias/payments-global",
+            "alias/payments-primary",
+            "alias/payments-retired"
+        ]
+    );
+
+    cli.run(
+        REGION,
+        base,
+        &[
+            "cloudwatch",
+            "set-alarm-state",
+            "--alarm-name",
+            METRIC_ALARM,
+            "--state-value",
+            "ALARM",
+            "--state-reason",
+            "drill",
+        ],
+    );
+    sim.set_alarm_state(ACCOUNT, REGION, METRIC_ALARM, "OK", "evaluated")
+        .unwrap();
+    let history = cli.run(
+        REGION,
+        base,
+        &[
+            "cloudwatch",
+            "describe-alarm-history",
+            "--alarm-name",
+            METRIC_ALARM,
+            "--history-item-type",
+            "StateUpdate",
+            "--scan-by",
+            "TimestampAscending",
+            "--page-size",
+            "1",
+        ],
+    );
+    let items = history["AlarmHistoryItems"].as_array().unwrap();
+    let summaries: Vec<&str> = items
+        .iter()
+        .filter_map(|i| i["HistorySummary"].as_str())
+        .collect();
+    assert_eq!(
+        summaries,
+        [
+            "Alarm updated from OK to ALARM",
+            "Alarm updated from ALARM to OK"
+        ]
+    );
+    let data: Value = serde_json::from_str(items[0]["HistoryData"].as_str().unwrap()).unwrap();
+    assert_eq!(data["oldState"]["stateValue"], "OK");
+    assert_eq!(data["newState"]["stateValue"], "ALARM");
+
+    let log = sim.requests();
+    for op in [
+        "DescribeKey",
+        "DisableKey",
+        "ListAliases",
+        "SetAlarmState",
+        "DescribeAlarmHistory",
+    ] {
+        assert!(
+            log.iter().any(|r| r.operation == op && r.status == 200),
+            "{op} missing from {log:?}"
+        );
+    }
+    assert!(
+        log.iter().filter(|r| r.operation == "ListAliases").count() >= 3,
+        "the CLI paged through ListAliases"
+    );
+    std::fs::remove_dir_all(&home).ok();
+}

@@ -5,11 +5,13 @@
 
 mod support;
 
+mod alarm_history;
 mod binary;
 mod cli;
 mod cloudwatch;
 mod control;
 mod faults;
+mod keys;
 mod kms;
 mod metrics;
 mod sns;
