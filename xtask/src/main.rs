@@ -25,6 +25,9 @@ const UNIT: &str = "systemd/kms-killswitch.service";
 /// ... and the one line the package changes: it installs the binary in /usr/bin.
 const HAND_EXEC_START: &str = "ExecStart=/usr/local/bin/kms-killswitch run";
 const PACKAGED_EXEC_START: &str = "ExecStart=/usr/bin/kms-killswitch run";
+/// The package also ships the man pages, so its unit points `systemctl help` at them.
+const DESCRIPTION: &str = "\nDescription=";
+const DOCUMENTATION: &str = "\n# `systemctl help kms-killswitch` opens these.\nDocumentation=man:kms-killswitch(1) man:kms-killswitch-policy(5)";
 
 fn main() -> Result<()> {
     let root = workspace_root();
@@ -48,11 +51,14 @@ fn workspace_root() -> PathBuf {
     manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
 }
 
-/// Man pages, completions and the packaged unit under `target/dist/`, replacing what was there.
+/// Man pages, completions and the packaged unit under `target/dist/`, replacing the old ones.
 fn dist(root: &Path) -> Result<()> {
     let dist = root.join(DIST);
-    if dist.exists() {
-        fs::remove_dir_all(&dist).with_context(|| format!("removing {}", dist.display()))?;
+    for generated in ["man", "completions", "systemd"] {
+        let dir = dist.join(generated);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
     }
     let man = dist.join("man");
     fs::create_dir_all(&man).with_context(|| format!("creating {}", man.display()))?;
@@ -76,6 +82,13 @@ fn dist(root: &Path) -> Result<()> {
     let systemd = dist.join("systemd");
     fs::create_dir_all(&systemd).with_context(|| format!("creating {}", systemd.display()))?;
     let packaged = unit.replace(HAND_EXEC_START, PACKAGED_EXEC_START);
+    let Some(at) = packaged
+        .find(DESCRIPTION)
+        .and_then(|at| Some(at + 1 + packaged[at + 1..].find('\n')?))
+    else {
+        bail!("{UNIT} has no `Description=` line to put `Documentation=` after");
+    };
+    let packaged = format!("{}{DOCUMENTATION}{}", &packaged[..at], &packaged[at..]);
     let path = systemd.join("kms-killswitch.service");
     fs::write(&path, packaged).with_context(|| format!("writing {}", path.display()))?;
     println!("wrote {}", dist.display());
