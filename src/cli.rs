@@ -13,13 +13,27 @@ use crate::logging;
 /// Default policy path when neither `--config` nor `KMS_KILLSWITCH_CONFIG` is given.
 pub const DEFAULT_CONFIG: &str = "/etc/kms-killswitch/policy.yaml";
 
+/// What `--version` prints after the name: the crate version and the git commit it was built
+/// from (`unknown` when built outside a git work tree; see build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("KMS_KILLSWITCH_GIT_COMMIT"),
+    ")"
+);
+
+/// The clap definition of the whole command line, for generated man pages and completions.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
 /// Emergency kill switch for AWS KMS custom key stores (CloudHSM and external/XKS).
 ///
 /// When a trigger fires it disconnects every key store its policy lists, verifies with KMS that
 /// each reached DISCONNECTED, keeps them disconnected while latched, and writes a hash-chained
 /// audit trail of every step.
 #[derive(Debug, Parser)]
-#[command(name = "kms-killswitch", version, propagate_version = true)]
+#[command(name = "kms-killswitch", version = VERSION, propagate_version = true)]
 pub struct Cli {
     /// Policy file (YAML). Wins over KMS_KILLSWITCH_CONFIG, which wins over the default path.
     #[arg(long, global = true, env = "KMS_KILLSWITCH_CONFIG", default_value = DEFAULT_CONFIG, value_name = "PATH")]
