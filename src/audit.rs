@@ -49,18 +49,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::error_chain;
-
-/// Who or what pulled the switch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TriggerSource {
-    File,
-    Signal,
-    Alarm,
-    Cli,
-    /// The daemon started with the latch set and resumed the lockdown.
-    Resume,
-}
+use crate::model::TriggerSource;
 
 /// How one Disconnect call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -31,6 +31,7 @@ pub mod daemon;
 pub mod latch;
 pub mod lockdown;
 pub mod logging;
+pub mod model;
 pub mod policy;
 pub mod trigger;
 

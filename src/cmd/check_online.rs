@@ -5,9 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::aws::{AlarmSource, ErrorKind, Target};
+use crate::aws::{AlarmSource, ErrorKind};
 use crate::cmd::status::{engine, runtime, status_table};
 use crate::cmd::{Context, Exit};
+use crate::model::Target;
 use crate::policy::Policy;
 
 pub fn run(_ctx: &Context, policy: &Policy) -> anyhow::Result<Exit> {

@@ -10,10 +10,11 @@ use std::collections::BTreeMap;
 use anyhow::Context as _;
 
 use crate::audit::{AuditLog, AuditSink, Event};
-use crate::aws::{AlarmSource, AwsClients, Target};
+use crate::aws::{AlarmSource, AwsClients};
 use crate::cli::RearmArgs;
 use crate::cmd::{Context, Exit};
 use crate::latch;
+use crate::model::Target;
 use crate::policy::{self, LoadOptions, Policy};
 
 /// The CloudWatch state that blocks a rearm.

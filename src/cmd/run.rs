@@ -111,8 +111,8 @@ async fn run_daemon(ctx: &Context, policy: Policy, options: LoadOptions) -> anyh
 
 /// Every account+region the policy talks to (key stores and alarms), for client set-up and
 /// credential warm-up.
-pub fn policy_targets(policy: &Policy) -> Vec<crate::aws::Target> {
-    let mut targets: Vec<crate::aws::Target> = policy
+pub fn policy_targets(policy: &Policy) -> Vec<crate::model::Target> {
+    let mut targets: Vec<crate::model::Target> = policy
         .key_stores
         .iter()
         .map(|k| k.target.clone())

@@ -14,7 +14,8 @@ use crate::cli::StatusArgs;
 use crate::cmd::{Context, Exit};
 use crate::latch;
 use crate::lockdown::{Engine, StoreStatus};
-use crate::policy::{self, KeyStoreSelector, LoadOptions, Policy};
+use crate::model::{KeyStoreSelector, Target};
+use crate::policy::{self, LoadOptions, Policy};
 
 pub fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<Exit> {
     let policy = policy::load(
@@ -67,7 +68,7 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Every target of the policy (key stores and alarms), once.
-pub(crate) fn targets(policy: &Policy) -> Vec<crate::aws::Target> {
+pub(crate) fn targets(policy: &Policy) -> Vec<Target> {
     let mut targets: Vec<_> = policy
         .key_stores
         .iter()

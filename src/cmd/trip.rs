@@ -15,13 +15,13 @@ use std::time::SystemTime;
 use anyhow::Context as _;
 use serde_json::json;
 
-use crate::audit::{AuditLog, AuditSink, Event, TriggerSource};
-use crate::aws::ConnectionState;
+use crate::audit::{AuditLog, AuditSink, Event};
 use crate::cli::TripArgs;
 use crate::cmd::status::{engine, runtime, table};
 use crate::cmd::{Context, Exit};
-use crate::latch::{self, Latch, LatchError, TriggerSourceName};
+use crate::latch::{self, Latch, LatchError};
 use crate::lockdown::{LockdownReport, LockdownRequest, ProgressEvent, ProgressStep};
+use crate::model::{ConnectionState, LockdownId, TriggerSource};
 use crate::policy::{self, LoadOptions, Policy};
 
 pub fn run(ctx: &Context, args: &TripArgs) -> anyhow::Result<Exit> {
@@ -36,11 +36,7 @@ pub fn run(ctx: &Context, args: &TripArgs) -> anyhow::Result<Exit> {
     let user = invoking_user();
     let reason = args.reason.clone().unwrap_or_default();
     let fired_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-    let lockdown_id = format!(
-        "ld-{}-{}",
-        fired_at.replace([':', '-', '.'], ""),
-        std::process::id()
-    );
+    let lockdown_id = LockdownId::new();
 
     let mut exit = Exit::Success;
     // Held until this trip's lockdown ends: `rearm` refuses while it is held, so no Disconnect
@@ -63,7 +59,7 @@ pub fn run(ctx: &Context, args: &TripArgs) -> anyhow::Result<Exit> {
             Err(err) => eprintln!("kms-killswitch: warning: {:#}", anyhow::Error::new(err)),
         }
         let latch = Latch {
-            trigger: TriggerSourceName::Cli,
+            trigger: TriggerSource::Cli,
             fired_at,
             lockdown_id: lockdown_id.clone(),
             detail: if reason.is_empty() {
@@ -111,7 +107,7 @@ pub fn run(ctx: &Context, args: &TripArgs) -> anyhow::Result<Exit> {
     }
 
     let request = LockdownRequest {
-        lockdown_id,
+        lockdown_id: lockdown_id.into(),
         key_stores: policy.key_stores.clone(),
         dry_run: args.dry_run,
     };
@@ -213,7 +209,7 @@ fn report_table(report: &LockdownReport) -> String {
             let result = if report.dry_run {
                 match (&s.error, &s.connection_state) {
                     (Some(error), _) => format!("cannot describe: {error}"),
-                    (None, Some(crate::aws::ConnectionState::Disconnected)) => {
+                    (None, Some(ConnectionState::Disconnected)) => {
                         "already DISCONNECTED".to_string()
                     }
                     (None, _) => "would disconnect".to_string(),

@@ -42,11 +42,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use self::notify::{Notifier, SystemdNotifier};
-use crate::audit::{AuditLog, AuditSink, Event, TriggerSource};
+use crate::audit::{AuditLog, AuditSink, Event};
 use crate::aws::{AlarmSource, KeyStoreControl};
 use crate::error_chain;
 use crate::latch::{self, Latch};
 use crate::lockdown::{Engine, LockdownReport, LockdownRequest};
+use crate::model::{KeyStoreSpec, LockdownId, TriggerSource};
 use crate::policy::{FileTrigger, Policy, SignalTrigger};
 use crate::trigger::TriggerEvent;
 use crate::trigger::alarm::{AlarmConfig, AlarmWatch};
@@ -140,7 +141,7 @@ pub enum DaemonError {
     )]
     LatchNotPersisted {
         path: std::path::PathBuf,
-        lockdown_id: String,
+        lockdown_id: LockdownId,
     },
 }
 
@@ -248,7 +249,7 @@ pub struct Daemon<C, A> {
     /// The lockdown in flight (at most one); `None` when a rearm came first and it sent nothing.
     lockdown: Option<JoinHandle<Option<LockdownReport>>>,
     /// A lockdown requested while another was in flight (a trip right after a rearm).
-    pending_lockdown: Option<String>,
+    pending_lockdown: Option<LockdownId>,
     /// The enforcement round in flight and its cancellation.
     enforcement: Option<(JoinHandle<(usize, usize)>, CancellationToken)>,
     /// When the next enforcement round is due (while latched and idle).
@@ -430,7 +431,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
             }
         };
         tracing::warn!(lockdown_id = %latch.lockdown_id, fired_at = %latch.fired_at, "latch set at start; resuming the lockdown");
-        let lockdown_id = new_lockdown_id();
+        let lockdown_id = LockdownId::new();
         self.latched = Some(Latched {
             latch,
             persisted: true,
@@ -535,7 +536,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
         self.start_lockdown(lockdown_id);
     }
 
-    fn start_lockdown(&mut self, lockdown_id: String) {
+    fn start_lockdown(&mut self, lockdown_id: LockdownId) {
         if self.lockdown.is_some() {
             tracing::info!(%lockdown_id, "a lockdown is in flight; this one starts when it ends");
             self.pending_lockdown = Some(lockdown_id);
@@ -546,7 +547,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
             cancel.cancel();
         }
         let request = LockdownRequest {
-            lockdown_id,
+            lockdown_id: lockdown_id.into(),
             key_stores: self.policy.key_stores.clone(),
             dry_run: false,
         };
@@ -622,7 +623,9 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                 match hold_disconnect_lock(state_file, require_latch).await {
                     // Rearmed since this round was scheduled: nothing to enforce.
                     None => (0, 0),
-                    Some(_lock) => enforce_round(&engine, &key_stores, &lockdown_id, sink).await,
+                    Some(_lock) => {
+                        enforce_round(&engine, &key_stores, lockdown_id.as_str(), sink).await
+                    }
                 }
             };
             tokio::select! {
@@ -925,7 +928,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
 /// engine). Returns (verified DISCONNECTED, listed).
 async fn enforce_round<C: KeyStoreControl>(
     engine: &Engine<C>,
-    key_stores: &[crate::policy::KeyStoreSpec],
+    key_stores: &[KeyStoreSpec],
     lockdown_id: &str,
     audit: &dyn AuditSink,
 ) -> (usize, usize) {
@@ -1002,22 +1005,11 @@ fn latch_on_disk(path: &std::path::Path, written: Result<(), latch::LatchError>)
 
 fn new_latch(source: TriggerSource, detail: String) -> Latch {
     Latch {
-        trigger: source.into(),
+        trigger: source,
         fired_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-        lockdown_id: new_lockdown_id(),
+        lockdown_id: LockdownId::new(),
         detail,
     }
-}
-
-/// `ld-<UTC time to the second>-<8 random hex digits>`: sortable, and unique even for two
-/// lockdowns in the same second.
-pub fn new_lockdown_id() -> String {
-    let stamp: String = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-        .to_string()
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .collect();
-    format!("ld-{stamp}-{:08x}", fastrand::u32(..))
 }
 
 #[cfg(test)]

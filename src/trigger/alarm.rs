@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::TriggerSource;
-use crate::aws::{AlarmSource, AlarmState, Target};
+use crate::aws::{AlarmSource, AlarmState};
+use crate::model::{Target, TriggerSource};
 use crate::policy::AlarmSpec;
 use crate::trigger::TriggerEvent;
 
