@@ -158,10 +158,32 @@ pub enum Event {
     AuditRecordsLost {
         count: u64,
     },
+    /// The latch file vanished (or became unreadable as a latch) without a `rearm`: the daemon
+    /// wrote it back from memory and keeps enforcing.
+    LatchTampered {
+        detail: String,
+    },
+    /// Written by the writer itself as the first record of a file that replaced the one it was
+    /// appending to (moved away, deleted or truncated): the chain head it knew before.
+    AuditLogReplaced {
+        previous_seq: u64,
+        previous_line_sha256: String,
+    },
     /// A CloudWatch poll failed or a watched alarm is missing (never fires by itself).
     AlarmPollFailed {
         alarm_names: Vec<String>,
         region: String,
+        error: String,
+    },
+    /// An enforcement round while latched could not check or disconnect this store (one record
+    /// per failing store per round; the next round tries again).
+    EnforcementFailed {
+        lockdown_id: String,
+        /// The store's id, or `name:<name>` while its name could not be resolved.
+        key_store_id: String,
+        region: String,
+        account: Option<String>,
+        connection_state: Option<String>,
         error: String,
     },
 }
@@ -482,6 +504,7 @@ impl AuditLog {
             path: self.path.clone(),
             source,
         })?;
+        let mut replaced = None;
         let tail = match &state.known {
             Some(known)
                 if known.dev == meta.dev()
@@ -496,11 +519,17 @@ impl AuditLog {
                 }
             }
             known => {
-                if known.is_some() {
+                if let Some(known) = known {
                     tracing::warn!(
                         path = %self.path.display(),
                         "audit log changed since our last record (another writer, rotation or truncation); continuing the chain found in the file"
                     );
+                    // Another file, or this one cut shorter than our last record: the chain we
+                    // knew is gone from here, and the new file's first record says so.
+                    if known.dev != meta.dev() || known.ino != meta.ino() || meta.len() < known.len
+                    {
+                        replaced = Some((known.seq, known.prev.clone()));
+                    }
                 }
                 read_tail(&file, meta.len()).map_err(|err| match err {
                     TailError::Io(source) => AuditError::Read {
@@ -516,6 +545,16 @@ impl AuditLog {
         };
 
         let mut records: Vec<Pending> = Vec::new();
+        if let Some((previous_seq, previous_line_sha256)) = replaced {
+            tracing::error!(path = %self.path.display(), previous_seq, %previous_line_sha256, "audit log was replaced, moved or truncated; recording it as audit_log_replaced");
+            records.push(self.writer_record(
+                state,
+                &Event::AuditLogReplaced {
+                    previous_seq,
+                    previous_line_sha256,
+                },
+            ));
+        }
         if !tail.torn.is_empty() {
             tracing::error!(
                 path = %self.path.display(),
@@ -663,7 +702,32 @@ impl AuditLog {
                 })?;
         }
         let mut options = OpenOptions::new();
-        options.read(true).append(true).mode(0o600);
+        // O_NOFOLLOW | O_NONBLOCK: a symlink or FIFO put at the path is refused, never followed
+        // or waited on (a FIFO would block `write_all` once its pipe buffer is full).
+        let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+        options
+            .read(true)
+            .append(true)
+            .mode(0o600)
+            .custom_flags(flags.bits() as i32);
+        let file = self.open_or_create(&options)?;
+        let file_type = file.metadata().map(|m| m.file_type());
+        match file_type {
+            Ok(file_type) => match crate::fs_trust::file_kind(&file_type) {
+                None => Ok(file),
+                Some(kind) => Err(AuditError::Open {
+                    path: self.path.clone(),
+                    source: std::io::Error::other(format!("it is {kind}, not a regular file")),
+                }),
+            },
+            Err(source) => Err(AuditError::Open {
+                path: self.path.clone(),
+                source,
+            }),
+        }
+    }
+
+    fn open_or_create(&self, options: &OpenOptions) -> Result<File, AuditError> {
         match options.clone().create_new(true).open(&self.path) {
             Ok(file) => {
                 // Make the new file's directory entry durable too, or a crash could lose the
@@ -1868,9 +1932,24 @@ mod tests {
                 torn_len: 0,
             },
             Event::AuditRecordsLost { count: 0 },
+            Event::LatchTampered {
+                detail: String::new(),
+            },
+            Event::AuditLogReplaced {
+                previous_seq: 0,
+                previous_line_sha256: String::new(),
+            },
             Event::AlarmPollFailed {
                 alarm_names: vec![],
                 region: String::new(),
+                error: String::new(),
+            },
+            Event::EnforcementFailed {
+                lockdown_id: String::new(),
+                key_store_id: String::new(),
+                region: String::new(),
+                account: None,
+                connection_state: None,
                 error: String::new(),
             },
         ];
@@ -1891,7 +1970,10 @@ mod tests {
                 | Event::Rearmed { .. }
                 | Event::AuditRecovered { .. }
                 | Event::AuditRecordsLost { .. }
-                | Event::AlarmPollFailed { .. } => {}
+                | Event::LatchTampered { .. }
+                | Event::AuditLogReplaced { .. }
+                | Event::AlarmPollFailed { .. }
+                | Event::EnforcementFailed { .. } => {}
             }
         }
         events

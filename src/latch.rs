@@ -68,9 +68,14 @@ fn io_err(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -
     }
 }
 
-/// Read the latch; `Ok(None)` when the switch is not latched (no file).
+/// The largest latch file read: ours are a few hundred bytes.
+const MAX_LATCH_BYTES: u64 = 64 * 1024;
+
+/// Read the latch; `Ok(None)` when the switch is not latched (no file). Opened `O_NOFOLLOW |
+/// O_NONBLOCK` and only as a regular file: a FIFO or symlink put at the path is an error, never
+/// a read that blocks the daemon's loop.
 pub fn read(path: &Path) -> Result<Option<Latch>, LatchError> {
-    match fs::read(path) {
+    match read_regular(path) {
         Ok(bytes) => {
             serde_json::from_slice(&bytes)
                 .map(Some)
@@ -82,6 +87,48 @@ pub fn read(path: &Path) -> Result<Option<Latch>, LatchError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_err("read", path)(e)),
     }
+}
+
+fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = crate::fs_trust::open_regular(path)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_LATCH_BYTES).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// The rearm tombstone next to the latch (`<state_file>.rearmed`): written by `rearm` *before*
+/// it removes the latch, naming the lockdown it cleared, so a daemon that sees the latch vanish
+/// can tell a rearm from tampering (a deleted latch without a matching tombstone).
+pub fn tombstone_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".rearmed");
+    path.with_file_name(name)
+}
+
+/// What the tombstone holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    /// The lockdown whose latch `rearm` cleared.
+    pub lockdown_id: LockdownId,
+    /// RFC 3339 UTC with milliseconds.
+    pub rearmed_at: String,
+}
+
+/// Write the tombstone atomically (same discipline as the latch).
+pub fn write_tombstone(path: &Path, tombstone: &Tombstone) -> Result<(), LatchError> {
+    let target = tombstone_path(path);
+    let bytes = serde_json::to_vec(tombstone).map_err(|source| LatchError::Corrupt {
+        path: target.clone(),
+        source,
+    })?;
+    write_atomic(&target, &bytes).map_err(io_err("write", &target))
+}
+
+/// The lockdown id of the last rearm's tombstone, if one can be read.
+pub fn read_tombstone(path: &Path) -> Option<Tombstone> {
+    let bytes = read_regular(&tombstone_path(path)).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// Write the latch atomically and durably, only if there is none: an existing latch is never
@@ -211,6 +258,24 @@ fn lock(
     }
 }
 
+/// Temp file in the same directory, fsync, rename, fsync the directory (the tombstone's write;
+/// the latch's own stays in [`write`], whose rules differ).
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = parent_dir(path);
+    let tmp = dir.join(format!(".tombstone.tmp.{}", std::process::id()));
+    let result = (|| {
+        let mut file = private_file(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        fsync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Remove the latch durably. Removing a latch that is not there is not an error.
 pub fn clear(path: &Path) -> Result<(), LatchError> {
     match fs::remove_file(path) {
@@ -318,6 +383,46 @@ mod tests {
             let json = serde_json::to_string(&source).unwrap();
             assert_eq!(json, format!("\"{source}\""));
         }
+    }
+
+    #[test]
+    fn a_fifo_at_the_latch_path_is_an_error_not_a_blocked_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("latch.json");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &path,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let err = read(&path).unwrap_err();
+        assert!(error_text(&err).contains("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn tombstone_round_trip_sits_next_to_the_latch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("latch.json");
+        assert_eq!(tombstone_path(&path), dir.path().join("latch.json.rearmed"));
+        assert_eq!(read_tombstone(&path), None);
+        let tombstone = Tombstone {
+            lockdown_id: "ld-1".into(),
+            rearmed_at: "2026-11-29T11:00:00.000Z".into(),
+        };
+        write_tombstone(&path, &tombstone).unwrap();
+        assert_eq!(read_tombstone(&path), Some(tombstone));
+    }
+
+    fn error_text(err: &LatchError) -> String {
+        let mut text = err.to_string();
+        let mut source = std::error::Error::source(err);
+        while let Some(cause) = source {
+            text.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        text
     }
 
     #[test]

@@ -17,6 +17,8 @@
 //! - [`audit`]: the event vocabulary and the hash-chained, fsync'd writer and verifier.
 //! - [`trigger`]: file flag, signal and CloudWatch alarm watchers; each only sends
 //!   [`trigger::TriggerEvent`]s on a channel and never calls AWS for KMS or exits the process.
+//! - [`fs_trust`]: the one judge of path trust (sshd StrictModes for every directory up to `/`,
+//!   regular files only, opened without following symlinks or blocking on FIFOs).
 //! - [`latch`]: the on-disk latch (written atomically before the first Disconnect).
 //! - [`daemon`]: the one place that spawns long-lived tasks and owns shutdown, reload and
 //!   enforcement, and talks to systemd.
@@ -28,6 +30,7 @@ pub mod aws;
 pub mod cli;
 pub mod cmd;
 pub mod daemon;
+pub mod fs_trust;
 pub mod latch;
 pub mod lockdown;
 pub mod logging;

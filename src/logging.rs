@@ -87,11 +87,25 @@ const CREDENTIAL_BEARING_TARGETS: &[&str] = &[
     "rustls",
 ];
 
-/// Add the `info` caps of [`CREDENTIAL_BEARING_TARGETS`] to `filter`. A target directive wins
+/// notify logs every inotify event of the watched flag directory at `trace`, before our own code
+/// can drop the ones that do not name the flag: with the log file in that directory each line is
+/// an event that is logged again, without end. Capped at `debug` (its rare debug lines stay).
+const FEEDBACK_TARGETS: &[&str] = &["notify"];
+
+/// Add the `info` caps of [`CREDENTIAL_BEARING_TARGETS`] (and the `debug` caps of
+/// [`FEEDBACK_TARGETS`]) to `filter`. A target directive wins
 /// over a less specific one, so `RUST_LOG=debug` still gives our own debug lines.
 fn cap_sdk_verbosity(mut filter: EnvFilter) -> EnvFilter {
-    for target in CREDENTIAL_BEARING_TARGETS {
-        match format!("{target}=info").parse() {
+    let caps = CREDENTIAL_BEARING_TARGETS
+        .iter()
+        .map(|target| format!("{target}=info"))
+        .chain(
+            FEEDBACK_TARGETS
+                .iter()
+                .map(|target| format!("{target}=debug")),
+        );
+    for cap in caps {
+        match cap.parse() {
             Ok(directive) => filter = filter.add_directive(directive),
             // The strings are constants above; a parse failure cannot happen, and losing one cap
             // must not stop the kill switch from starting.

@@ -6,7 +6,8 @@
 //! of the value it is about (the raw types carry `serde_saphyr::Spanned` values for that).
 //!
 //! Pure: no tokio, no AWS, no network; the only I/O is reading the file and checking its
-//! permissions in [`load`]. It must not reach into any other module of the crate.
+//! permissions and its directories' in [`load`]. It must not reach into any other module of the
+//! crate but the leaf [`crate::fs_trust`] (the one judge of path trust).
 
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
@@ -241,13 +242,21 @@ pub fn load(path: &Path, options: LoadOptions) -> Result<Policy, PolicyError> {
         path: path.to_owned(),
         error,
     };
-    let file = std::fs::File::open(path).map_err(read_error)?;
+    // O_NOFOLLOW | O_NONBLOCK, regular files only: a symlink swapped in is refused, and a FIFO
+    // put in its place can never block the caller (the daemon's reload) in `open`.
+    let file = crate::fs_trust::open_regular(path).map_err(read_error)?;
     // Check the opened file, not the path again: what is checked is what is read.
     let metadata = file.metadata().map_err(read_error)?;
-    if !metadata.is_file() {
-        return Err(read_error(std::io::Error::other("not a regular file")));
-    }
-    if let Some(reason) = insecure_reason(metadata.mode(), metadata.uid(), running_uid()) {
+    // Every directory up to `/` too (sshd StrictModes): whoever can write one of them can swap
+    // the file. A sticky parent such as /tmp is fine: the file's owner is checked below.
+    let dir_reason = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => crate::fs_trust::check_dir(dir, crate::fs_trust::Leaf::StickyOk)
+            .err()
+            .map(|untrusted| format!("in a directory others can change: {untrusted}")),
+        None => None,
+    };
+    let file_reason = insecure_reason(metadata.mode(), metadata.uid(), running_uid());
+    if let Some(reason) = file_reason.or(dir_reason) {
         if options.insecure_permissions {
             tracing::warn!(
                 path = %path.display(),
@@ -276,7 +285,7 @@ pub fn load(path: &Path, options: LoadOptions) -> Result<Policy, PolicyError> {
 
 /// The effective uid of this process (the "running user" of sshd's StrictModes rule).
 fn running_uid() -> u32 {
-    rustix::process::geteuid().as_raw()
+    crate::fs_trust::running_uid()
 }
 
 /// Why a file with this mode and owner must not be trusted, or `None` if it may be.
@@ -2691,6 +2700,48 @@ audit_log: audit.jsonl
             );
             let err = load(dir.path(), LoadOptions::default()).expect_err("a directory");
             assert!(err.to_string().contains("not a regular file"), "{err}");
+        }
+
+        #[test]
+        fn a_policy_in_a_directory_others_can_write_is_refused_unless_insecure_is_asked() {
+            use std::os::unix::fs::PermissionsExt;
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = write(&dir, 0o600, MINIMAL);
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+                .expect("chmod");
+            let err = load(&path, LoadOptions::default()).expect_err("refused");
+            let text = err.to_string();
+            assert!(matches!(err, PolicyError::Insecure { .. }), "{text}");
+            assert!(
+                text.contains("writable by group and others (mode 0777)"),
+                "{text}"
+            );
+            let options = LoadOptions {
+                insecure_permissions: true,
+            };
+            load(&path, options).expect("accepted with a warning");
+        }
+
+        #[test]
+        fn a_symlink_or_fifo_policy_is_refused_without_blocking() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let real = write(&dir, 0o600, MINIMAL);
+            let link = dir.path().join("link.yaml");
+            std::os::unix::fs::symlink(&real, &link).expect("symlink");
+            let err = load(&link, LoadOptions::default()).expect_err("symlink");
+            assert!(err.to_string().contains("symlink"), "{err}");
+            let fifo = dir.path().join("fifo.yaml");
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                &fifo,
+                rustix::fs::FileType::Fifo,
+                rustix::fs::Mode::from_raw_mode(0o600),
+                0,
+            )
+            .expect("mkfifo");
+            // Without O_NONBLOCK this open would wait for a writer forever.
+            let err = load(&fifo, LoadOptions::default()).expect_err("fifo");
+            assert!(err.to_string().contains("a fifo or socket"), "{err}");
         }
 
         #[test]

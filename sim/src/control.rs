@@ -94,6 +94,11 @@ pub(crate) fn handle(sim: &Sim, parts: &Parts, body: &[u8]) -> HttpResponse {
             sim.clear_requests();
             json(200, &serde_json::json!({ "cleared": true }))
         }
+        (&Method::POST, "/_sim/sessions/forget") => {
+            let forgotten = sim.forget_sessions();
+            log_change(sim, "ForgetSessions", None, None, None, 200);
+            json(200, &serde_json::json!({ "forgotten": forgotten }))
+        }
         (&Method::GET, "/_sim/faults") => json(200, &sim.faults()),
         (&Method::POST | &Method::PUT, "/_sim/faults") => match parse::<Faults>(body) {
             Ok(faults) => {

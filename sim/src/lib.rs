@@ -173,6 +173,13 @@ impl SimHandle {
         self.sim.alarms(account, region)
     }
 
+    /// Forget every assumed-role session issued so far (as after an outage or restart): requests
+    /// signed with one are refused with UnrecognizedClientException (InvalidClientTokenId for
+    /// STS) until the role is assumed again. Returns how many were forgotten.
+    pub fn forget_sessions(&self) -> usize {
+        self.sim.forget_sessions()
+    }
+
     /// Replace every fault rule.
     pub fn set_faults(&self, faults: Faults) {
         self.sim.set_faults(faults);

@@ -522,6 +522,17 @@ impl Sim {
         Ok(())
     }
 
+    /// Forget every temporary credential issued so far, as a restart of the service would (an
+    /// outage): a request signed with one is then refused as AWS refuses a token it does not
+    /// recognise (UnrecognizedClientException, InvalidClientTokenId for STS) until the caller
+    /// assumes the role again. Returns how many were forgotten.
+    pub(crate) fn forget_sessions(&self) -> usize {
+        let mut state = self.lock();
+        let forgotten = state.temporary.len();
+        state.temporary.clear();
+        forgotten
+    }
+
     /// Issue temporary credentials for `role_arn`, valid for `duration`.
     pub(crate) fn issue_temporary(
         &self,

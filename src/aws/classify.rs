@@ -6,7 +6,7 @@ use std::error::Error as StdError;
 
 use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_kms::config::http::HttpResponse;
-use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::operation::RequestId;
 use aws_sdk_sts::operation::assume_role::AssumeRoleError;
 
@@ -35,14 +35,14 @@ where
         SdkError::TimeoutError(_) => (
             ErrorKind::Transient,
             "Timeout".to_string(),
-            DisplayErrorContext(err).to_string(),
+            cause_chain(err),
         ),
         SdkError::DispatchFailure(_) => match credentials_failure(err) {
-            Some((kind, code)) => (kind, code, DisplayErrorContext(err).to_string()),
+            Some((kind, code)) => (kind, code, cause_chain(err)),
             None => (
                 ErrorKind::Transient,
                 "DispatchFailure".to_string(),
-                DisplayErrorContext(err).to_string(),
+                cause_chain(err),
             ),
         },
         SdkError::ResponseError(context) => {
@@ -56,13 +56,13 @@ where
             (
                 kind,
                 format!("ResponseError(http {status})"),
-                DisplayErrorContext(err).to_string(),
+                cause_chain(err),
             )
         }
         _ => (
             ErrorKind::Other,
             "ClientError".to_string(),
-            DisplayErrorContext(err).to_string(),
+            cause_chain(err),
         ),
     };
     AwsError {
@@ -82,16 +82,17 @@ pub(crate) fn kind_for_code(code: &str, status: u16) -> ErrorKind {
         "CustomKeyStoreNotFoundException" | "ResourceNotFound" | "ResourceNotFoundException" => {
             ErrorKind::NotFound
         }
+        // The token or key is unknown or expired: new credentials may well be accepted.
+        "UnrecognizedClientException"
+        | "InvalidClientTokenId"
+        | "ExpiredToken"
+        | "ExpiredTokenException" => ErrorKind::CredentialsRejected,
         "AccessDeniedException"
         | "AccessDenied"
-        | "UnrecognizedClientException"
-        | "InvalidClientTokenId"
         | "InvalidSignatureException"
         | "SignatureDoesNotMatch"
         | "IncompleteSignature"
-        | "MissingAuthenticationToken"
-        | "ExpiredToken"
-        | "ExpiredTokenException" => ErrorKind::AccessDenied,
+        | "MissingAuthenticationToken" => ErrorKind::AccessDenied,
         "ThrottlingException"
         | "Throttling"
         | "ThrottledException"
@@ -116,8 +117,12 @@ pub(crate) fn kind_for_code(code: &str, status: u16) -> ErrorKind {
 
 /// A dispatch failure caused by credentials that could not be obtained (no credentials, or STS
 /// refusing the AssumeRole) is not a network blip: say which.
+///
+/// The walk starts at the error's *causes*, never at the error itself: an AssumeRole that could
+/// not be dispatched (STS unreachable) is classified by [`classify`] again, and looking at
+/// itself would recurse for ever. Each recursion is on a strictly deeper cause, so it ends.
 fn credentials_failure(err: &(dyn StdError + 'static)) -> Option<(ErrorKind, String)> {
-    let mut cause: Option<&(dyn StdError + 'static)> = Some(err);
+    let mut cause: Option<&(dyn StdError + 'static)> = err.source();
     let mut credentials: Option<&CredentialsError> = None;
     while let Some(current) = cause {
         if let Some(sts) = current.downcast_ref::<SdkError<AssumeRoleError, HttpResponse>>() {
@@ -143,4 +148,20 @@ fn credentials_failure(err: &(dyn StdError + 'static)) -> Option<(ErrorKind, Str
         ),
         _ => (ErrorKind::Transient, "CredentialsProviderError".to_string()),
     })
+}
+
+/// The error and its causes as one readable line (`a: b: c`), skipping a cause whose text its
+/// parent already ends with. Unlike the SDK's `DisplayErrorContext`, no Debug dump is appended.
+fn cause_chain(err: &(dyn StdError + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut cause = err.source();
+    while let Some(current) = cause {
+        let text = current.to_string();
+        if !text.is_empty() && !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = current.source();
+    }
+    line
 }

@@ -2,10 +2,12 @@
 //! standard credential chain, with explicit timeouts, the SDK's own retries turned off (the
 //! engine paces and retries, so every request counts against its token buckets), AssumeRole for
 //! `role_arn` targets with credentials cached and refreshed ahead of expiry, and the policy's
-//! endpoints winning over `AWS_ENDPOINT_URL*`. Implements [`KeyStoreControl`] and
+//! endpoints winning over `AWS_ENDPOINT_URL*`. Credentials AWS refuses (an unknown or expired
+//! session) are dropped and fetched again, paced. Implements [`KeyStoreControl`] and
 //! [`AlarmSource`] for every target. Never logs or returns a credential.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +42,11 @@ const CREDENTIALS_LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 const DESCRIBE_PAGE_LIMIT: i32 = 1000;
 /// CloudWatch DescribeAlarms accepts at most 100 `AlarmNames` per call.
 const ALARM_NAMES_PER_CALL: usize = 100;
+/// After AWS refuses a target's credentials (e.g. an assumed-role session it forgot in an
+/// outage), they are dropped and fetched again, but not more often than this per target: a
+/// hundred refused requests at once cause one AssumeRole, and a role whose new sessions are
+/// refused too is re-assumed every 2 s at most, never in a storm.
+const REFETCH_CREDENTIALS_MIN_INTERVAL: Duration = Duration::from_secs(2);
 /// Shown in CloudTrail for the assumed-role session.
 const ROLE_SESSION_NAME: &str = "kms-killswitch";
 
@@ -50,6 +57,10 @@ struct TargetClients {
     sts: aws_sdk_sts::Client,
     /// The account the target's credentials act in; resolved once.
     account: OnceCell<String>,
+    /// When these clients (and so their credentials cache) were built; paces re-fetching.
+    built_at: std::time::Instant,
+    /// AWS refused their credentials: the next use builds new clients (a fresh cache).
+    stale: AtomicBool,
 }
 
 /// `app/kms-killswitch` in every request's User-Agent: CloudTrail (and kms-sim's operations log)
@@ -119,7 +130,9 @@ impl AwsClients {
         let checks = targets.into_iter().map(|target| async move {
             let clients = self.clients(&target).await;
             // GetCallerIdentity signs with the target's credentials: it fetches and caches them.
-            let result = caller_account(&clients.sts, &target).await;
+            let result = caller_account(&clients.sts, &target)
+                .await
+                .map_err(|err| self.refused(&target, &clients, err));
             if let Ok(account) = &result {
                 let _ = clients.account.set(account.clone());
             }
@@ -136,14 +149,21 @@ impl AwsClients {
     }
 
     async fn clients(&self, target: &Target) -> Arc<TargetClients> {
-        if let Some(existing) = self.lock_targets().get(target) {
+        if let Some(existing) = self.lock_targets().get(target)
+            && !existing.stale.load(Ordering::SeqCst)
+        {
             return existing.clone();
         }
         let built = Arc::new(self.build(target).await);
-        self.lock_targets()
+        let mut targets = self.lock_targets();
+        let entry = targets
             .entry(target.clone())
-            .or_insert(built)
-            .clone()
+            .or_insert_with(|| built.clone());
+        // Another caller may have replaced stale clients meanwhile: keep theirs.
+        if entry.stale.load(Ordering::SeqCst) {
+            *entry = built;
+        }
+        entry.clone()
     }
 
     async fn build(&self, target: &Target) -> TargetClients {
@@ -198,7 +218,28 @@ impl AwsClients {
             cloudwatch: aws_sdk_cloudwatch::Client::from_conf(cloudwatch.build()),
             sts: aws_sdk_sts::Client::new(&sts_config),
             account: OnceCell::new_with(target.role_account().map(str::to_string)),
+            built_at: std::time::Instant::now(),
+            stale: AtomicBool::new(false),
         }
+    }
+
+    /// Pass `err` on; when AWS refused the credentials themselves, first drop the target's
+    /// clients (their credentials cache with them) so the next call fetches new credentials
+    /// (AssumeRole again for a role). Only the clients `used` are dropped, and only once per
+    /// [`REFETCH_CREDENTIALS_MIN_INTERVAL`].
+    fn refused(&self, target: &Target, used: &Arc<TargetClients>, err: AwsError) -> AwsError {
+        if err.kind != ErrorKind::CredentialsRejected {
+            return err;
+        }
+        let targets = self.lock_targets();
+        let current = targets.get(target).is_some_and(|c| Arc::ptr_eq(c, used));
+        if current
+            && used.built_at.elapsed() >= REFETCH_CREDENTIALS_MIN_INTERVAL
+            && !used.stale.swap(true, Ordering::SeqCst)
+        {
+            tracing::warn!(region = %target.region, role = ?target.role_arn, code = %err.code, "credentials refused; dropping them and fetching new ones");
+        }
+        err
     }
 
     /// The configuration STS calls use: the policy's STS endpoint (or `endpoint_url`) wins over
@@ -256,7 +297,10 @@ impl KeyStoreControl for AwsClients {
             .custom_key_store_id(custom_key_store_id)
             .send()
             .await
-            .map_err(|err| classify("DisconnectCustomKeyStore", &target.region, &err))?;
+            .map_err(|err| {
+                let err = classify("DisconnectCustomKeyStore", &target.region, &err);
+                self.refused(target, &clients, err)
+            })?;
         Ok(DisconnectAccepted {
             request_id: output.request_id().map(str::to_string),
         })
@@ -276,7 +320,9 @@ impl KeyStoreControl for AwsClients {
             .set_marker(marker.map(str::to_string))
             .send()
             .await
-            .map_err(|err| classify(OPERATION, &target.region, &err))?;
+            .map_err(|err| {
+                self.refused(target, &clients, classify(OPERATION, &target.region, &err))
+            })?;
         let mut stores = Vec::with_capacity(output.custom_key_stores().len());
         for entry in output.custom_key_stores() {
             let Some(id) = entry.custom_key_store_id() else {
@@ -317,6 +363,7 @@ impl KeyStoreControl for AwsClients {
             .get_or_try_init(|| caller_account(&clients.sts, target))
             .await
             .cloned()
+            .map_err(|err| self.refused(target, &clients, err))
     }
 }
 
@@ -341,7 +388,10 @@ impl AlarmSource for AwsClients {
                     .set_next_token(next_token.take())
                     .send()
                     .await
-                    .map_err(|err| classify("DescribeAlarms", &target.region, &err))?;
+                    .map_err(|err| {
+                        let err = classify("DescribeAlarms", &target.region, &err);
+                        self.refused(target, &clients, err)
+                    })?;
                 for alarm in output.metric_alarms() {
                     alarms.extend(alarm_state(
                         alarm.alarm_name(),
@@ -438,6 +488,8 @@ mod tests {
             cloudwatch: existing.cloudwatch.clone(),
             sts: existing.sts.clone(),
             account: OnceCell::new_with(Some("111111111111".to_string())),
+            built_at: existing.built_at,
+            stale: AtomicBool::new(false),
         };
         clients.lock_targets().insert(target(), Arc::new(replaced));
         clients
@@ -487,6 +539,17 @@ mod tests {
         assert_eq!(missing.kind, ErrorKind::NotFound);
         let denied = disconnect_error(400, "AccessDeniedException").await;
         assert_eq!(denied.kind, ErrorKind::AccessDenied);
+    }
+
+    #[tokio::test]
+    async fn classifies_a_refused_session_as_retryable_credentials_rejected() {
+        for code in ["UnrecognizedClientException", "ExpiredTokenException"] {
+            let refused = disconnect_error(400, code).await;
+            assert_eq!(refused.kind, ErrorKind::CredentialsRejected, "{code}");
+            assert!(refused.kind.is_retryable(), "{code}");
+        }
+        let signature = disconnect_error(400, "InvalidSignatureException").await;
+        assert_eq!(signature.kind, ErrorKind::AccessDenied);
     }
 
     #[tokio::test]

@@ -33,6 +33,11 @@ pub enum ErrorKind {
     NotFound,
     /// `AccessDeniedException` (or an STS refusal): this account fails, the others continue.
     AccessDenied,
+    /// The credentials themselves were refused (`UnrecognizedClientException`,
+    /// `InvalidClientTokenId`, `ExpiredToken`): e.g. an assumed-role session AWS no longer
+    /// knows after an outage. The adapter drops the target's cached credentials (paced), so a
+    /// retry fetches new ones (AssumeRole again): retry.
+    CredentialsRejected,
     /// `ThrottlingException` and friends: back off and retry.
     Throttled,
     /// 5xx, `KMSInternalException`, timeouts, dropped connections: retry.
@@ -57,9 +62,13 @@ pub struct AwsError {
 }
 
 impl ErrorKind {
-    /// Worth retrying after a pause (throttling, 5xx, timeouts, dropped connections).
+    /// Worth retrying after a pause (throttling, 5xx, timeouts, dropped connections, refused
+    /// credentials that are fetched again).
     pub fn is_retryable(self) -> bool {
-        matches!(self, ErrorKind::Throttled | ErrorKind::Transient)
+        matches!(
+            self,
+            ErrorKind::Throttled | ErrorKind::Transient | ErrorKind::CredentialsRejected
+        )
     }
 }
 

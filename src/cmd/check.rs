@@ -1,6 +1,7 @@
 //! `kms-killswitch check [--online]`: load and validate the policy (syntax, schema, values, file
 //! permissions) and print a one-line summary; exit 0, or 78 through the CLI edge when the policy is
-//! missing, unreadable, insecure or invalid. With `--online` it then hands the valid policy to
+//! missing, unreadable, insecure or invalid, and 78 too for what `run` would refuse (state or audit
+//! paths others can change, an untrusted flag directory) or a squatted flag. With `--online` it then hands the valid policy to
 //! [`crate::cmd::check_online`], which owns everything that talks to AWS. Nothing here calls AWS.
 
 use crate::cli::CheckArgs;
@@ -14,11 +15,42 @@ pub fn run(ctx: &Context, args: &CheckArgs) -> anyhow::Result<Exit> {
             insecure_permissions: ctx.insecure_policy_permissions,
         },
     )?;
+    if let Some(problem) = local_problem(&policy) {
+        eprintln!(
+            "kms-killswitch: error: policy {}: {problem}",
+            policy.path.display()
+        );
+        return Ok(Exit::Config);
+    }
     println!("{}", summary(&policy));
     if args.online {
         return crate::cmd::check_online::run(ctx, &policy);
     }
     Ok(Exit::Success)
+}
+
+/// What `run` would refuse at start (78), or a flag already squatted: state and audit paths in
+/// directories others can change or not regular files, an untrusted flag directory, a flag at
+/// the path that would be rejected (then root's `touch` fires nothing).
+fn local_problem(policy: &Policy) -> Option<String> {
+    for (what, path) in [
+        ("state_file", &policy.state_file),
+        ("audit_log", &policy.audit_log),
+    ] {
+        if let Err(untrusted) = crate::fs_trust::check_state_file(path) {
+            return Some(format!("refusing {what} {}: {untrusted}", path.display()));
+        }
+    }
+    let file = policy.triggers.file.as_ref()?;
+    if let Err(err) = crate::trigger::file::check_flag_dir(file) {
+        return Some(crate::error_chain(&err));
+    }
+    crate::trigger::file::squatted_flag(file).map(|reason| {
+        format!(
+            "the file trigger cannot fire: {reason}; remove it (`rm {}`)",
+            file.path.display()
+        )
+    })
 }
 
 /// `policy /etc/kms-killswitch/policy.yaml OK: 6 key stores in 2 accounts/3 regions, triggers:

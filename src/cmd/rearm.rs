@@ -62,6 +62,15 @@ pub fn run(ctx: &Context, args: &RearmArgs) -> anyhow::Result<Exit> {
     };
     let audit = AuditLog::open(&policy.audit_log, &policy.sha256)
         .with_context(|| format!("cannot open the audit log {}", policy.audit_log.display()))?;
+    // The tombstone first: a running daemon that sees the latch gone without one naming this
+    // lockdown treats it as tampering and writes the latch back.
+    latch::write_tombstone(
+        &policy.state_file,
+        &latch::Tombstone {
+            lockdown_id: latch.lockdown_id.clone(),
+            rearmed_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        },
+    )?;
     latch::clear(&policy.state_file)?;
     let by = rearmed_by();
     audit.record(Event::Rearmed {

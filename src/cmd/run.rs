@@ -44,6 +44,22 @@ async fn run_daemon(ctx: &Context, policy: Policy, options: LoadOptions) -> anyh
         None => None,
     };
 
+    // The latch and the audit log live in directories only root or the daemon's user may
+    // change, and are regular files: anyone else could delete the latch (re-arming the switch)
+    // or put a FIFO there (hanging the daemon). Refused at start like an insecure policy.
+    for (what, path) in [
+        ("state_file", &policy.state_file),
+        ("audit_log", &policy.audit_log),
+    ] {
+        if let Err(untrusted) = crate::fs_trust::check_state_file(path) {
+            eprintln!(
+                "kms-killswitch: error: policy {}: refusing {what} {}: {untrusted}; whoever can change it can re-arm the switch or hang the daemon (fix: `chown root: DIR && chmod go-w DIR` for it and every directory above it)",
+                policy.path.display(),
+                path.display()
+            );
+            return Ok(Exit::Config);
+        }
+    }
     let audit = AuditLog::open(&policy.audit_log, &policy.sha256)
         .with_context(|| format!("cannot open the audit log {}", policy.audit_log.display()))?;
     let targets = policy_targets(&policy);

@@ -10,8 +10,10 @@
 //! ```
 //!
 //! State machine: **armed** → (a trigger fires) → latch written → `trigger_fired` audited →
-//! lockdown task → **latched**, enforcing every `enforce_interval` → (the latch file disappears:
-//! `kms-killswitch rearm` removed it) → **armed**. A trigger while latched is audited with
+//! lockdown task → **latched**, enforcing every `enforce_interval` → (the latch file disappears
+//! and `kms-killswitch rearm` left its tombstone naming this lockdown) → **armed**. A latch that
+//! disappears without that tombstone is tampering: audited `latch_tampered`, written back from
+//! memory, and enforcement goes on. A trigger while latched is audited with
 //! `latched: true` and starts nothing. A latch found at start resumes (`source: resume`).
 //!
 //! Rearm hand-off: the daemon `stat`s/reads the latch file every [`LATCH_POLL_INTERVAL`]. When the
@@ -47,7 +49,7 @@ use crate::aws::{AlarmSource, KeyStoreControl};
 use crate::error_chain;
 use crate::latch::{self, Latch};
 use crate::lockdown::{Engine, LockdownReport, LockdownRequest};
-use crate::model::{KeyStoreSpec, LockdownId, TriggerSource};
+use crate::model::{KeyStoreSelector, KeyStoreSpec, LockdownId, TriggerSource};
 use crate::policy::{FileTrigger, Policy, SignalTrigger};
 use crate::trigger::TriggerEvent;
 use crate::trigger::alarm::{AlarmConfig, AlarmWatch};
@@ -224,8 +226,8 @@ pub struct Daemon<C, A> {
     audit: Arc<dyn DaemonAudit>,
     /// systemd (or a recording fake).
     notifier: Arc<dyn Notifier>,
-    /// Re-reads the policy on SIGHUP.
-    load_policy: LoadPolicy,
+    /// Re-reads the policy on SIGHUP (on a blocking thread, never on the loop).
+    load_policy: Arc<LoadPolicy>,
     /// `WATCHDOG_USEC`, when systemd asked for pings.
     watchdog: Option<Duration>,
     /// The early signal registration from [`DaemonConfig::signal_watch`], until the triggers
@@ -258,6 +260,8 @@ pub struct Daemon<C, A> {
     unreadable_alarms: std::collections::BTreeMap<String, Vec<String>>,
     /// The last latch read error, so a persistent one is logged once.
     latch_read_error: Option<String>,
+    /// Why the flag now at the flag path was rejected (squatted, hard-linked …), for STATUS.
+    flag_rejected: Option<String>,
 }
 
 impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
@@ -271,7 +275,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
             engine,
             audit: config.audit,
             notifier: config.notifier,
-            load_policy: config.load_policy,
+            load_policy: Arc::new(config.load_policy),
             watchdog: config.watchdog,
             early_signal: config.signal_watch,
             keep_warm: config.keep_warm,
@@ -289,6 +293,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
             next_enforce: None,
             unreadable_alarms: Default::default(),
             latch_read_error: None,
+            flag_rejected: None,
         }
     }
 
@@ -469,8 +474,18 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                     self.fire(source, detail);
                 }
             }
+            TriggerEvent::FlagRejectionCleared => {
+                self.flag_rejected = None;
+                self.notify_status();
+            }
             TriggerEvent::Rejected { source, reason } => {
                 tracing::error!(?source, %reason, "trigger rejected");
+                if source == TriggerSource::File {
+                    // Shown in STATUS until the flag is gone: a squatted flag means `touch`
+                    // by root fires nothing.
+                    self.flag_rejected = Some(reason.clone());
+                    self.notify_status();
+                }
                 self.audit.record(Event::TriggerRejected { source, reason });
             }
             TriggerEvent::AlarmPollFailed {
@@ -672,6 +687,21 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
             (Some(latched), None) if !latched.persisted => {
                 latched.persisted = write_latch(&state_file, &latched.latch);
             }
+            (Some(latched), None)
+                if latch::read_tombstone(&state_file).map(|t| t.lockdown_id)
+                    != Some(latched.latch.lockdown_id.clone()) =>
+            {
+                // Gone without `rearm` (which writes its tombstone first): tampering. The
+                // switch stays latched: write the latch back and keep enforcing.
+                let detail = format!(
+                    "latch file {} of lockdown {} vanished without a rearm; written back from memory",
+                    state_file.display(),
+                    latched.latch.lockdown_id
+                );
+                tracing::error!(path = %state_file.display(), lockdown_id = %latched.latch.lockdown_id, "latch file vanished without a rearm; writing it back and enforcing");
+                latched.persisted = write_latch(&state_file, &latched.latch);
+                self.audit.record(Event::LatchTampered { detail });
+            }
             (Some(latched), None) => {
                 tracing::warn!(lockdown_id = %latched.latch.lockdown_id, "latch cleared (rearm); the switch is armed again");
                 self.latched = None;
@@ -718,7 +748,13 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
     }
 
     async fn try_reload(&mut self) -> Result<(), String> {
-        let new = (self.load_policy)().map_err(|err| error_chain(&*err))?;
+        // File I/O off the loop: the policy path is opened O_NONBLOCK (a FIFO cannot block),
+        // and a slow disk stalls a blocking thread, not the triggers' tokio worker.
+        let load = self.load_policy.clone();
+        let new = tokio::task::spawn_blocking(move || load())
+            .await
+            .map_err(|err| format!("policy reload task failed: {err}"))?
+            .map_err(|err| error_chain(&*err))?;
         if new.sha256 == self.policy.sha256 {
             // The same bytes: nothing to swap, and nothing for the audit log (a SIGHUP loop must
             // not fill it with `policy_loaded` records that say nothing new).
@@ -916,6 +952,9 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                 ),
             },
         };
+        if let Some(reason) = &self.flag_rejected {
+            line.push_str(&format!("; flag rejected: {reason}"));
+        }
         if !self.unreadable_alarms.is_empty() {
             let regions: Vec<&str> = self.unreadable_alarms.keys().map(String::as_str).collect();
             line.push_str(&format!("; alarms unreadable in {}", regions.join(", ")));
@@ -933,8 +972,38 @@ async fn enforce_round<C: KeyStoreControl>(
     audit: &dyn AuditSink,
 ) -> (usize, usize) {
     let report = engine.enforce(key_stores, lockdown_id, audit).await;
+    record_enforcement_failures(&report, lockdown_id, audit);
     let verified = report.stores.iter().filter(|s| s.verified).count();
     (verified, report.stores.len())
+}
+
+/// Audit every store an enforcement round could not check or disconnect (issue 10, item 5:
+/// a round failing for hours must show in the audit log, not only in the journal).
+fn record_enforcement_failures(
+    report: &crate::lockdown::EnforceReport,
+    lockdown_id: &str,
+    audit: &dyn AuditSink,
+) {
+    for store in report.stores.iter() {
+        let Some(error) = &store.error else { continue };
+        let key_store_id =
+            store
+                .custom_key_store_id
+                .clone()
+                .unwrap_or_else(|| match &store.spec.selector {
+                    KeyStoreSelector::Id(id) => id.clone(),
+                    KeyStoreSelector::Name(name) => format!("name:{name}"),
+                });
+        tracing::warn!(key_store = %key_store_id, region = %store.spec.target.region, cause = %error, "enforcement round failed for a key store");
+        audit.record(Event::EnforcementFailed {
+            lockdown_id: lockdown_id.to_string(),
+            key_store_id,
+            region: store.spec.target.region.clone(),
+            account: store.account.clone(),
+            connection_state: store.connection_state.as_ref().map(|s| s.to_string()),
+            error: error.clone(),
+        });
+    }
 }
 
 /// Await the handle if there is one; never completes otherwise.

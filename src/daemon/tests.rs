@@ -320,6 +320,18 @@ impl Harness {
             .unwrap();
     }
 
+    /// What `kms-killswitch rearm` does to the state directory: the tombstone naming the
+    /// latched lockdown first, then the latch removed.
+    fn rearm_on_disk(&self) {
+        let on_disk = latch::read(&self.state_file()).unwrap().expect("latched");
+        let tombstone = latch::Tombstone {
+            lockdown_id: on_disk.lockdown_id,
+            rearmed_at: "2026-12-01T00:00:00.000Z".into(),
+        };
+        latch::write_tombstone(&self.state_file(), &tombstone).unwrap();
+        latch::clear(&self.state_file()).unwrap();
+    }
+
     /// Let the paused clock run (auto-advancing while idle) until `condition` holds.
     async fn wait_until(&self, what: &str, condition: impl Fn(&Harness) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(600);
@@ -511,7 +523,7 @@ async fn trigger_right_after_rearm_fires_before_the_next_latch_poll() {
     }
     // `kms-killswitch rearm` removes the latch, and a responder trips again before the daemon's
     // next latch poll has seen it.
-    latch::clear(&h.state_file()).unwrap();
+    h.rearm_on_disk();
     h.fire(TriggerSource::Signal).await;
     h.wait_until("second lockdown", |h| {
         h.audit.count("lockdown_finished") == 2
@@ -529,6 +541,27 @@ async fn trigger_right_after_rearm_fires_before_the_next_latch_poll() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_latch_deleted_without_a_rearm_is_written_back_and_audited_as_tampering() {
+    let h = Harness::start(Options::default()).await;
+    h.fire(TriggerSource::File).await;
+    h.wait_until("lockdown finished", |h| {
+        h.audit.count("lockdown_finished") == 1
+    })
+    .await;
+    let before = latch::read(&h.state_file()).unwrap();
+    latch::clear(&h.state_file()).unwrap();
+    h.wait_until("latch_tampered", |h| h.audit.count("latch_tampered") == 1)
+        .await;
+    assert_eq!(latch::read(&h.state_file()).unwrap(), before);
+    assert!(
+        statuses(&h.notifier)
+            .last()
+            .is_some_and(|s| s.starts_with("LATCHED")),
+        "still latched"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn cleared_latch_rearms_within_a_second_and_the_next_trigger_locks_down_again() {
     let h = Harness::start(Options::default()).await;
     h.fire(TriggerSource::File).await;
@@ -539,7 +572,7 @@ async fn cleared_latch_rearms_within_a_second_and_the_next_trigger_locks_down_ag
     for id in STORES {
         h.kms.set(id, ConnectionState::Connected);
     }
-    latch::clear(&h.state_file()).unwrap();
+    h.rearm_on_disk();
     let cleared_at = Instant::now();
     h.wait_until("armed again", |h| {
         statuses(&h.notifier)

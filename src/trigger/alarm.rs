@@ -1,7 +1,8 @@
 //! The CloudWatch alarm trigger: poll the watched alarms (metric and composite) and fire when one
 //! is seen in `ALARM` on `consecutive` polls in a row. One DescribeAlarms per account+region
 //! ([`Target`]) per poll, with every watched name of that target (the [`AlarmSource`] adapter
-//! splits at 100 names and follows `NextToken`).
+//! splits at 100 names and follows `NextToken`). Each account+region polls on its own timer,
+//! concurrently with the others: a slow or dead region delays nobody else.
 //!
 //! A failed poll or an alarm missing from the answer is reported ([`TriggerEvent::AlarmPollFailed`],
 //! once per change) but never fires by itself — except with `fail_closed_after`, the dead man's
@@ -12,6 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -102,120 +104,164 @@ impl<A: AlarmSource> AlarmWatch<A> {
     }
 
     /// Poll every `poll_interval` until cancelled. `started` is sent as the first poll begins
-    /// (the daemon reports READY only after that).
-    pub async fn run(mut self, cancel: CancellationToken, started: oneshot::Sender<()>) {
-        let mut started = Some(started);
-        let mut ticks = tokio::time::interval(self.poll_interval);
-        // A slow poll delays the next one rather than causing a burst.
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                // Stopped by the daemon (shutdown or a reload that changed the alarms).
-                _ = cancel.cancelled() => return,
-                _ = ticks.tick() => {
-                    if let Some(started) = started.take() {
-                        let _ = started.send(());
-                    }
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = self.poll_once() => {}
-                    }
+    /// (the daemon reports READY only after that). Each account+region polls on its own timer,
+    /// concurrently with the others (futures of this one task, not spawned tasks): a region whose
+    /// DescribeAlarms is slow or never answers delays no other region's polls or firing.
+    pub async fn run(self, cancel: CancellationToken, started: oneshot::Sender<()>) {
+        let AlarmWatch {
+            source,
+            groups,
+            poll_interval,
+            fail_closed_after,
+            events,
+        } = self;
+        let _ = started.send(());
+        let pollers = groups.into_iter().map(|group| {
+            poll_group_forever(group, &*source, poll_interval, fail_closed_after, &events)
+        });
+        tokio::select! {
+            // Stopped by the daemon (shutdown or a reload that changed the alarms).
+            _ = cancel.cancelled() => {}
+            _ = join_all(pollers) => {}
+        }
+    }
+
+    /// One poll of every group, concurrently; each group's events are sent as soon as its own
+    /// answer is in.
+    #[cfg(test)]
+    async fn poll_once(&mut self) {
+        let source = &self.source;
+        let events = &self.events;
+        let fail_closed_after = self.fail_closed_after;
+        join_all(self.groups.iter_mut().map(|group| async move {
+            for event in poll_group(group, &**source, fail_closed_after).await {
+                // The receiver is gone only when the daemon is stopping.
+                let _ = events.send(event).await;
+            }
+        }))
+        .await;
+    }
+}
+
+/// One group's poll loop: poll, send its events, wait for its next tick. Never returns.
+async fn poll_group_forever<A: AlarmSource>(
+    mut group: Group,
+    source: &A,
+    poll_interval: Duration,
+    fail_closed_after: Option<Duration>,
+    events: &mpsc::Sender<TriggerEvent>,
+) {
+    let mut ticks = tokio::time::interval(poll_interval);
+    // A slow poll delays this group's next one rather than causing a burst.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        for event in poll_group(&mut group, source, fail_closed_after).await {
+            // The receiver is gone only when the daemon is stopping.
+            let _ = events.send(event).await;
+        }
+    }
+}
+
+/// One DescribeAlarms for one group, then its dead man's switch; the events to send.
+async fn poll_group<A: AlarmSource>(
+    group: &mut Group,
+    source: &A,
+    fail_closed_after: Option<Duration>,
+) -> Vec<TriggerEvent> {
+    let mut out = Vec::new();
+    let result = source.describe_alarms(&group.target, &group.names).await;
+    let now = Instant::now();
+    match result {
+        Err(err) => {
+            let problem = err.to_string();
+            tracing::warn!(region = %group.target.region, alarms = ?group.names, cause = %problem, "alarm poll failed");
+            for alarm in &mut group.alarms {
+                alarm.in_alarm_polls = 0;
+                alarm.unreadable_since.get_or_insert(now);
+            }
+            if group.reported_problem.as_deref() != Some(problem.as_str()) {
+                out.push(TriggerEvent::AlarmPollFailed {
+                    alarm_names: group.names.clone(),
+                    region: group.target.region.clone(),
+                    error: problem.clone(),
+                });
+                group.reported_problem = Some(problem);
+            }
+        }
+        Ok(states) => observe_group(group, &states, now, &mut out),
+    }
+    if let Some(limit) = fail_closed_after {
+        fail_closed(group, limit, now, &mut out);
+    }
+    out
+}
+
+/// Take in one readable answer for a group: count each alarm, report missing ones (once per
+/// change) and the recovery.
+fn observe_group(
+    group: &mut Group,
+    states: &[AlarmState],
+    now: Instant,
+    out: &mut Vec<TriggerEvent>,
+) {
+    let mut missing = Vec::new();
+    for alarm in &mut group.alarms {
+        match states.iter().find(|s| s.alarm_name == alarm.name) {
+            None => {
+                missing.push(alarm.name.clone());
+                alarm.in_alarm_polls = 0;
+                alarm.unreadable_since.get_or_insert(now);
+            }
+            Some(state) => {
+                if let Some(event) = observe(alarm, &group.target, state) {
+                    out.push(event);
                 }
             }
         }
     }
-
-    /// One poll of every group, then the dead man's switch.
-    async fn poll_once(&mut self) {
-        let mut out = Vec::new();
-        for group in &mut self.groups {
-            let result = self
-                .source
-                .describe_alarms(&group.target, &group.names)
-                .await;
-            let now = Instant::now();
-            match result {
-                Err(err) => {
-                    let problem = err.to_string();
-                    tracing::warn!(region = %group.target.region, alarms = ?group.names, cause = %problem, "alarm poll failed");
-                    for alarm in &mut group.alarms {
-                        alarm.in_alarm_polls = 0;
-                        alarm.unreadable_since.get_or_insert(now);
-                    }
-                    if group.reported_problem.as_deref() != Some(problem.as_str()) {
-                        out.push(TriggerEvent::AlarmPollFailed {
-                            alarm_names: group.names.clone(),
-                            region: group.target.region.clone(),
-                            error: problem.clone(),
-                        });
-                        group.reported_problem = Some(problem);
-                    }
-                }
-                Ok(states) => {
-                    let mut missing = Vec::new();
-                    for alarm in &mut group.alarms {
-                        match states.iter().find(|s| s.alarm_name == alarm.name) {
-                            None => {
-                                missing.push(alarm.name.clone());
-                                alarm.in_alarm_polls = 0;
-                                alarm.unreadable_since.get_or_insert(now);
-                            }
-                            Some(state) => {
-                                if let Some(event) = observe(alarm, &group.target, state) {
-                                    out.push(event);
-                                }
-                            }
-                        }
-                    }
-                    let problem = (!missing.is_empty())
-                        .then(|| format!("alarm not found: {}", missing.join(", ")));
-                    if problem != group.reported_problem {
-                        match &problem {
-                            Some(error) => {
-                                tracing::warn!(region = %group.target.region, alarms = ?missing, "watched alarm not found");
-                                out.push(TriggerEvent::AlarmPollFailed {
-                                    alarm_names: missing,
-                                    region: group.target.region.clone(),
-                                    error: error.clone(),
-                                });
-                            }
-                            None => {
-                                tracing::info!(region = %group.target.region, "watched alarms are readable again");
-                                out.push(TriggerEvent::AlarmPollRecovered {
-                                    alarm_names: group.names.clone(),
-                                    region: group.target.region.clone(),
-                                });
-                            }
-                        }
-                        group.reported_problem = problem;
-                    }
-                }
+    let problem = (!missing.is_empty()).then(|| format!("alarm not found: {}", missing.join(", ")));
+    if problem != group.reported_problem {
+        match &problem {
+            Some(error) => {
+                tracing::warn!(region = %group.target.region, alarms = ?missing, "watched alarm not found");
+                out.push(TriggerEvent::AlarmPollFailed {
+                    alarm_names: missing,
+                    region: group.target.region.clone(),
+                    error: error.clone(),
+                });
             }
-            if let Some(limit) = self.fail_closed_after {
-                for alarm in &mut group.alarms {
-                    let Some(since) = alarm.unreadable_since else {
-                        continue;
-                    };
-                    let unreadable_for = now.saturating_duration_since(since);
-                    if unreadable_for >= limit && !alarm.fail_closed_fired {
-                        alarm.fail_closed_fired = true;
-                        tracing::error!(alarm = %alarm.name, region = %group.target.region, "alarm unreadable for longer than fail_closed_after; firing");
-                        out.push(TriggerEvent::Fired {
-                            source: TriggerSource::Alarm,
-                            detail: serde_json::json!({
-                                "alarm": alarm.name,
-                                "region": group.target.region,
-                                "reason": "fail_closed_after",
-                                "unreadable_for_ms": u64::try_from(unreadable_for.as_millis()).unwrap_or(u64::MAX),
-                            }),
-                        });
-                    }
-                }
+            None => {
+                tracing::info!(region = %group.target.region, "watched alarms are readable again");
+                out.push(TriggerEvent::AlarmPollRecovered {
+                    alarm_names: group.names.clone(),
+                    region: group.target.region.clone(),
+                });
             }
         }
-        for event in out {
-            // The receiver is gone only when the daemon is stopping.
-            let _ = self.events.send(event).await;
+        group.reported_problem = problem;
+    }
+}
+
+/// The dead man's switch: fire once per unreadable stretch that lasts `limit`.
+fn fail_closed(group: &mut Group, limit: Duration, now: Instant, out: &mut Vec<TriggerEvent>) {
+    for alarm in &mut group.alarms {
+        let Some(since) = alarm.unreadable_since else {
+            continue;
+        };
+        let unreadable_for = now.saturating_duration_since(since);
+        if unreadable_for >= limit && !alarm.fail_closed_fired {
+            alarm.fail_closed_fired = true;
+            tracing::error!(alarm = %alarm.name, region = %group.target.region, "alarm unreadable for longer than fail_closed_after; firing");
+            out.push(TriggerEvent::Fired {
+                source: TriggerSource::Alarm,
+                detail: serde_json::json!({
+                    "alarm": alarm.name,
+                    "region": group.target.region,
+                    "reason": "fail_closed_after",
+                    "unreadable_for_ms": u64::try_from(unreadable_for.as_millis()).unwrap_or(u64::MAX),
+                }),
+            });
         }
     }
 }
@@ -262,14 +308,29 @@ mod tests {
     struct FakeAlarms {
         script: Mutex<VecDeque<Answer>>,
         calls: Mutex<Vec<(Target, Vec<String>)>>,
+        /// Regions that answer (with no alarm) only after this long; `None`: never.
+        slow: Vec<(&'static str, Option<Duration>)>,
     }
 
     impl FakeAlarms {
         fn new(script: Vec<Answer>) -> Arc<Self> {
+            Self::with_slow_regions(script, Vec::new())
+        }
+
+        fn with_slow_regions(
+            script: Vec<Answer>,
+            slow: Vec<(&'static str, Option<Duration>)>,
+        ) -> Arc<Self> {
             Arc::new(FakeAlarms {
                 script: Mutex::new(script.into()),
                 calls: Mutex::new(Vec::new()),
+                slow,
             })
+        }
+
+        fn calls_in(&self, region: &str) -> usize {
+            let calls = self.calls.lock().unwrap();
+            calls.iter().filter(|(t, _)| t.region == region).count()
         }
     }
 
@@ -283,6 +344,13 @@ mod tests {
                 .lock()
                 .unwrap()
                 .push((target.clone(), alarm_names.to_vec()));
+            if let Some((_, delay)) = self.slow.iter().find(|(r, _)| *r == target.region) {
+                match delay {
+                    Some(delay) => tokio::time::sleep(*delay).await,
+                    None => std::future::pending::<()>().await,
+                }
+                return Ok(Vec::new());
+            }
             let mut script = self.script.lock().unwrap();
             let answer = if script.len() > 1 {
                 script.pop_front().unwrap()
@@ -474,5 +542,82 @@ mod tests {
         task.await.unwrap();
         // t = 0, 10, 20, 30.
         assert_eq!(source.calls.lock().unwrap().len(), 4);
+    }
+
+    /// The first Fired event from `rx`, and how long after `start` (paused clock) it came;
+    /// panics if none comes within a minute.
+    async fn first_fire(
+        rx: &mut mpsc::Receiver<TriggerEvent>,
+        start: Instant,
+    ) -> (serde_json::Value, Duration) {
+        let fired = async {
+            loop {
+                match rx.recv().await {
+                    Some(TriggerEvent::Fired { detail, .. }) => return detail,
+                    Some(_) => continue,
+                    None => panic!("the poller stopped without firing"),
+                }
+            }
+        };
+        let detail = tokio::time::timeout(Duration::from_secs(60), fired)
+            .await
+            .expect("an alarm fires within a minute");
+        (detail, start.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_region_answering_in_9s_does_not_delay_an_alarm_in_another_region() {
+        // ap-southeast-2 sorts first: polled one after another, eu-west-1 would wait 9 s.
+        let source = FakeAlarms::with_slow_regions(
+            vec![Ok(vec![("b", "ALARM")])],
+            vec![("ap-southeast-2", Some(Duration::from_secs(9)))],
+        );
+        let (tx, mut rx) = mpsc::channel(16);
+        let alarms = vec![spec("a", "ap-southeast-2", 1), spec("b", "eu-west-1", 1)];
+        let watch = AlarmWatch::new(source.clone(), &config(alarms, None), tx);
+        let cancel = CancellationToken::new();
+        let (started_tx, _started_rx) = oneshot::channel();
+        let start = Instant::now();
+        let task = tokio::spawn(watch.run(cancel.clone(), started_tx));
+        let (detail, after) = first_fire(&mut rx, start).await;
+        assert_eq!(detail["alarm"], "b");
+        assert_eq!(detail["region"], "eu-west-1");
+        assert!(
+            after < Duration::from_secs(1),
+            "fired {after:?} after the start"
+        );
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_region_that_never_answers_does_not_stop_polling_the_others() {
+        let source = FakeAlarms::with_slow_regions(
+            vec![
+                Ok(vec![("b", "OK")]),
+                Ok(vec![("b", "ALARM")]),
+                Ok(vec![("b", "ALARM")]),
+            ],
+            vec![("ap-southeast-2", None)],
+        );
+        let (tx, mut rx) = mpsc::channel(16);
+        let alarms = vec![spec("a", "ap-southeast-2", 1), spec("b", "eu-west-1", 2)];
+        let watch = AlarmWatch::new(source.clone(), &config(alarms, None), tx);
+        let cancel = CancellationToken::new();
+        let (started_tx, _started_rx) = oneshot::channel();
+        let start = Instant::now();
+        let task = tokio::spawn(watch.run(cancel.clone(), started_tx));
+        let (detail, after) = first_fire(&mut rx, start).await;
+        assert_eq!(detail["alarm"], "b");
+        // Polls at 0, 10 and 20 s: the second ALARM poll in a row fires.
+        assert_eq!(after, Duration::from_secs(20));
+        assert_eq!(source.calls_in("eu-west-1"), 3);
+        assert_eq!(
+            source.calls_in("ap-southeast-2"),
+            1,
+            "still waiting for its answer"
+        );
+        cancel.cancel();
+        task.await.unwrap();
     }
 }

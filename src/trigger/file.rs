@@ -13,12 +13,17 @@
 //!   again, followed by a check;
 //! - a cheap `lstat` every [`BACKSTOP_INTERVAL`] catches anything inotify could not say.
 //!
-//! Trust: only a regular file (not a symlink: `lstat`) owned by root or by the daemon's own uid
-//! fires; anything else is sent as [`TriggerEvent::Rejected`]. A flag directory that other users
-//! may write without the sticky bit makes the trigger refuse to start (anyone could trip the
-//! switch), unless the policy says `allow_untrusted_flag_dir: true`.
+//! Trust: only a regular file (not a symlink: `lstat`) with one link, owned by root or by the
+//! daemon's own uid fires; anything else is sent as [`TriggerEvent::Rejected`] (a hard link is
+//! refused: anyone may hard-link a root-owned file they can see). A flag directory that group or
+//! others may write — sticky or not: in a sticky `/tmp` anyone may still create the flag, or
+//! squat its name — or any directory above it that others can change ([`crate::fs_trust`]) makes
+//! the trigger refuse to start, unless the policy says `allow_untrusted_flag_dir: true`.
+//!
+//! Only events naming the flag (or its directory) are looked at, before anything is logged: a
+//! log file in the flag's directory must not feed itself through inotify.
 
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -41,12 +46,6 @@ pub const BACKSTOP_INTERVAL: Duration = Duration::from_secs(1);
 /// the new watch catches it).
 pub const REWATCH_INTERVAL: Duration = Duration::from_millis(50);
 
-/// Sticky bit: in a sticky, world-writable directory (like `/tmp`) others may create files, but
-/// the flag must still be owned by root or the daemon's uid to fire.
-const STICKY: u32 = 0o1000;
-/// Write permission for "others".
-const OTHERS_WRITE: u32 = 0o002;
-
 /// Why the file trigger could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum FileTriggerError {
@@ -59,11 +58,13 @@ pub enum FileTriggerError {
         source: std::io::Error,
     },
     #[error(
-        "flag directory {dir} is writable by other users without the sticky bit (mode {mode:04o}), \
-         so anyone could trip the switch; fix its permissions or set \
-         triggers.file.allow_untrusted_flag_dir: true"
+        "flag directory {dir} is not trusted ({untrusted}), so others could trip the switch or \
+         squat the flag; fix its permissions or set triggers.file.allow_untrusted_flag_dir: true"
     )]
-    UntrustedDir { dir: PathBuf, mode: u32 },
+    UntrustedDir {
+        dir: PathBuf,
+        untrusted: crate::fs_trust::Untrusted,
+    },
 }
 
 /// What `lstat` says about the flag path, judged.
@@ -93,28 +94,39 @@ struct Identity {
     ino: u64,
     uid: u32,
     mode: u32,
+    nlink: u64,
 }
 
 /// Check that the flag directory cannot be written by just anyone. A directory that does not
 /// exist yet is not an error here (it is watched for and checked when it appears).
 pub fn check_flag_dir(config: &FileTrigger) -> Result<(), FileTriggerError> {
     let dir = flag_dir(&config.path)?;
-    match std::fs::metadata(dir) {
-        Ok(meta) => {
-            let mode = meta.permissions().mode() & 0o7777;
-            if mode & OTHERS_WRITE != 0 && mode & STICKY == 0 && !config.allow_untrusted_flag_dir {
-                return Err(FileTriggerError::UntrustedDir {
-                    dir: dir.to_path_buf(),
-                    mode,
-                });
-            }
-            Ok(())
+    if config.allow_untrusted_flag_dir {
+        return Ok(());
+    }
+    match crate::fs_trust::check_dir(dir, crate::fs_trust::Leaf::Strict) {
+        Ok(()) => Ok(()),
+        Err(crate::fs_trust::Untrusted::Inspect { error, .. }) => {
+            Err(FileTriggerError::InspectDir {
+                dir: dir.to_path_buf(),
+                source: std::io::Error::other(error),
+            })
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(FileTriggerError::InspectDir {
+        Err(untrusted) => Err(FileTriggerError::UntrustedDir {
             dir: dir.to_path_buf(),
-            source,
+            untrusted,
         }),
+    }
+}
+
+/// `Some(why)` when a flag is already at the path and would be rejected (squatted by another
+/// user, a symlink, a hard link …): `touch` by root would then fire nothing. For `check` and the
+/// daemon's STATUS line.
+pub fn squatted_flag(config: &FileTrigger) -> Option<String> {
+    let trusted = [0, rustix::process::geteuid().as_raw()];
+    match judge(&config.path, &trusted) {
+        Verdict::Untrusted { reason, .. } => Some(reason),
+        _ => None,
     }
 }
 
@@ -148,6 +160,9 @@ pub struct FileWatch {
     watching: bool,
     /// The identity last sent (fired or rejected); `None` after the flag was seen absent.
     last_sent: Option<Identity>,
+    /// The last event sent was a rejection (a [`TriggerEvent::FlagRejectionCleared`] follows
+    /// once the flag is gone).
+    last_rejected: bool,
     /// Where events go.
     events: mpsc::Sender<TriggerEvent>,
 }
@@ -184,6 +199,7 @@ impl FileWatch {
             raw_events,
             watching: false,
             last_sent: None,
+            last_rejected: false,
             events,
         };
         match watch.add_watch() {
@@ -255,6 +271,11 @@ impl FileWatch {
             return;
         }
         let names_dir = event.paths.iter().any(|p| p == &self.dir);
+        // Everything else in the directory (a log file written there, say) is none of ours:
+        // dropped here, before any log line that could itself become an event.
+        if !names_dir && !event.paths.iter().any(|p| p == &self.path) {
+            return;
+        }
         let dir_gone = names_dir
             && matches!(
                 event.kind,
@@ -279,7 +300,13 @@ impl FileWatch {
         let verdict = judge(&self.path, &self.trusted_uids);
         let event = match verdict {
             Verdict::Absent => {
+                let was_rejected = self.last_rejected;
                 self.last_sent = None;
+                self.last_rejected = false;
+                if was_rejected {
+                    // The receiver is gone only when the daemon is stopping.
+                    let _ = self.events.send(TriggerEvent::FlagRejectionCleared).await;
+                }
                 return;
             }
             Verdict::Unreadable { error } => {
@@ -319,6 +346,7 @@ impl FileWatch {
                     return;
                 }
                 self.last_sent = Some(identity);
+                self.last_rejected = true;
                 tracing::error!(path = %self.path.display(), reason = %reason, "flag file rejected");
                 TriggerEvent::Rejected {
                     source: TriggerSource::File,
@@ -347,6 +375,7 @@ fn judge(path: &Path, trusted_uids: &[u32]) -> Verdict {
         ino: meta.ino(),
         uid: meta.uid(),
         mode: meta.mode(),
+        nlink: meta.nlink(),
     };
     let file_type = meta.file_type();
     let kind = if file_type.is_symlink() {
@@ -366,6 +395,16 @@ fn judge(path: &Path, trusted_uids: &[u32]) -> Verdict {
             reason: format!("flag {} is {kind}, not a regular file", path.display()),
         };
     }
+    if meta.nlink() > 1 {
+        return Verdict::Untrusted {
+            identity,
+            reason: format!(
+                "flag {} has {} hard links; a flag must be a file of its own (anyone can hard-link a root-owned file)",
+                path.display(),
+                meta.nlink()
+            ),
+        };
+    }
     if !trusted_uids.contains(&meta.uid()) {
         return Verdict::Untrusted {
             identity,
@@ -382,6 +421,7 @@ fn judge(path: &Path, trusted_uids: &[u32]) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn trusted() -> [u32; 2] {
         [0, rustix::process::geteuid().as_raw()]
@@ -444,10 +484,31 @@ mod tests {
         assert!(check_flag_dir(&config).is_ok());
         config.allow_untrusted_flag_dir = false;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
-        assert!(
-            check_flag_dir(&config).is_ok(),
-            "sticky world-writable dir (like /tmp) is fine"
-        );
+        let err =
+            check_flag_dir(&config).expect_err("sticky world-writable (like /tmp) is refused");
+        assert!(err.to_string().contains("mode 1777"), "{err}");
+        config.allow_untrusted_flag_dir = true;
+        assert!(check_flag_dir(&config).is_ok());
+    }
+
+    #[test]
+    fn a_hard_linked_flag_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("root-owned");
+        std::fs::write(&other, b"").unwrap();
+        let flag = dir.path().join("flag");
+        std::fs::hard_link(&other, &flag).unwrap();
+        match judge(&flag, &trusted()) {
+            Verdict::Untrusted { reason, .. } => {
+                assert!(reason.contains("2 hard links"), "{reason}")
+            }
+            other => panic!("expected untrusted, got {other:?}"),
+        }
+        let config = FileTrigger {
+            path: flag,
+            allow_untrusted_flag_dir: false,
+        };
+        assert!(squatted_flag(&config).is_some_and(|r| r.contains("hard links")));
     }
 
     #[tokio::test]

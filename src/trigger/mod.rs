@@ -20,6 +20,8 @@ pub enum TriggerEvent {
         source: TriggerSource,
         reason: String,
     },
+    /// The flag that was rejected is gone (so STATUS stops reporting it as squatted).
+    FlagRejectionCleared,
     /// Watched alarms could not be read (a failed DescribeAlarms, or alarms missing from its
     /// answer). Reported, never a reason to fire by itself (except `fail_closed_after`, which the
     /// alarm trigger turns into a `Fired`). Sent once per change, not on every poll.

@@ -135,7 +135,8 @@ fn world_writable_flag_directory_refuses_to_start() {
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("writable by other users") && stderr.contains("allow_untrusted_flag_dir"),
+        stderr.contains("writable by group and others")
+            && stderr.contains("allow_untrusted_flag_dir"),
         "{stderr}"
     );
 }

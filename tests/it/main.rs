@@ -4,7 +4,9 @@
 mod support;
 
 mod audit;
+mod aws_failures;
 mod daemon;
+mod fs_trust;
 mod lockdown;
 mod policy_check;
 mod ship;

@@ -207,3 +207,65 @@ async fn sts_refuses_a_wrong_secret_with_an_xml_error() {
     assert_eq!(code(&err).as_deref(), Some("SignatureDoesNotMatch"));
     let _ = World::demo();
 }
+
+#[tokio::test]
+async fn forgotten_sessions_are_refused_as_unrecognized_until_the_role_is_assumed_again() {
+    let sim = start(quiet_world());
+    let assume = || async {
+        sts(&sim, REGION)
+            .await
+            .assume_role()
+            .role_arn(ROLE_ARN)
+            .role_session_name("before-outage")
+            .send()
+            .await
+            .unwrap()
+    };
+    let session = |out: &aws_sdk_sts::operation::assume_role::AssumeRoleOutput| {
+        let temp = out.credentials().unwrap();
+        Credentials::new(
+            temp.access_key_id(),
+            temp.secret_access_key(),
+            Some(temp.session_token().to_owned()),
+            None,
+            "session",
+        )
+    };
+    let kms_with = |credentials: Credentials| {
+        let url = sim.endpoint_url();
+        async move {
+            let config = aws_config::defaults(BehaviorVersion::latest())
+                .region(Region::new(REGION))
+                .credentials_provider(credentials)
+                .endpoint_url(url)
+                .retry_config(aws_config::retry::RetryConfig::disabled())
+                .load()
+                .await;
+            aws_sdk_kms::Client::new(&config)
+        }
+    };
+    let before = session(&assume().await);
+    let kms = kms_with(before.clone()).await;
+    kms.describe_custom_key_stores().send().await.unwrap();
+
+    assert_eq!(sim.forget_sessions(), 1);
+    let err = kms.describe_custom_key_stores().send().await.unwrap_err();
+    assert_eq!(code(&err).as_deref(), Some("UnrecognizedClientException"));
+    let sts_config = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .credentials_provider(before)
+        .endpoint_url(sim.endpoint_url())
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .load()
+        .await;
+    let err = aws_sdk_sts::Client::new(&sts_config)
+        .get_caller_identity()
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err).as_deref(), Some("InvalidClientTokenId"));
+
+    // A new session works at once.
+    let after = kms_with(session(&assume().await)).await;
+    after.describe_custom_key_stores().send().await.unwrap();
+}
