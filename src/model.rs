@@ -5,6 +5,7 @@
 //! Plain data with their spellings: no I/O, no tokio, no AWS, and no import from any other module
 //! of the crate (everything else imports from here).
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,18 @@ impl Target {
             .and_then(|arn| arn.split(':').nth(4))
             .filter(|account| !account.is_empty())
     }
+}
+
+/// `items` grouped by the [`Target`] their AWS calls go to, in target order, each group in the
+/// order given: one client and one request per target (alarm watchers, `rearm`, `check --online`).
+pub fn group_by_target<T>(
+    items: impl IntoIterator<Item = (Target, T)>,
+) -> BTreeMap<Target, Vec<T>> {
+    let mut groups: BTreeMap<Target, Vec<T>> = BTreeMap::new();
+    for (target, item) in items {
+        groups.entry(target).or_default().push(item);
+    }
+    groups
 }
 
 /// How a key store is named in the policy.

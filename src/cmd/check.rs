@@ -4,17 +4,20 @@
 //! paths others can change, an untrusted flag directory) or a squatted flag. With `--online` it then hands the valid policy to
 //! [`crate::cmd::check_online`], which owns everything that talks to AWS. Nothing here calls AWS.
 
-use crate::cli::CheckArgs;
+use clap::Args;
+
 use crate::cmd::{Context, Exit};
-use crate::policy::{self, LoadOptions, Policy};
+use crate::policy::{self, Policy};
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Also resolve every key store and alarm in AWS and check the credentials can describe them.
+    #[arg(long)]
+    pub online: bool,
+}
 
 pub fn run(ctx: &Context, args: &CheckArgs) -> anyhow::Result<Exit> {
-    let policy = policy::load(
-        &ctx.config,
-        LoadOptions {
-            insecure_permissions: ctx.insecure_policy_permissions,
-        },
-    )?;
+    let policy = ctx.load_policy()?;
     if let Some(problem) = local_problem(&policy) {
         eprintln!(
             "kms-killswitch: error: policy {}: {problem}",
@@ -65,24 +68,16 @@ pub fn summary(policy: &Policy) -> String {
         triggers.push(format!("signal {}", signal.name));
     }
     if !policy.triggers.alarms.is_empty() {
-        triggers.push(plural(policy.triggers.alarms.len(), "alarm"));
+        triggers.push(crate::count(policy.triggers.alarms.len(), "alarm"));
     }
     format!(
         "policy {} OK: {} in {}/{}, triggers: {}",
         policy.path.display(),
-        plural(policy.key_stores.len(), "key store"),
-        plural(accounts, "account"),
-        plural(regions, "region"),
+        crate::count(policy.key_stores.len(), "key store"),
+        crate::count(accounts, "account"),
+        crate::count(regions, "region"),
         triggers.join(", ")
     )
-}
-
-fn plural(count: usize, noun: &str) -> String {
-    if count == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{count} {noun}s")
-    }
 }
 
 #[cfg(test)]

@@ -3,11 +3,8 @@
 //! described, and that every watched alarm exists and can be read. Reports each missing store,
 //! alarm or permission; exit 1 if any. Changes nothing in AWS.
 
-use std::collections::BTreeMap;
-
 use crate::aws::{AlarmSource, ErrorKind};
-use crate::cmd::status::{engine, runtime, status_table};
-use crate::cmd::{Context, Exit};
+use crate::cmd::{Context, Exit, alarm_names_by_target, engine, runtime, status_table};
 use crate::model::Target;
 use crate::policy::Policy;
 
@@ -39,13 +36,7 @@ pub fn run(_ctx: &Context, policy: &Policy) -> anyhow::Result<Exit> {
             }
         }
 
-        let mut alarms: BTreeMap<Target, Vec<String>> = BTreeMap::new();
-        for alarm in &policy.triggers.alarms {
-            alarms
-                .entry(alarm.target.clone())
-                .or_default()
-                .push(alarm.name.clone());
-        }
+        let alarms = alarm_names_by_target(policy);
         for (target, names) in &alarms {
             match clients.describe_alarms(target, names).await {
                 Ok(states) => {

@@ -5,26 +5,27 @@
 //! `rearmed {reason, by}`. A running daemon re-reads the latch file every half second and is armed
 //! again within a second (see `crate::daemon`); nothing else is needed. It never calls KMS.
 
-use std::collections::BTreeMap;
-
 use anyhow::Context as _;
+use clap::Args;
 
 use crate::audit::{AuditLog, AuditSink, Event};
 use crate::aws::{AlarmSource, AwsClients};
-use crate::cli::RearmArgs;
-use crate::cmd::{Context, Exit};
+use crate::cmd::{Context, Exit, alarm_names_by_target, runtime};
 use crate::latch;
-use crate::model::Target;
-use crate::policy::{self, LoadOptions, Policy};
+use crate::policy::Policy;
+
+#[derive(Debug, Args)]
+pub struct RearmArgs {
+    /// Why the switch is being re-armed (recorded in the audit log).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
+}
 
 /// The CloudWatch state that blocks a rearm.
 const ALARM: &str = "ALARM";
 
 pub fn run(ctx: &Context, args: &RearmArgs) -> anyhow::Result<Exit> {
-    let options = LoadOptions {
-        insecure_permissions: ctx.insecure_policy_permissions,
-    };
-    let policy = policy::load(&ctx.config, options)?;
+    let policy = ctx.load_policy()?;
 
     if let Some(file) = &policy.triggers.file
         && std::fs::symlink_metadata(&file.path).is_ok()
@@ -36,11 +37,7 @@ pub fn run(ctx: &Context, args: &RearmArgs) -> anyhow::Result<Exit> {
         return Ok(Exit::Incomplete);
     }
     if !policy.triggers.alarms.is_empty() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the async runtime")?;
-        if let Some(refusal) = runtime.block_on(active_alarms(&policy)) {
+        if let Some(refusal) = runtime()?.block_on(active_alarms(&policy)) {
             eprintln!("kms-killswitch: refusing to rearm: {refusal}");
             return Ok(Exit::Incomplete);
         }
@@ -93,13 +90,7 @@ pub fn run(ctx: &Context, args: &RearmArgs) -> anyhow::Result<Exit> {
 
 /// `Some(why)` when a watched alarm is in ALARM or cannot be read.
 async fn active_alarms(policy: &Policy) -> Option<String> {
-    let mut by_target: BTreeMap<Target, Vec<String>> = BTreeMap::new();
-    for alarm in &policy.triggers.alarms {
-        by_target
-            .entry(alarm.target.clone())
-            .or_default()
-            .push(alarm.name.clone());
-    }
+    let by_target = alarm_names_by_target(policy);
     let aws = AwsClients::new(&policy.endpoints, by_target.keys().cloned()).await;
     let mut problems = Vec::new();
     for (target, names) in &by_target {

@@ -12,24 +12,21 @@ use crate::audit::AuditLog;
 use crate::aws::AwsClients;
 use crate::cmd::{Context, Exit};
 use crate::daemon::{Daemon, DaemonConfig, KeepWarm, SystemdNotifier};
-use crate::policy::{self, LoadOptions, Policy};
+use crate::policy::Policy;
 use crate::trigger::signal::SignalWatch;
 
 pub fn run(ctx: &Context) -> anyhow::Result<Exit> {
-    let options = LoadOptions {
-        insecure_permissions: ctx.insecure_policy_permissions,
-    };
     // A bad policy never starts a daemon: 78 via the PolicyError in the chain.
-    let policy = policy::load(&ctx.config, options)?;
+    let policy = ctx.load_policy()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("kms-killswitch")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run_daemon(ctx, policy, options))
+    runtime.block_on(run_daemon(ctx, policy))
 }
 
-async fn run_daemon(ctx: &Context, policy: Policy, options: LoadOptions) -> anyhow::Result<Exit> {
+async fn run_daemon(ctx: &Context, policy: Policy) -> anyhow::Result<Exit> {
     // Registered first: from here on SIGTERM/SIGINT/SIGHUP never kill the process mid-step.
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
@@ -62,7 +59,7 @@ async fn run_daemon(ctx: &Context, policy: Policy, options: LoadOptions) -> anyh
     }
     let audit = AuditLog::open(&policy.audit_log, &policy.sha256)
         .with_context(|| format!("cannot open the audit log {}", policy.audit_log.display()))?;
-    let targets = policy_targets(&policy);
+    let targets = crate::cmd::targets(&policy);
     let aws = Arc::new(AwsClients::new(&policy.endpoints, targets).await);
     for (target, result) in aws.warm_up().await {
         match result {
@@ -88,14 +85,14 @@ async fn run_daemon(ctx: &Context, policy: Policy, options: LoadOptions) -> anyh
             }
         })
     });
-    let config_path = ctx.config.clone();
+    let reload_ctx = ctx.clone();
     let daemon = Daemon::new(DaemonConfig {
         policy,
         control: aws.clone(),
         alarms: aws,
         audit: audit.clone(),
         notifier: Arc::new(SystemdNotifier),
-        load_policy: Box::new(move || Ok(policy::load(&config_path, options)?)),
+        load_policy: Box::new(move || Ok(reload_ctx.load_policy()?)),
         watchdog: sd_notify::watchdog_enabled(),
         signal_watch,
         keep_warm: Some(keep_warm),
@@ -123,18 +120,4 @@ async fn run_daemon(ctx: &Context, policy: Policy, options: LoadOptions) -> anyh
         }
         Err(err) => Err(err.into()),
     }
-}
-
-/// Every account+region the policy talks to (key stores and alarms), for client set-up and
-/// credential warm-up.
-pub fn policy_targets(policy: &Policy) -> Vec<crate::model::Target> {
-    let mut targets: Vec<crate::model::Target> = policy
-        .key_stores
-        .iter()
-        .map(|k| k.target.clone())
-        .chain(policy.triggers.alarms.iter().map(|a| a.target.clone()))
-        .collect();
-    targets.sort();
-    targets.dedup();
-    targets
 }

@@ -13,24 +13,32 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::Context as _;
+use clap::Args;
 use serde_json::json;
 
 use crate::audit::{AuditLog, AuditSink, Event};
-use crate::cli::TripArgs;
-use crate::cmd::status::{engine, runtime, table};
-use crate::cmd::{Context, Exit};
+use crate::cmd::{Context, Exit, engine, runtime, table};
 use crate::latch::{self, Latch, LatchError};
 use crate::lockdown::{LockdownReport, LockdownRequest, ProgressEvent, ProgressStep};
 use crate::model::{ConnectionState, LockdownId, TriggerSource};
-use crate::policy::{self, LoadOptions, Policy};
+use crate::policy::Policy;
+
+#[derive(Debug, Args)]
+pub struct TripArgs {
+    /// Why the switch is being pulled (recorded in the audit log and the latch).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Resolve and describe the stores and show what would be disconnected; send no Disconnect.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Lock down even if the switch is already latched. Without it, a trip while latched starts
+    /// no second lockdown: it says so and checks the stores (exit 0 if all are DISCONNECTED).
+    #[arg(long, conflicts_with = "dry_run")]
+    pub again: bool,
+}
 
 pub fn run(ctx: &Context, args: &TripArgs) -> anyhow::Result<Exit> {
-    let policy = policy::load(
-        &ctx.config,
-        LoadOptions {
-            insecure_permissions: ctx.insecure_policy_permissions,
-        },
-    )?;
+    let policy = ctx.load_policy()?;
     let audit = AuditLog::open(&policy.audit_log, &policy.sha256)
         .with_context(|| format!("cannot open the audit log {}", policy.audit_log.display()))?;
     let user = invoking_user();
