@@ -36,6 +36,7 @@ pub mod lockdown;
 pub mod logging;
 pub mod model;
 pub mod policy;
+pub mod switch;
 pub mod trigger;
 
 /// `err` and its sources, `: `-separated (like anyhow's `{:#}`), for one log or audit field in

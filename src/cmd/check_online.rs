@@ -4,9 +4,10 @@
 //! alarm or permission; exit 1 if any. Changes nothing in AWS.
 
 use crate::aws::{AlarmSource, ErrorKind};
-use crate::cmd::{Context, Exit, alarm_names_by_target, engine, runtime, status_table};
+use crate::cmd::{Context, Exit, engine, runtime, status_table};
 use crate::model::Target;
 use crate::policy::Policy;
+use crate::switch;
 
 pub fn run(_ctx: &Context, policy: &Policy) -> anyhow::Result<Exit> {
     let problems: Vec<String> = runtime()?.block_on(async {
@@ -36,7 +37,7 @@ pub fn run(_ctx: &Context, policy: &Policy) -> anyhow::Result<Exit> {
             }
         }
 
-        let alarms = alarm_names_by_target(policy);
+        let alarms = switch::alarm_names_by_target(policy);
         for (target, names) in &alarms {
             match clients.describe_alarms(target, names).await {
                 Ok(states) => {

@@ -6,7 +6,6 @@
 //! is the CLI edge. Nothing here imports `crate::cli` (the root imports us), and nothing here
 //! spawns long-lived tasks (that is `daemon`).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -95,17 +94,6 @@ pub(crate) fn targets(policy: &Policy) -> Vec<Target> {
     targets.sort();
     targets.dedup();
     targets
-}
-
-/// The watched alarms' names, grouped by target (one DescribeAlarms per target).
-pub(crate) fn alarm_names_by_target(policy: &Policy) -> BTreeMap<Target, Vec<String>> {
-    crate::model::group_by_target(
-        policy
-            .triggers
-            .alarms
-            .iter()
-            .map(|alarm| (alarm.target.clone(), alarm.name.clone())),
-    )
 }
 
 /// The AWS clients and the engine for a policy's targets.

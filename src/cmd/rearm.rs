@@ -8,11 +8,12 @@
 use anyhow::Context as _;
 use clap::Args;
 
-use crate::audit::{AuditLog, AuditSink, Event};
-use crate::aws::{AlarmSource, AwsClients};
-use crate::cmd::{Context, Exit, alarm_names_by_target, runtime};
+use crate::audit::AuditLog;
+use crate::aws::AwsClients;
+use crate::cmd::{Context, Exit, runtime};
 use crate::latch;
 use crate::policy::Policy;
+use crate::switch;
 
 #[derive(Debug, Args)]
 pub struct RearmArgs {
@@ -21,26 +22,18 @@ pub struct RearmArgs {
     pub reason: String,
 }
 
-/// The CloudWatch state that blocks a rearm.
-const ALARM: &str = "ALARM";
-
 pub fn run(ctx: &Context, args: &RearmArgs) -> anyhow::Result<Exit> {
     let policy = ctx.load_policy()?;
 
-    if let Some(file) = &policy.triggers.file
-        && std::fs::symlink_metadata(&file.path).is_ok()
-    {
-        eprintln!(
-            "kms-killswitch: refusing to rearm: the flag {} still exists; remove it first (the switch would only fire again)",
-            file.path.display()
-        );
+    if let Some(refusal) = switch::flag_still_set(&policy) {
+        eprintln!("kms-killswitch: refusing to rearm: {refusal}");
         return Ok(Exit::Incomplete);
     }
-    if !policy.triggers.alarms.is_empty() {
-        if let Some(refusal) = runtime()?.block_on(active_alarms(&policy)) {
-            eprintln!("kms-killswitch: refusing to rearm: {refusal}");
-            return Ok(Exit::Incomplete);
-        }
+    if !policy.triggers.alarms.is_empty()
+        && let Some(refusal) = runtime()?.block_on(active_alarms(&policy))
+    {
+        eprintln!("kms-killswitch: refusing to rearm: {refusal}");
+        return Ok(Exit::Incomplete);
     }
 
     // Held until the rearm is audited: no lockdown or enforcement round (daemon or `trip`) sends
@@ -59,21 +52,8 @@ pub fn run(ctx: &Context, args: &RearmArgs) -> anyhow::Result<Exit> {
     };
     let audit = AuditLog::open(&policy.audit_log, &policy.sha256)
         .with_context(|| format!("cannot open the audit log {}", policy.audit_log.display()))?;
-    // The tombstone first: a running daemon that sees the latch gone without one naming this
-    // lockdown treats it as tampering and writes the latch back.
-    latch::write_tombstone(
-        &policy.state_file,
-        &latch::Tombstone {
-            lockdown_id: latch.lockdown_id.clone(),
-            rearmed_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-        },
-    )?;
-    latch::clear(&policy.state_file)?;
-    let by = rearmed_by();
-    audit.record(Event::Rearmed {
-        reason: args.reason.clone(),
-        by: by.clone(),
-    });
+    let by = switch::operator();
+    switch::rearm(&policy.state_file, &latch, &audit, &args.reason, &by)?;
     println!(
         "re-armed by {by}: latch of lockdown {} (fired {} by {}) cleared; a running daemon is armed again within a second",
         latch.lockdown_id, latch.fired_at, latch.trigger
@@ -90,44 +70,7 @@ pub fn run(ctx: &Context, args: &RearmArgs) -> anyhow::Result<Exit> {
 
 /// `Some(why)` when a watched alarm is in ALARM or cannot be read.
 async fn active_alarms(policy: &Policy) -> Option<String> {
-    let by_target = alarm_names_by_target(policy);
+    let by_target = switch::alarm_names_by_target(policy);
     let aws = AwsClients::new(&policy.endpoints, by_target.keys().cloned()).await;
-    let mut problems = Vec::new();
-    for (target, names) in &by_target {
-        match aws.describe_alarms(target, names).await {
-            Ok(states) => {
-                for state in states.iter().filter(|s| s.state_value == ALARM) {
-                    problems.push(format!(
-                        "alarm {} in {} is in ALARM",
-                        state.alarm_name, target.region
-                    ));
-                }
-                for name in names
-                    .iter()
-                    .filter(|n| !states.iter().any(|s| &s.alarm_name == *n))
-                {
-                    problems.push(format!(
-                        "alarm {name} in {} was not found, so it may be in ALARM",
-                        target.region
-                    ));
-                }
-            }
-            Err(err) => problems.push(format!(
-                "cannot read alarms {} in {} ({err}), so they may be in ALARM",
-                names.join(", "),
-                target.region
-            )),
-        }
-    }
-    (!problems.is_empty()).then(|| problems.join("; "))
-}
-
-/// Who is rearming: the sudo user if any, else the login name, always with the uid.
-fn rearmed_by() -> String {
-    let uid = rustix::process::getuid().as_raw();
-    match (std::env::var("SUDO_USER"), std::env::var("USER")) {
-        (Ok(sudo_user), _) if !sudo_user.is_empty() => format!("{sudo_user} (via sudo, uid {uid})"),
-        (_, Ok(user)) if !user.is_empty() => format!("{user} (uid {uid})"),
-        _ => format!("uid {uid}"),
-    }
+    switch::active_alarms(&aws, &by_target).await
 }

@@ -10,7 +10,6 @@
 
 use std::io::IsTerminal;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use anyhow::Context as _;
 use clap::Args;
@@ -18,10 +17,11 @@ use serde_json::json;
 
 use crate::audit::{AuditLog, AuditSink, Event};
 use crate::cmd::{Context, Exit, engine, runtime, table};
-use crate::latch::{self, Latch, LatchError};
-use crate::lockdown::{LockdownReport, LockdownRequest, ProgressEvent, ProgressStep};
+use crate::latch::{self, Latch};
+use crate::lockdown::{LockdownReport, ProgressEvent, ProgressStep};
 use crate::model::{ConnectionState, LockdownId, TriggerSource};
 use crate::policy::Policy;
+use crate::switch::{self, Latching};
 
 #[derive(Debug, Args)]
 pub struct TripArgs {
@@ -41,10 +41,10 @@ pub fn run(ctx: &Context, args: &TripArgs) -> anyhow::Result<Exit> {
     let policy = ctx.load_policy()?;
     let audit = AuditLog::open(&policy.audit_log, &policy.sha256)
         .with_context(|| format!("cannot open the audit log {}", policy.audit_log.display()))?;
-    let user = invoking_user();
+    let user = switch::operator();
     let reason = args.reason.clone().unwrap_or_default();
-    let fired_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-    let lockdown_id = LockdownId::new();
+    let detail =
+        json!({ "user": user, "reason": reason, "dry_run": args.dry_run, "again": args.again });
 
     let mut exit = Exit::Success;
     // Held until this trip's lockdown ends: `rearm` refuses while it is held, so no Disconnect
@@ -52,42 +52,49 @@ pub fn run(ctx: &Context, args: &TripArgs) -> anyhow::Result<Exit> {
     let mut disconnect_lock = None;
     // The latch that was there first, if any: then this trip starts no second lockdown.
     let mut existing = None;
-    let latched = if args.dry_run {
+    let lockdown_id = if args.dry_run {
         // A latch we cannot read is treated as latched: never lose an earlier lockdown's record.
-        match latch::read(&policy.state_file) {
+        let latched = match latch::read(&policy.state_file) {
             Ok(latch) => latch.is_some(),
             Err(err) => {
                 eprintln!("kms-killswitch: warning: {:#}", anyhow::Error::new(err));
                 true
             }
-        }
+        };
+        // A dry run fires nothing: no latch, only the record that it was asked for.
+        audit.record(Event::TriggerFired {
+            source: TriggerSource::Cli,
+            detail,
+            latched,
+        });
+        LockdownId::new()
     } else {
         match latch::lock_for_disconnects(&policy.state_file) {
             Ok(lock) => disconnect_lock = Some(lock),
             Err(err) => eprintln!("kms-killswitch: warning: {:#}", anyhow::Error::new(err)),
         }
-        let latch = Latch {
-            trigger: TriggerSource::Cli,
-            fired_at,
-            lockdown_id: lockdown_id.clone(),
-            detail: if reason.is_empty() {
-                format!("trip by {user}")
-            } else {
-                format!("trip by {user}: {reason}")
-            },
+        let latch_detail = if reason.is_empty() {
+            format!("trip by {user}")
+        } else {
+            format!("trip by {user}: {reason}")
         };
-        match latch::write(&policy.state_file, &latch) {
-            Ok(()) => {}
-            Err(LatchError::AlreadyLatched { .. }) => match latch::read(&policy.state_file) {
-                Ok(found) => existing = found,
-                // Not a latch we can trust to be in force: lock down (fail closed).
-                Err(err) => eprintln!(
-                    "kms-killswitch: warning: {:#}; locking down",
-                    anyhow::Error::new(err)
-                ),
-            },
+        let fired = switch::fire(
+            &policy.state_file,
+            &audit,
+            TriggerSource::Cli,
+            detail,
+            latch_detail,
+        );
+        match fired.latching {
+            Latching::Written | Latching::Vanished => {}
+            Latching::AlreadyLatched(found) => existing = Some(found),
+            // Not a latch we can trust to be in force: lock down (fail closed).
+            Latching::Unreadable(err) => eprintln!(
+                "kms-killswitch: warning: {:#}; locking down",
+                anyhow::Error::new(err)
+            ),
             // The lockdown goes ahead even so: a human asked for it in an emergency.
-            Err(err) => {
+            Latching::Unwritten(err) => {
                 eprintln!(
                     "kms-killswitch: ERROR: {:#}; locking down anyway",
                     anyhow::Error::new(err)
@@ -95,13 +102,8 @@ pub fn run(ctx: &Context, args: &TripArgs) -> anyhow::Result<Exit> {
                 exit = Exit::Incomplete;
             }
         }
-        existing.is_some()
+        fired.latch.lockdown_id
     };
-    audit.record(Event::TriggerFired {
-        source: TriggerSource::Cli,
-        detail: json!({ "user": user, "reason": reason, "dry_run": args.dry_run, "again": args.again }),
-        latched,
-    });
 
     if let Some(existing) = &existing {
         if !args.again {
@@ -114,11 +116,7 @@ pub fn run(ctx: &Context, args: &TripArgs) -> anyhow::Result<Exit> {
         );
     }
 
-    let request = LockdownRequest {
-        lockdown_id: lockdown_id.into(),
-        key_stores: policy.key_stores.clone(),
-        dry_run: args.dry_run,
-    };
+    let request = switch::lockdown_request(&policy, lockdown_id, args.dry_run);
     let report = runtime()?.block_on(async {
         let mut engine = engine(&policy).await;
         if std::io::stderr().is_terminal() {
@@ -270,15 +268,5 @@ fn summary(report: &LockdownReport) -> String {
             "lockdown {} PARTIAL: only {verified}/{total} key stores verified DISCONNECTED after {elapsed:.1}s; a running daemon keeps enforcing",
             report.lockdown_id
         )
-    }
-}
-
-/// Who ran the command: `alice (via sudo, uid 0)`, `alice (uid 1000)` or `uid 1000`.
-fn invoking_user() -> String {
-    let uid = rustix::process::getuid().as_raw();
-    match (std::env::var("SUDO_USER"), std::env::var("USER")) {
-        (Ok(sudo_user), _) if !sudo_user.is_empty() => format!("{sudo_user} (via sudo, uid {uid})"),
-        (_, Ok(user)) if !user.is_empty() => format!("{user} (uid {uid})"),
-        _ => format!("uid {uid}"),
     }
 }

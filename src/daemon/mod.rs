@@ -48,9 +48,12 @@ use crate::audit::{AuditLog, AuditSink, Event};
 use crate::aws::{AlarmSource, KeyStoreControl};
 use crate::error_chain;
 use crate::latch::{self, Latch};
-use crate::lockdown::{Engine, LockdownReport, LockdownRequest};
+use crate::lockdown::{Engine, LockdownReport};
 use crate::model::{KeyStoreSelector, KeyStoreSpec, LockdownId, TriggerSource};
 use crate::policy::{FileTrigger, Policy, SignalTrigger};
+#[cfg(test)]
+use crate::switch::new_latch;
+use crate::switch::{self, Latching};
 use crate::trigger::TriggerEvent;
 use crate::trigger::alarm::{AlarmConfig, AlarmWatch};
 use crate::trigger::file::{FileTriggerError, FileWatch};
@@ -413,46 +416,17 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
     /// On start with a latch present: audit `trigger_fired {source: resume}` and lock down again.
     fn resume_if_latched(&mut self) {
         let state_file = self.policy.state_file.clone();
-        let (latch, detail) = match latch::read(&state_file) {
-            Ok(None) => return,
-            Ok(Some(latch)) => {
-                let detail = serde_json::json!({
-                    "lockdown_id": latch.lockdown_id,
-                    "trigger": latch.trigger,
-                    "fired_at": latch.fired_at,
-                    "detail": latch.detail,
-                });
-                (latch, detail)
-            }
-            Err(err) => {
-                // Fail closed: a latch that cannot be read is treated as set.
-                tracing::error!(path = %state_file.display(), cause = %error_chain(&err), "cannot read the latch; treating the switch as latched");
-                let latch = new_latch(
-                    TriggerSource::Resume,
-                    format!("unreadable latch: {}", error_chain(&err)),
-                );
-                let detail = serde_json::json!({ "error": error_chain(&err) });
-                (latch, detail)
-            }
+        let Some(resumed) = switch::resume(&state_file, &*self.audit) else {
+            return;
         };
-        tracing::warn!(lockdown_id = %latch.lockdown_id, fired_at = %latch.fired_at, "latch set at start; resuming the lockdown");
-        let lockdown_id = LockdownId::new();
+        // An unreadable latch was replaced by a stand-in: write it if the file is gone since.
+        let persisted = state_file.exists() || write_latch(&state_file, &resumed.latch);
         self.latched = Some(Latched {
-            latch,
-            persisted: true,
+            latch: resumed.latch,
+            persisted,
             progress: None,
         });
-        if let Some(latched) = &mut self.latched
-            && !state_file.exists()
-        {
-            latched.persisted = write_latch(&state_file, &latched.latch);
-        }
-        self.audit.record(Event::TriggerFired {
-            source: TriggerSource::Resume,
-            detail,
-            latched: false,
-        });
-        self.start_lockdown(lockdown_id);
+        self.start_lockdown(resumed.lockdown_id);
     }
 
     fn on_trigger(&mut self, event: TriggerEvent) {
@@ -509,44 +483,43 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
         }
     }
 
-    /// The first trigger: latch (durably, before any Disconnect), audit, lock down. When another
-    /// process (a `trip`) latched first, this trigger is a trigger while latched.
+    /// The first trigger: latch (durably, before any Disconnect), audit, lock down
+    /// ([`switch::fire`]). When another process (a `trip`) latched first, this trigger is a
+    /// trigger while latched.
     fn fire(&mut self, source: TriggerSource, detail: serde_json::Value) {
-        let latch = new_latch(source, detail.to_string());
-        let lockdown_id = latch.lockdown_id.clone();
         let state_file = self.policy.state_file.clone();
-        let written = latch::write(&state_file, &latch);
-        // Another process latched first (a latch file we cannot read instead: fail closed, lock
-        // down below).
-        if let Err(latch::LatchError::AlreadyLatched { .. }) = &written
-            && let Ok(Some(existing)) = latch::read(&state_file)
-        {
-            tracing::info!(?source, %detail, lockdown_id = %existing.lockdown_id, "trigger fired but another process latched first; no second lockdown");
-            self.latched = Some(Latched {
-                latch: existing,
-                persisted: true,
-                progress: None,
-            });
-            self.audit.record(Event::TriggerFired {
-                source,
-                detail,
-                latched: true,
-            });
-            self.schedule_enforcement();
-            self.notify_status();
-            return;
-        }
-        tracing::warn!(?source, %detail, %lockdown_id, "trigger fired; latching and locking down");
-        let persisted = latch_on_disk(&state_file, written);
-        self.latched = Some(Latched {
-            latch,
-            persisted,
-            progress: None,
-        });
-        self.audit.record(Event::TriggerFired {
+        let log_detail = detail.to_string();
+        let fired = switch::fire(
+            &state_file,
+            &*self.audit,
             source,
             detail,
-            latched: false,
+            log_detail.clone(),
+        );
+        let persisted = fired.persisted();
+        match fired.latching {
+            Latching::AlreadyLatched(existing) => {
+                tracing::info!(?source, detail = %log_detail, lockdown_id = %existing.lockdown_id, "trigger fired but another process latched first; no second lockdown");
+                self.latched = Some(Latched {
+                    latch: existing,
+                    persisted: true,
+                    progress: None,
+                });
+                self.schedule_enforcement();
+                self.notify_status();
+                return;
+            }
+            Latching::Unwritten(err) => {
+                tracing::error!(path = %state_file.display(), cause = %error_chain(&err), "cannot write the latch; locking down anyway and retrying the write");
+            }
+            Latching::Written | Latching::Unreadable(_) | Latching::Vanished => {}
+        }
+        let lockdown_id = fired.latch.lockdown_id.clone();
+        tracing::warn!(?source, detail = %log_detail, %lockdown_id, "trigger fired; latching and locking down");
+        self.latched = Some(Latched {
+            latch: fired.latch,
+            persisted,
+            progress: None,
         });
         self.start_lockdown(lockdown_id);
     }
@@ -561,11 +534,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
         if let Some((_, cancel)) = &self.enforcement {
             cancel.cancel();
         }
-        let request = LockdownRequest {
-            lockdown_id: lockdown_id.into(),
-            key_stores: self.policy.key_stores.clone(),
-            dry_run: false,
-        };
+        let request = switch::lockdown_request(&self.policy, lockdown_id, false);
         let engine = self.engine.clone();
         let audit = self.audit.clone();
         let state_file = self.policy.state_file.clone();
@@ -1058,26 +1027,12 @@ async fn hold_disconnect_lock(
 /// stopped by its own bookkeeping). Returns whether a latch is on disk (ours, or one another
 /// process wrote first: the latch poll adopts that one).
 fn write_latch(path: &std::path::Path, latch: &Latch) -> bool {
-    latch_on_disk(path, latch::write(path, latch))
-}
-
-/// See [`write_latch`].
-fn latch_on_disk(path: &std::path::Path, written: Result<(), latch::LatchError>) -> bool {
-    match written {
+    match latch::write(path, latch) {
         Ok(()) | Err(latch::LatchError::AlreadyLatched { .. }) => true,
         Err(err) => {
             tracing::error!(path = %path.display(), cause = %error_chain(&err), "cannot write the latch; locking down anyway and retrying the write");
             false
         }
-    }
-}
-
-fn new_latch(source: TriggerSource, detail: String) -> Latch {
-    Latch {
-        trigger: source,
-        fired_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-        lockdown_id: LockdownId::new(),
-        detail,
     }
 }
 
