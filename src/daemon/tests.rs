@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
 use super::notify::fake::RecordingNotifier;
 use super::*;
 use crate::aws::{AlarmState, AwsError, DisconnectAccepted, ErrorKind, KeyStore};
