@@ -67,11 +67,6 @@ pub struct Fired {
 }
 
 impl Fired {
-    /// This trigger starts a lockdown (it latched, or could not tell that another did).
-    pub fn locks_down(&self) -> bool {
-        !matches!(self.latching, Latching::AlreadyLatched(_))
-    }
-
     /// A latch file was on disk when this trigger fired (ours or another's): false only when
     /// ours could not be written.
     pub fn persisted(&self) -> bool {

@@ -6,7 +6,7 @@
 
 use clap::Args;
 
-use crate::cmd::{Context, Exit};
+use crate::cmd::{Context, Exit, untrusted_state_path};
 use crate::policy::{self, Policy};
 
 #[derive(Debug, Args)]
@@ -36,13 +36,8 @@ pub fn run(ctx: &Context, args: &CheckArgs) -> anyhow::Result<Exit> {
 /// directories others can change or not regular files, an untrusted flag directory, a flag at
 /// the path that would be rejected (then root's `touch` fires nothing).
 fn local_problem(policy: &Policy) -> Option<String> {
-    for (what, path) in [
-        ("state_file", &policy.state_file),
-        ("audit_log", &policy.audit_log),
-    ] {
-        if let Err(untrusted) = crate::fs_trust::check_state_file(path) {
-            return Some(format!("refusing {what} {}: {untrusted}", path.display()));
-        }
+    if let Some(refusal) = untrusted_state_path(policy) {
+        return Some(refusal);
     }
     let file = policy.triggers.file.as_ref()?;
     if let Err(err) = crate::trigger::file::check_flag_dir(file) {

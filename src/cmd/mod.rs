@@ -49,16 +49,13 @@ pub struct Context {
 }
 
 impl Context {
-    /// The policy load options the global flags ask for.
-    pub fn load_options(&self) -> LoadOptions {
-        LoadOptions {
-            insecure_permissions: self.insecure_policy_permissions,
-        }
-    }
-
-    /// Load and validate the policy at `--config` with the global flags' options.
+    /// Load and validate the policy at `--config` with the global flags' options (the one
+    /// `policy::load` call of the CLI, reload included).
     pub fn load_policy(&self) -> Result<Policy, PolicyError> {
-        policy::load(&self.config, self.load_options())
+        let options = LoadOptions {
+            insecure_permissions: self.insecure_policy_permissions,
+        };
+        policy::load(&self.config, options)
     }
 }
 
@@ -72,6 +69,21 @@ pub fn exit_for_error(err: &anyhow::Error) -> Exit {
     } else {
         Exit::Incomplete
     }
+}
+
+/// What `run` refuses at start (and `check` reports, 78 both): the latch or the audit log in a
+/// directory others can change, or not a regular file. `refusing state_file PATH: why`.
+pub(crate) fn untrusted_state_path(policy: &Policy) -> Option<String> {
+    [
+        ("state_file", &policy.state_file),
+        ("audit_log", &policy.audit_log),
+    ]
+    .into_iter()
+    .find_map(|(what, path)| {
+        crate::fs_trust::check_state_file(path)
+            .err()
+            .map(|untrusted| format!("refusing {what} {}: {untrusted}", path.display()))
+    })
 }
 
 /// A runtime for one command (no `#[tokio::main]`: most commands need none).

@@ -10,7 +10,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::audit::AuditLog;
 use crate::aws::AwsClients;
-use crate::cmd::{Context, Exit};
+use crate::cmd::{Context, Exit, untrusted_state_path};
 use crate::daemon::{Daemon, DaemonConfig, KeepWarm, SystemdNotifier};
 use crate::policy::Policy;
 use crate::trigger::signal::SignalWatch;
@@ -44,47 +44,19 @@ async fn run_daemon(ctx: &Context, policy: Policy) -> anyhow::Result<Exit> {
     // The latch and the audit log live in directories only root or the daemon's user may
     // change, and are regular files: anyone else could delete the latch (re-arming the switch)
     // or put a FIFO there (hanging the daemon). Refused at start like an insecure policy.
-    for (what, path) in [
-        ("state_file", &policy.state_file),
-        ("audit_log", &policy.audit_log),
-    ] {
-        if let Err(untrusted) = crate::fs_trust::check_state_file(path) {
-            eprintln!(
-                "kms-killswitch: error: policy {}: refusing {what} {}: {untrusted}; whoever can change it can re-arm the switch or hang the daemon (fix: `chown root: DIR && chmod go-w DIR` for it and every directory above it)",
-                policy.path.display(),
-                path.display()
-            );
-            return Ok(Exit::Config);
-        }
+    if let Some(refusal) = untrusted_state_path(&policy) {
+        eprintln!(
+            "kms-killswitch: error: policy {}: {refusal}; whoever can change it can re-arm the switch or hang the daemon (fix: `chown root: DIR && chmod go-w DIR` for it and every directory above it)",
+            policy.path.display(),
+        );
+        return Ok(Exit::Config);
     }
     let audit = AuditLog::open(&policy.audit_log, &policy.sha256)
         .with_context(|| format!("cannot open the audit log {}", policy.audit_log.display()))?;
-    let targets = crate::cmd::targets(&policy);
-    let aws = Arc::new(AwsClients::new(&policy.endpoints, targets).await);
-    for (target, result) in aws.warm_up().await {
-        match result {
-            Ok(account) => {
-                tracing::info!(region = %target.region, role = ?target.role_arn, %account, "credentials ready")
-            }
-            // Not fatal: the engine retries and reports per store; the operator sees it now.
-            Err(err) => {
-                tracing::error!(region = %target.region, role = ?target.role_arn, cause = %err, "cannot warm up credentials")
-            }
-        }
-    }
+    let aws = warmed_clients(&policy).await;
 
     let audit = Arc::new(audit);
-    let warm = aws.clone();
-    let keep_warm: KeepWarm = Arc::new(move || {
-        let aws = warm.clone();
-        Box::pin(async move {
-            for (target, result) in aws.warm_up().await {
-                if let Err(err) = result {
-                    tracing::warn!(region = %target.region, role = ?target.role_arn, cause = %err, "cannot renew credentials; retrying at the next interval");
-                }
-            }
-        })
-    });
+    let keep_warm = keep_warm(aws.clone());
     let reload_ctx = ctx.clone();
     let daemon = Daemon::new(DaemonConfig {
         policy,
@@ -120,4 +92,35 @@ async fn run_daemon(ctx: &Context, policy: Policy) -> anyhow::Result<Exit> {
         }
         Err(err) => Err(err.into()),
     }
+}
+
+/// The AWS clients of every target, credentials warmed (a failure is logged, never fatal: the
+/// engine retries and reports per store; the operator sees it now).
+async fn warmed_clients(policy: &Policy) -> Arc<AwsClients> {
+    let aws = Arc::new(AwsClients::new(&policy.endpoints, crate::cmd::targets(policy)).await);
+    for (target, result) in aws.warm_up().await {
+        match result {
+            Ok(account) => {
+                tracing::info!(region = %target.region, role = ?target.role_arn, %account, "credentials ready")
+            }
+            Err(err) => {
+                tracing::error!(region = %target.region, role = ?target.role_arn, cause = %err, "cannot warm up credentials")
+            }
+        }
+    }
+    aws
+}
+
+/// Renews `aws`'s credentials, for the daemon to call every `KEEP_WARM_INTERVAL`.
+fn keep_warm(aws: Arc<AwsClients>) -> KeepWarm {
+    Arc::new(move || {
+        let aws = aws.clone();
+        Box::pin(async move {
+            for (target, result) in aws.warm_up().await {
+                if let Err(err) = result {
+                    tracing::warn!(region = %target.region, role = ?target.role_arn, cause = %err, "cannot renew credentials; retrying at the next interval");
+                }
+            }
+        })
+    })
 }

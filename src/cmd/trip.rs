@@ -41,73 +41,20 @@ pub fn run(ctx: &Context, args: &TripArgs) -> anyhow::Result<Exit> {
     let policy = ctx.load_policy()?;
     let audit = AuditLog::open(&policy.audit_log, &policy.sha256)
         .with_context(|| format!("cannot open the audit log {}", policy.audit_log.display()))?;
-    let user = switch::operator();
-    let reason = args.reason.clone().unwrap_or_default();
-    let detail =
-        json!({ "user": user, "reason": reason, "dry_run": args.dry_run, "again": args.again });
-
-    let mut exit = Exit::Success;
-    // Held until this trip's lockdown ends: `rearm` refuses while it is held, so no Disconnect
-    // of this trip follows an accepted rearm (see `crate::latch`).
-    let mut disconnect_lock = None;
-    // The latch that was there first, if any: then this trip starts no second lockdown.
-    let mut existing = None;
-    let lockdown_id = if args.dry_run {
-        // A latch we cannot read is treated as latched: never lose an earlier lockdown's record.
-        let latched = match latch::read(&policy.state_file) {
-            Ok(latch) => latch.is_some(),
-            Err(err) => {
-                eprintln!("kms-killswitch: warning: {:#}", anyhow::Error::new(err));
-                true
-            }
-        };
-        // A dry run fires nothing: no latch, only the record that it was asked for.
-        audit.record(Event::TriggerFired {
-            source: TriggerSource::Cli,
-            detail,
-            latched,
-        });
-        LockdownId::new()
+    let trip = if args.dry_run {
+        dry_run_trip(&policy, &audit, args)
     } else {
-        match latch::lock_for_disconnects(&policy.state_file) {
-            Ok(lock) => disconnect_lock = Some(lock),
-            Err(err) => eprintln!("kms-killswitch: warning: {:#}", anyhow::Error::new(err)),
-        }
-        let latch_detail = if reason.is_empty() {
-            format!("trip by {user}")
-        } else {
-            format!("trip by {user}: {reason}")
-        };
-        let fired = switch::fire(
-            &policy.state_file,
-            &audit,
-            TriggerSource::Cli,
-            detail,
-            latch_detail,
-        );
-        match fired.latching {
-            Latching::Written | Latching::Vanished => {}
-            Latching::AlreadyLatched(found) => existing = Some(found),
-            // Not a latch we can trust to be in force: lock down (fail closed).
-            Latching::Unreadable(err) => eprintln!(
-                "kms-killswitch: warning: {:#}; locking down",
-                anyhow::Error::new(err)
-            ),
-            // The lockdown goes ahead even so: a human asked for it in an emergency.
-            Latching::Unwritten(err) => {
-                eprintln!(
-                    "kms-killswitch: ERROR: {:#}; locking down anyway",
-                    anyhow::Error::new(err)
-                );
-                exit = Exit::Incomplete;
-            }
-        }
-        fired.latch.lockdown_id
+        fire(&policy, &audit, args)
+    };
+    let mut exit = if trip.latch_unwritten {
+        Exit::Incomplete
+    } else {
+        Exit::Success
     };
 
-    if let Some(existing) = &existing {
+    if let Some(existing) = &trip.existing {
         if !args.again {
-            drop(disconnect_lock);
+            drop(trip.disconnect_lock);
             return already_latched(&policy, &audit, existing);
         }
         println!(
@@ -116,7 +63,7 @@ pub fn run(ctx: &Context, args: &TripArgs) -> anyhow::Result<Exit> {
         );
     }
 
-    let request = switch::lockdown_request(&policy, lockdown_id, args.dry_run);
+    let request = switch::lockdown_request(&policy, trip.lockdown_id, args.dry_run);
     let report = runtime()?.block_on(async {
         let mut engine = engine(&policy).await;
         if std::io::stderr().is_terminal() {
@@ -151,6 +98,95 @@ pub fn run(ctx: &Context, args: &TripArgs) -> anyhow::Result<Exit> {
         exit = Exit::Incomplete;
     }
     Ok(exit)
+}
+
+/// How this trip started.
+struct Trip {
+    lockdown_id: LockdownId,
+    /// Held until this trip's lockdown ends: `rearm` refuses while it is held, so no Disconnect
+    /// of this trip follows an accepted rearm (see `crate::latch`).
+    disconnect_lock: Option<latch::DisconnectLock>,
+    /// The latch that was there first, if any: then this trip starts no second lockdown.
+    existing: Option<Latch>,
+    /// Our latch could not be written (the lockdown goes ahead; the exit says so).
+    latch_unwritten: bool,
+}
+
+/// What `trip` records in `trigger_fired`.
+fn trigger_detail(args: &TripArgs, user: &str) -> serde_json::Value {
+    let reason = args.reason.clone().unwrap_or_default();
+    json!({ "user": user, "reason": reason, "dry_run": args.dry_run, "again": args.again })
+}
+
+/// A dry run fires nothing: no latch, only the record that it was asked for.
+fn dry_run_trip(policy: &Policy, audit: &AuditLog, args: &TripArgs) -> Trip {
+    // A latch we cannot read is treated as latched: never lose an earlier lockdown's record.
+    let latched = match latch::read(&policy.state_file) {
+        Ok(latch) => latch.is_some(),
+        Err(err) => {
+            eprintln!("kms-killswitch: warning: {:#}", anyhow::Error::new(err));
+            true
+        }
+    };
+    audit.record(Event::TriggerFired {
+        source: TriggerSource::Cli,
+        detail: trigger_detail(args, &switch::operator()),
+        latched,
+    });
+    Trip {
+        lockdown_id: LockdownId::new(),
+        disconnect_lock: None,
+        existing: None,
+        latch_unwritten: false,
+    }
+}
+
+/// The disconnect lock, then [`switch::fire`]: the latch before `trigger_fired`.
+fn fire(policy: &Policy, audit: &AuditLog, args: &TripArgs) -> Trip {
+    let disconnect_lock = match latch::lock_for_disconnects(&policy.state_file) {
+        Ok(lock) => Some(lock),
+        Err(err) => {
+            eprintln!("kms-killswitch: warning: {:#}", anyhow::Error::new(err));
+            None
+        }
+    };
+    let user = switch::operator();
+    let latch_detail = match args.reason.as_deref().unwrap_or_default() {
+        "" => format!("trip by {user}"),
+        reason => format!("trip by {user}: {reason}"),
+    };
+    let detail = trigger_detail(args, &user);
+    let fired = switch::fire(
+        &policy.state_file,
+        audit,
+        TriggerSource::Cli,
+        detail,
+        latch_detail,
+    );
+    let mut trip = Trip {
+        lockdown_id: fired.latch.lockdown_id,
+        disconnect_lock,
+        existing: None,
+        latch_unwritten: false,
+    };
+    match fired.latching {
+        Latching::Written | Latching::Vanished => {}
+        Latching::AlreadyLatched(found) => trip.existing = Some(found),
+        // Not a latch we can trust to be in force: lock down (fail closed).
+        Latching::Unreadable(err) => eprintln!(
+            "kms-killswitch: warning: {:#}; locking down",
+            anyhow::Error::new(err)
+        ),
+        // The lockdown goes ahead even so: a human asked for it in an emergency.
+        Latching::Unwritten(err) => {
+            eprintln!(
+                "kms-killswitch: ERROR: {:#}; locking down anyway",
+                anyhow::Error::new(err)
+            );
+            trip.latch_unwritten = true;
+        }
+    }
+    trip
 }
 
 /// A trip while latched, without `--again`: no Disconnect, only a look at what KMS reports.

@@ -3,13 +3,13 @@
 //!
 //! ```text
 //!   FileWatch ─┐
-//!   SignalWatch├─ TriggerEvent ─▶ Daemon::run (one select! loop) ──▶ latch::write ──▶ Engine::lockdown (task)
+//!   SignalWatch├─ TriggerEvent ─▶ Daemon::run (one select! loop) ──▶ switch::fire ──▶ Engine::lockdown (task)
 //!   AlarmWatch ┘                    │  ▲                                  └────────▶ Engine::enforce (task, while latched)
 //!                                   │  └── shutdown future, reload requests (SIGHUP), latch poll, watchdog
 //!                                   └──▶ audit, sd_notify
 //! ```
 //!
-//! State machine: **armed** → (a trigger fires) → latch written → `trigger_fired` audited →
+//! State machine (one `state::State` value, each event a `match` on it): **armed** → (a trigger fires) → latch written → `trigger_fired` audited →
 //! lockdown task → **latched**, enforcing every `enforce_interval` → (the latch file disappears
 //! and `kms-killswitch rearm` left its tombstone naming this lockdown) → **armed**. A latch that
 //! disappears without that tombstone is tampering: audited `latch_tampered`, written back from
@@ -263,7 +263,8 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
     }
 
     /// A sender into the trigger queue (tests inject events with it).
-    pub fn trigger_sender(&self) -> mpsc::Sender<TriggerEvent> {
+    #[cfg(test)]
+    pub(crate) fn trigger_sender(&self) -> mpsc::Sender<TriggerEvent> {
         self.events_tx.clone()
     }
 
