@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use aws_config::{BehaviorVersion, Region};
 use aws_credential_types::Credentials;
 use kms_killswitch::audit::{AuditSink, Event};
-use kms_killswitch::aws::{AwsClients, Target};
+use kms_killswitch::aws::AwsClients;
 use kms_killswitch::lockdown::{Engine, LockdownRequest};
-use kms_killswitch::policy::{Endpoints, KeyStoreSelector, KeyStoreSpec, LockdownSettings};
+use kms_killswitch::model::{KeyStoreSelector, KeyStoreSpec, Target};
+use kms_killswitch::policy::{Endpoints, LockdownSettings};
 use kms_sim::{FaultRule, Faults, World};
 
 /// Runs measured (each a fresh engine, as a `trip` from the shell would be).

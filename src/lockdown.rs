@@ -19,8 +19,9 @@ use tokio::time::{Instant, sleep_until, timeout_at};
 use tracing::{info, warn};
 
 use crate::audit::{AuditSink, DisconnectResult, Event, FailedStore, LockdownOutcome};
-use crate::aws::{AwsError, ConnectionState, ErrorKind, KeyStore, KeyStoreControl, Target};
-use crate::policy::{KeyStoreSelector, KeyStoreSpec, LockdownSettings};
+use crate::aws::{AwsError, ErrorKind, KeyStore, KeyStoreControl};
+use crate::model::{ConnectionState, KeyStoreSelector, KeyStoreSpec, Target};
+use crate::policy::LockdownSettings;
 
 /// First verification poll after the Disconnects: KMS usually reports DISCONNECTING at once and
 /// DISCONNECTED within a second or two, so look early.

@@ -23,9 +23,9 @@ use tokio::sync::OnceCell;
 
 use super::classify::classify;
 use super::{
-    AlarmSource, AlarmState, AwsError, ConnectionState, DisconnectAccepted, ErrorKind, KeyStore,
-    KeyStoreControl, Target,
+    AlarmSource, AlarmState, AwsError, DisconnectAccepted, ErrorKind, KeyStore, KeyStoreControl,
 };
+use crate::model::{ConnectionState, Target};
 use crate::policy::Endpoints;
 
 /// A kill switch must not hang on a black-holed endpoint; KMS and VPC endpoints connect in

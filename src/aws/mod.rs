@@ -3,59 +3,14 @@
 //! types, [`KeyStoreControl`] and [`AlarmSource`], so the engine and the daemon are testable with
 //! in-memory fakes. It knows nothing of policies' YAML, triggers, latches or the audit log.
 
-use std::fmt;
 use std::future::Future;
 
-pub use crate::policy::Target;
+use crate::model::{ConnectionState, Target};
 
 mod classify;
 mod clients;
 
 pub use clients::AwsClients;
-
-/// A custom key store's `ConnectionState`, as KMS reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ConnectionState {
-    Connected,
-    Connecting,
-    Failed,
-    Disconnected,
-    Disconnecting,
-    /// A value this build does not know (KMS may add states).
-    Unknown(String),
-}
-
-impl ConnectionState {
-    /// The KMS spelling, e.g. `DISCONNECTED`.
-    pub fn as_str(&self) -> &str {
-        match self {
-            ConnectionState::Connected => "CONNECTED",
-            ConnectionState::Connecting => "CONNECTING",
-            ConnectionState::Failed => "FAILED",
-            ConnectionState::Disconnected => "DISCONNECTED",
-            ConnectionState::Disconnecting => "DISCONNECTING",
-            ConnectionState::Unknown(s) => s,
-        }
-    }
-
-    /// Parse the KMS spelling; anything else is `Unknown`.
-    pub fn parse(s: &str) -> Self {
-        match s {
-            "CONNECTED" => ConnectionState::Connected,
-            "CONNECTING" => ConnectionState::Connecting,
-            "FAILED" => ConnectionState::Failed,
-            "DISCONNECTED" => ConnectionState::Disconnected,
-            "DISCONNECTING" => ConnectionState::Disconnecting,
-            other => ConnectionState::Unknown(other.to_string()),
-        }
-    }
-}
-
-impl fmt::Display for ConnectionState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// One entry of DescribeCustomKeyStores, in our own types.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,11 +6,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
 use super::notify::fake::RecordingNotifier;
 use super::*;
-use crate::aws::{
-    AlarmState, AwsError, ConnectionState, DisconnectAccepted, ErrorKind, KeyStore, Target,
-};
+use crate::aws::{AlarmState, AwsError, DisconnectAccepted, ErrorKind, KeyStore};
+use crate::model::{ConnectionState, Target};
 
 /// KMS with a few stores; Disconnect takes `delay` and records whether the latch was on disk.
 struct FakeKms {
@@ -381,7 +383,7 @@ async fn first_trigger_latches_before_the_first_disconnect_and_locks_down() {
         "latch on disk before every Disconnect"
     );
     let latch = latch::read(&h.state_file()).unwrap().expect("latched");
-    assert_eq!(latch.trigger, latch::TriggerSourceName::Signal);
+    assert_eq!(latch.trigger, TriggerSource::Signal);
     let names = h.audit.names();
     let fired = names.iter().position(|n| n == "trigger_fired").unwrap();
     let started = names.iter().position(|n| n == "lockdown_started").unwrap();
@@ -754,15 +756,6 @@ async fn alarm_poll_failures_are_audited_and_shown_in_status() {
         !statuses(&h.notifier).last().unwrap().contains("unreadable")
     })
     .await;
-}
-
-#[test]
-fn lockdown_ids_are_unique_and_sortable() {
-    let a = new_lockdown_id();
-    let b = new_lockdown_id();
-    assert_ne!(a, b);
-    assert!(a.starts_with("ld-20"), "{a}");
-    assert_eq!(a.len(), "ld-20261129T112233Z-0123abcd".len(), "{a}");
 }
 
 #[tokio::test(start_paused = true)]

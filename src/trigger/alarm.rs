@@ -9,7 +9,6 @@
 //! switch, which fires once an alarm has been unreadable that long. It owns the poll timer and the
 //! per-alarm counters; it only sends [`TriggerEvent`]s and never touches KMS or the latch.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::TriggerSource;
-use crate::aws::{AlarmSource, AlarmState, Target};
+use crate::aws::{AlarmSource, AlarmState};
+use crate::model::{Target, TriggerSource};
 use crate::policy::AlarmSpec;
 use crate::trigger::TriggerEvent;
 
@@ -71,10 +70,8 @@ pub struct AlarmWatch<A> {
 
 impl<A: AlarmSource> AlarmWatch<A> {
     pub fn new(source: Arc<A>, config: &AlarmConfig, events: mpsc::Sender<TriggerEvent>) -> Self {
-        let mut by_target: BTreeMap<Target, Vec<&AlarmSpec>> = BTreeMap::new();
-        for spec in &config.alarms {
-            by_target.entry(spec.target.clone()).or_default().push(spec);
-        }
+        let by_target =
+            crate::model::group_by_target(config.alarms.iter().map(|s| (s.target.clone(), s)));
         let groups = by_target
             .into_iter()
             .map(|(target, specs)| Group {
