@@ -92,7 +92,7 @@ pub enum ErrorKind {
 }
 
 /// An AWS call that failed, classified, with the context an operator needs.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{operation} in {region}: {code}: {message}")]
 pub struct AwsError {
     /// e.g. `DisconnectCustomKeyStore`.

@@ -21,7 +21,9 @@ use crate::cli::TripArgs;
 use crate::cmd::status::{engine, runtime, table};
 use crate::cmd::{Context, Exit};
 use crate::latch::{self, Latch, LatchError, TriggerSourceName};
-use crate::lockdown::{LockdownReport, LockdownRequest, ProgressEvent, ProgressStep};
+use crate::lockdown::{
+    LockdownError, LockdownReport, LockdownRequest, ProgressEvent, ProgressStep,
+};
 use crate::policy::{self, LoadOptions, Policy};
 
 pub fn run(ctx: &Context, args: &TripArgs) -> anyhow::Result<Exit> {
@@ -212,7 +214,7 @@ fn report_table(report: &LockdownReport) -> String {
         .map(|s| {
             let result = if report.dry_run {
                 match (&s.error, &s.connection_state) {
-                    (Some(error), _) => format!("cannot describe: {error}"),
+                    (Some(error), _) => format!("cannot describe: {}", error.to_line()),
                     (None, Some(crate::aws::ConnectionState::Disconnected)) => {
                         "already DISCONNECTED".to_string()
                     }
@@ -225,7 +227,8 @@ fn report_table(report: &LockdownReport) -> String {
                 };
                 format!("verified ({attempts}, {:.1}s)", s.elapsed.as_secs_f64())
             } else {
-                format!("FAILED: {}", s.error.as_deref().unwrap_or("not verified"))
+                let error = s.error.as_ref().map(LockdownError::to_line);
+                format!("FAILED: {}", error.as_deref().unwrap_or("not verified"))
             };
             vec![
                 s.account.clone().unwrap_or_else(|| "-".to_string()),

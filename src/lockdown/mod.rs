@@ -1,11 +1,12 @@
 //! The disconnect + verify engine: resolve names, disconnect every listed store concurrently
-//! (paced per account, region and operation), verify with one paginated
+//! (paced per account, region and operation, see [`pacing`]), verify with one paginated
 //! DescribeCustomKeyStores per account+region per round (the last one at the deadline), send
 //! again between rounds the Disconnects refused with a retryable error, and return a typed
-//! [`LockdownReport`]. The account is looked up alongside, never waited for. It also re-enforces
-//! a latched lockdown ([`Engine::enforce`]) and describes stores without touching them
-//! ([`Engine::describe`]). It talks to AWS only through [`KeyStoreControl`], records through
-//! [`AuditSink`], and knows nothing of triggers, latches or file paths.
+//! [`LockdownReport`] ([`report`]). The account is looked up alongside, never waited for. It
+//! also re-enforces a latched lockdown ([`Engine::enforce`], in [`enforce`]) and describes stores
+//! without touching them ([`Engine::describe`]). It talks to AWS only through
+//! [`KeyStoreControl`], records through [`AuditSink`], and knows nothing of triggers, latches or
+//! file paths.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -18,9 +19,21 @@ use futures_util::future::{Either, join_all, select};
 use tokio::time::{Instant, sleep_until, timeout_at};
 use tracing::{info, warn};
 
-use crate::audit::{AuditSink, DisconnectResult, Event, FailedStore, LockdownOutcome};
-use crate::aws::{AwsError, ConnectionState, ErrorKind, KeyStore, KeyStoreControl, Target};
+use crate::audit::{AuditSink, DisconnectResult, Event, FailedStore};
+use crate::aws::{
+    AwsError, ConnectionState, DisconnectAccepted, ErrorKind, KeyStore, KeyStoreControl, Target,
+};
 use crate::policy::{KeyStoreSelector, KeyStoreSpec, LockdownSettings};
+
+mod enforce;
+mod pacing;
+mod report;
+
+use pacing::{Operation, Pacer};
+pub use report::{
+    EnforceReport, EnforcedStore, LockdownError, LockdownReport, ProgressEvent, ProgressFn,
+    ProgressStep, StoreOutcome, StoreStatus,
+};
 
 /// First verification poll after the Disconnects: KMS usually reports DISCONNECTING at once and
 /// DISCONNECTED within a second or two, so look early.
@@ -34,10 +47,6 @@ const VERIFY_POLL_MAX: Duration = Duration::from_secs(2);
 /// KMS is eventually consistent: right after an accepted Disconnect, Describe may still say
 /// CONNECTED. Only a store that stays connected longer than this is disconnected again.
 const CONSISTENCY_GRACE: Duration = Duration::from_secs(2);
-/// Share of `rate_limit` the pacer actually uses. AWS meters arrivals, we meter departures: a
-/// request that travels faster than the one before it arrives "early", and at exactly the quota
-/// that is a ThrottlingException. 10 % headroom absorbs ~20 ms of jitter per request.
-const PACING_HEADROOM: f64 = 0.9;
 
 /// First retry pause after throttling or a transient error (doubled per attempt, jittered).
 const RETRY_BASE: Duration = Duration::from_millis(100);
@@ -60,240 +69,6 @@ pub struct LockdownRequest {
     pub key_stores: Vec<KeyStoreSpec>,
     /// Resolve and describe only; send no Disconnect.
     pub dry_run: bool,
-}
-
-/// How one store ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoreOutcome {
-    pub spec: KeyStoreSpec,
-    /// Resolved id (`None` if a name could not be resolved).
-    pub custom_key_store_id: Option<String>,
-    pub account: Option<String>,
-    /// The last state KMS reported.
-    pub connection_state: Option<ConnectionState>,
-    pub verified: bool,
-    pub error: Option<String>,
-    /// Disconnect attempts sent.
-    pub attempts: u32,
-    pub request_ids: Vec<String>,
-    /// For a store listed by name: the id the name belonged to in an earlier Describe, sent a
-    /// Disconnect before verification showed the name now belongs to `custom_key_store_id` (the
-    /// store was renamed and another took its name). That store is not in the policy.
-    pub stale_id: Option<String>,
-    /// From the start of the lockdown to verification (or the deadline).
-    pub elapsed: Duration,
-}
-
-/// The result of one lockdown: one outcome per listed store.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LockdownReport {
-    pub lockdown_id: String,
-    pub dry_run: bool,
-    pub stores: Vec<StoreOutcome>,
-    pub elapsed: Duration,
-}
-
-impl LockdownReport {
-    /// Every store verified DISCONNECTED (never true for a dry run with a store still connected).
-    pub fn complete(&self) -> bool {
-        self.stores.iter().all(|s| s.verified)
-    }
-
-    /// How the audit log names this ending.
-    pub fn outcome(&self) -> LockdownOutcome {
-        if self.dry_run {
-            LockdownOutcome::DryRun
-        } else if self.complete() {
-            LockdownOutcome::Complete
-        } else {
-            LockdownOutcome::Partial
-        }
-    }
-}
-
-/// Why a store could not be resolved, described, disconnected or verified.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum LockdownError {
-    #[error("custom key store {key_store} not found in account {account}, region {region}")]
-    NotFound {
-        key_store: String,
-        account: String,
-        region: String,
-    },
-    #[error("custom key store {key_store} in {region}")]
-    Aws {
-        key_store: String,
-        region: String,
-        #[source]
-        source: AwsError,
-    },
-    #[error(
-        "custom key store {key_store} in {region} not DISCONNECTED within {verify_timeout:?} (last state {connection_state}{last_error})"
-    )]
-    NotVerified {
-        key_store: String,
-        region: String,
-        connection_state: String,
-        verify_timeout: Duration,
-        /// `; last error: …` or empty.
-        last_error: String,
-    },
-}
-
-impl LockdownError {
-    /// The AWS error kind behind this error, if AWS refused something.
-    pub fn aws_kind(&self) -> Option<ErrorKind> {
-        match self {
-            LockdownError::Aws { source, .. } => Some(source.kind),
-            LockdownError::NotFound { .. } => Some(ErrorKind::NotFound),
-            LockdownError::NotVerified { .. } => None,
-        }
-    }
-
-    /// The error with its cause, in one line (for reports and audit records).
-    pub fn to_line(&self) -> String {
-        match self {
-            LockdownError::Aws { source, .. } => format!("{self}: {source}"),
-            _ => self.to_string(),
-        }
-    }
-}
-
-/// One store as KMS describes it now (for `status`, dry runs and `check --online`).
-#[derive(Debug, Clone)]
-pub struct StoreStatus {
-    pub spec: KeyStoreSpec,
-    pub account: Option<String>,
-    pub key_store: Option<KeyStore>,
-    pub error: Option<LockdownError>,
-}
-
-/// One store seen by an enforcement round.
-#[derive(Debug, Clone)]
-pub struct EnforcedStore {
-    pub spec: KeyStoreSpec,
-    pub custom_key_store_id: Option<String>,
-    pub account: Option<String>,
-    /// The state KMS reported at the start of the round.
-    pub connection_state: Option<ConnectionState>,
-    /// KMS reported DISCONNECTED this round.
-    pub verified: bool,
-    /// Seen in a state other than DISCONNECTED or DISCONNECTING: disconnected again.
-    pub drift: bool,
-    pub error: Option<String>,
-}
-
-/// The result of one enforcement round.
-#[derive(Debug, Clone)]
-pub struct EnforceReport {
-    pub stores: Vec<EnforcedStore>,
-}
-
-impl EnforceReport {
-    /// Stores found reconnected (or connecting, or failed) and disconnected again.
-    pub fn drifted(&self) -> usize {
-        self.stores.iter().filter(|s| s.drift).count()
-    }
-
-    /// Stores that could not be described or disconnected this round.
-    pub fn errors(&self) -> usize {
-        self.stores.iter().filter(|s| s.error.is_some()).count()
-    }
-}
-
-/// A step of a lockdown, for a live progress view.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProgressStep {
-    DisconnectRequested { attempt: u32 },
-    Accepted,
-    AlreadyDisconnected,
-    Retrying { error: String },
-    State(ConnectionState),
-    Verified,
-    Failed { error: String },
-}
-
-/// A progress report for one store (its id, or its name before resolution).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProgressEvent {
-    pub key_store: String,
-    pub region: String,
-    pub step: ProgressStep,
-}
-
-/// Receives every [`ProgressEvent`]; must return quickly.
-pub type ProgressFn = Arc<dyn Fn(&ProgressEvent) + Send + Sync>;
-
-/// The KMS operations the engine paces separately (each has its own 5/s quota).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Operation {
-    Disconnect,
-    Describe,
-}
-
-/// A token bucket: `rate` tokens per second, at most `burst` saved. Waiters are served in order
-/// (tokio's mutex is fair), so concurrent stores share the quota without starving each other.
-/// For a quota of `rate_limit`/s it refills at 90 % of it and saves one token less than AWS does
-/// (see [`PACING_HEADROOM`]), so 10 stores in one account and region take ~1.3 s and AWS's own
-/// bucket never runs dry.
-struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    /// (tokens available, when they were counted).
-    state: tokio::sync::Mutex<(f64, Instant)>,
-}
-
-impl TokenBucket {
-    fn new(rate_limit: u32) -> Self {
-        let quota = f64::from(rate_limit.max(1));
-        let rate = quota * PACING_HEADROOM;
-        let burst = (quota - 1.0).max(1.0);
-        TokenBucket {
-            rate,
-            burst,
-            state: tokio::sync::Mutex::new((burst, Instant::now())),
-        }
-    }
-
-    /// Wait for one token and take it.
-    async fn acquire(&self) {
-        let mut state = self.state.lock().await;
-        loop {
-            let now = Instant::now();
-            let refill = now.saturating_duration_since(state.1).as_secs_f64() * self.rate;
-            state.0 = (state.0 + refill).min(self.burst);
-            state.1 = now;
-            // A hair of tolerance: float rounding must not cost a whole extra sleep.
-            if state.0 >= 1.0 - 1e-9 {
-                state.0 = (state.0 - 1.0).max(0.0);
-                return;
-            }
-            let wait = Duration::from_secs_f64((1.0 - state.0) / self.rate);
-            tokio::time::sleep(wait.max(Duration::from_micros(1))).await;
-        }
-    }
-}
-
-/// Whose quota a target's requests draw on. AWS meters per account and region; the account of
-/// a target that assumes a role is in its ARN, so role targets in one account share buckets. A
-/// target without a role has its own buckets: learning its account needs STS, and no Disconnect
-/// may wait for STS (a host may reach KMS only through a VPC endpoint).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum PacerScope {
-    Account { account: String, region: String },
-    Target(Target),
-}
-
-impl PacerScope {
-    fn of(target: &Target) -> Self {
-        match target.role_account().map(str::to_string) {
-            Some(account) => PacerScope::Account {
-                account,
-                region: target.region.clone(),
-            },
-            None => PacerScope::Target(target.clone()),
-        }
-    }
 }
 
 /// Where a store is in a lockdown.
@@ -327,6 +102,23 @@ struct StoreState {
 }
 
 impl StoreState {
+    /// A store not yet resolved, sent nothing, seen in no state.
+    fn new(index: usize, spec: KeyStoreSpec) -> Self {
+        StoreState {
+            index,
+            spec,
+            custom_key_store_id: None,
+            phase: Phase::Pending,
+            accepted_at: None,
+            stale_id: None,
+            connection_state: None,
+            attempts: 0,
+            request_ids: Vec::new(),
+            error: None,
+            finished_at: None,
+        }
+    }
+
     fn label(&self) -> String {
         match (&self.custom_key_store_id, &self.spec.selector) {
             (Some(id), _) => id.clone(),
@@ -347,14 +139,13 @@ struct Run<'a> {
     audit: &'a dyn AuditSink,
 }
 
-/// The engine. Holds the shared pacers (one token bucket per account or target, region and
-/// operation, see [`PacerScope`]) and the name → id cache, so lockdowns and enforcement rounds
-/// share the KMS quota.
+/// The engine. Holds the shared pacers (see [`pacing`]) and the name → id cache, so lockdowns
+/// and enforcement rounds share the KMS quota.
 pub struct Engine<C> {
     control: Arc<C>,
     settings: LockdownSettings,
-    /// (scope, operation) → its bucket; shared by every lockdown of this engine.
-    pacers: Mutex<HashMap<(PacerScope, Operation), Arc<TokenBucket>>>,
+    /// Shared by every lockdown and enforcement round of this engine.
+    pacer: Pacer,
     /// (target, name) → custom key store id, from earlier Describes.
     names: Mutex<HashMap<(Target, String), String>>,
     /// Target without a role → its account, from an earlier GetCallerIdentity (audit and
@@ -367,8 +158,8 @@ impl<C: KeyStoreControl> Engine<C> {
     pub fn new(control: Arc<C>, settings: LockdownSettings) -> Self {
         Engine {
             control,
+            pacer: Pacer::new(settings.rate_limit),
             settings,
-            pacers: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
             accounts: Mutex::new(HashMap::new()),
             progress: None,
@@ -412,19 +203,7 @@ impl<C: KeyStoreControl> Engine<C> {
             async move {
                 let states = stores
                     .into_iter()
-                    .map(|(index, spec)| StoreState {
-                        index,
-                        spec,
-                        custom_key_store_id: None,
-                        phase: Phase::Pending,
-                        accepted_at: None,
-                        stale_id: None,
-                        connection_state: None,
-                        attempts: 0,
-                        request_ids: Vec::new(),
-                        error: None,
-                        finished_at: None,
-                    })
+                    .map(|(index, spec)| StoreState::new(index, spec))
                     .collect();
                 self.lockdown_target(&target, states, request.dry_run, run)
                     .await
@@ -446,65 +225,8 @@ impl<C: KeyStoreControl> Engine<C> {
             stores: outcomes.into_iter().map(|(_, o)| o).collect(),
             elapsed: started.elapsed(),
         };
-
-        let failed: Vec<FailedStore> = report
-            .stores
-            .iter()
-            .filter(|s| !s.verified)
-            .map(|s| FailedStore {
-                key_store_id: s
-                    .custom_key_store_id
-                    .clone()
-                    .unwrap_or_else(|| selector_text(&s.spec)),
-                region: s.spec.target.region.clone(),
-                connection_state: s.connection_state.as_ref().map(|c| c.to_string()),
-                error: s.error.clone(),
-            })
-            .collect();
-        let verified = report.stores.iter().filter(|s| s.verified).count();
-        audit.record(Event::LockdownFinished {
-            lockdown_id: request.lockdown_id.clone(),
-            outcome: report.outcome(),
-            verified,
-            failed,
-            elapsed_ms: u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX),
-        });
-        info!(
-            lockdown_id = %request.lockdown_id,
-            outcome = ?report.outcome(),
-            verified,
-            total = report.stores.len(),
-            elapsed_ms = report.elapsed.as_millis() as u64,
-            "lockdown finished"
-        );
+        record_finished(&report, audit);
         report
-    }
-
-    /// One enforcement round while latched: one Describe per account+region; every listed store
-    /// seen in a state other than DISCONNECTED or DISCONNECTING is recorded as drift and
-    /// disconnected again (its verification is the next round).
-    pub async fn enforce(
-        &self,
-        key_stores: &[KeyStoreSpec],
-        lockdown_id: &str,
-        audit: &dyn AuditSink,
-    ) -> EnforceReport {
-        let run = Run {
-            lockdown_id,
-            deadline: Instant::now() + self.settings.verify_timeout,
-            audit,
-        };
-        let groups = group_by_target(key_stores);
-        let rounds = groups.into_iter().map(|(target, stores)| {
-            let run = &run;
-            async move { self.enforce_target(&target, stores, run).await }
-        });
-        let mut stores: Vec<(usize, EnforcedStore)> =
-            join_all(rounds).await.into_iter().flatten().collect();
-        stores.sort_by_key(|(index, _)| *index);
-        EnforceReport {
-            stores: stores.into_iter().map(|(_, s)| s).collect(),
-        }
     }
 
     /// Describe every listed store without changing anything: one paginated Describe per target.
@@ -589,65 +311,12 @@ impl<C: KeyStoreControl> Engine<C> {
             None
         };
         for store in &mut stores {
-            match (&store.spec.selector, &listed) {
-                (KeyStoreSelector::Id(id), _) => store.custom_key_store_id = Some(id.clone()),
-                (KeyStoreSelector::Name(name), None) => {
-                    store.custom_key_store_id = self.cached_name(target, name)
-                }
-                (KeyStoreSelector::Name(name), Some(Ok(listed))) => {
-                    match find(listed, &store.spec.selector) {
-                        Some(found) => {
-                            self.remember_name(target, name, &found.custom_key_store_id);
-                            store.custom_key_store_id = Some(found.custom_key_store_id.clone());
-                        }
-                        None => {
-                            let error =
-                                not_found(&store.spec, self.known_account(target).as_deref());
-                            self.fail(store, error);
-                        }
-                    }
-                }
-                (KeyStoreSelector::Name(_), Some(Err(err))) => {
-                    let error = aws_error(&store.spec, err.clone());
-                    self.fail(store, error);
-                }
-            }
+            self.resolve(target, store, listed.as_ref());
         }
 
         if dry_run {
-            for store in &mut stores {
-                if store.phase == Phase::Failed {
-                    continue;
-                }
-                match &listed {
-                    Some(Ok(listed)) => match store
-                        .custom_key_store_id
-                        .as_deref()
-                        .and_then(|id| find_id(listed, id))
-                    {
-                        Some(found) => {
-                            store.connection_state = Some(found.connection_state.clone());
-                            self.note(
-                                store,
-                                target,
-                                ProgressStep::State(found.connection_state.clone()),
-                            );
-                            if found.connection_state == ConnectionState::Disconnected {
-                                store.phase = Phase::Verified;
-                            }
-                        }
-                        None => {
-                            let error =
-                                not_found(&store.spec, self.known_account(target).as_deref());
-                            self.fail(store, error);
-                        }
-                    },
-                    Some(Err(err)) => {
-                        let error = aws_error(&store.spec, err.clone());
-                        self.fail(store, error);
-                    }
-                    None => {}
-                }
+            for store in stores.iter_mut().filter(|s| s.phase != Phase::Failed) {
+                self.dry_run_state(target, store, listed.as_ref());
             }
             return stores;
         }
@@ -662,6 +331,76 @@ impl<C: KeyStoreControl> Engine<C> {
 
         self.verify(target, &mut stores, run).await;
         stores
+    }
+
+    /// The store's id: as listed, from the name cache, or from the Describe (`listed`, made
+    /// when a name was not cached); a name no store carries fails the store.
+    fn resolve(
+        &self,
+        target: &Target,
+        store: &mut StoreState,
+        listed: Option<&Result<Vec<KeyStore>, AwsError>>,
+    ) {
+        match (&store.spec.selector, listed) {
+            (KeyStoreSelector::Id(id), _) => store.custom_key_store_id = Some(id.clone()),
+            (KeyStoreSelector::Name(name), None) => {
+                store.custom_key_store_id = self.cached_name(target, name)
+            }
+            (KeyStoreSelector::Name(name), Some(Ok(listed))) => {
+                match find(listed, &store.spec.selector) {
+                    Some(found) => {
+                        self.remember_name(target, name, &found.custom_key_store_id);
+                        store.custom_key_store_id = Some(found.custom_key_store_id.clone());
+                    }
+                    None => {
+                        let error = not_found(&store.spec, self.known_account(target).as_deref());
+                        self.fail(store, error);
+                    }
+                }
+            }
+            (KeyStoreSelector::Name(_), Some(Err(err))) => {
+                let error = aws_error(&store.spec, err.clone());
+                self.fail(store, error);
+            }
+        }
+    }
+
+    /// A dry run's look at one resolved store: its state in the Describe, verified if it is
+    /// DISCONNECTED already.
+    fn dry_run_state(
+        &self,
+        target: &Target,
+        store: &mut StoreState,
+        listed: Option<&Result<Vec<KeyStore>, AwsError>>,
+    ) {
+        match listed {
+            Some(Ok(listed)) => match store
+                .custom_key_store_id
+                .as_deref()
+                .and_then(|id| find_id(listed, id))
+            {
+                Some(found) => {
+                    store.connection_state = Some(found.connection_state.clone());
+                    self.note(
+                        store,
+                        target,
+                        ProgressStep::State(found.connection_state.clone()),
+                    );
+                    if found.connection_state == ConnectionState::Disconnected {
+                        store.phase = Phase::Verified;
+                    }
+                }
+                None => {
+                    let error = not_found(&store.spec, self.known_account(target).as_deref());
+                    self.fail(store, error);
+                }
+            },
+            Some(Err(err)) => {
+                let error = aws_error(&store.spec, err.clone());
+                self.fail(store, error);
+            }
+            None => {}
+        }
     }
 
     /// Poll one paginated Describe per round until every store is verified or failed; the last
@@ -851,8 +590,8 @@ impl<C: KeyStoreControl> Engine<C> {
         let Some(id) = store.custom_key_store_id.clone() else {
             return;
         };
-        let bucket = self.bucket(target, Operation::Disconnect);
-        if timeout_at(run.deadline, bucket.acquire()).await.is_err() {
+        let paced = self.pacer.acquire(target, Operation::Disconnect);
+        if timeout_at(run.deadline, paced).await.is_err() {
             return; // The deadline: verification reports the store with its last error.
         }
         store.attempts += 1;
@@ -900,6 +639,16 @@ impl<C: KeyStoreControl> Engine<C> {
             error,
         });
         store.request_ids.extend(request_id);
+        self.take_disconnect_result(target, store, result);
+    }
+
+    /// Move the store on by KMS's answer to its Disconnect.
+    fn take_disconnect_result(
+        &self,
+        target: &Target,
+        store: &mut StoreState,
+        result: Result<DisconnectAccepted, AwsError>,
+    ) {
         match result {
             Ok(_) => {
                 store.phase = Phase::Requested;
@@ -931,128 +680,6 @@ impl<C: KeyStoreControl> Engine<C> {
         }
     }
 
-    /// One enforcement round for one target; its account is looked up alongside, for the
-    /// report only.
-    async fn enforce_target(
-        &self,
-        target: &Target,
-        stores: Vec<(usize, KeyStoreSpec)>,
-        run: &Run<'_>,
-    ) -> Vec<(usize, EnforcedStore)> {
-        let work = self.enforce_stores(target, stores, run);
-        let mut results = self
-            .alongside_account_lookup(target, run.deadline, work)
-            .await;
-        let account = self.known_account(target);
-        for (_, enforced) in &mut results {
-            enforced.account = account.clone();
-        }
-        results
-    }
-
-    async fn enforce_stores(
-        &self,
-        target: &Target,
-        stores: Vec<(usize, KeyStoreSpec)>,
-        run: &Run<'_>,
-    ) -> Vec<(usize, EnforcedStore)> {
-        let listed = match self.describe_all(target, run.deadline, run.deadline).await {
-            Ok(listed) => listed,
-            Err(err) => {
-                warn!(region = %target.region, cause = %err, "enforcement could not describe the key stores");
-                return stores
-                    .into_iter()
-                    .map(|(index, spec)| {
-                        let error = Some(aws_error(&spec, err.clone()).to_line());
-                        let enforced = EnforcedStore {
-                            spec,
-                            custom_key_store_id: None,
-                            account: None,
-                            connection_state: None,
-                            verified: false,
-                            drift: false,
-                            error,
-                        };
-                        (index, enforced)
-                    })
-                    .collect();
-            }
-        };
-        let mut results = Vec::with_capacity(stores.len());
-        let mut drifted = Vec::new();
-        for (index, spec) in stores {
-            let found = find(&listed, &spec.selector);
-            let mut enforced = EnforcedStore {
-                custom_key_store_id: found.map(|f| f.custom_key_store_id.clone()),
-                account: None,
-                connection_state: found.map(|f| f.connection_state.clone()),
-                verified: found
-                    .is_some_and(|f| f.connection_state == ConnectionState::Disconnected),
-                drift: false,
-                error: None,
-                spec,
-            };
-            match found {
-                None => {
-                    let account = self.known_account(target);
-                    enforced.error = Some(not_found(&enforced.spec, account.as_deref()).to_line());
-                }
-                Some(found) => {
-                    if let KeyStoreSelector::Name(name) = &enforced.spec.selector {
-                        self.remember_name(target, name, &found.custom_key_store_id);
-                    }
-                    if !matches!(
-                        found.connection_state,
-                        ConnectionState::Disconnected | ConnectionState::Disconnecting
-                    ) {
-                        enforced.drift = true;
-                        run.audit.record(Event::DriftDetected {
-                            key_store_id: found.custom_key_store_id.clone(),
-                            region: target.region.clone(),
-                            connection_state: found.connection_state.to_string(),
-                        });
-                        warn!(key_store = %found.custom_key_store_id, region = %target.region, connection_state = %found.connection_state, "drift detected: disconnecting again");
-                        drifted.push((
-                            results.len(),
-                            StoreState {
-                                index,
-                                spec: enforced.spec.clone(),
-                                custom_key_store_id: Some(found.custom_key_store_id.clone()),
-                                phase: Phase::Pending,
-                                accepted_at: None,
-                                stale_id: None,
-                                connection_state: Some(found.connection_state.clone()),
-                                attempts: 0,
-                                request_ids: Vec::new(),
-                                error: None,
-                                finished_at: None,
-                            },
-                        ));
-                    }
-                }
-            }
-            results.push((index, enforced));
-        }
-        let again = drifted
-            .iter_mut()
-            .map(|(_, store)| self.disconnect(target, store, run));
-        join_all(again).await;
-        for (position, store) in drifted {
-            if store.phase != Phase::Requested {
-                let error = match &store.error {
-                    Some(error) => error.to_line(),
-                    None => format!(
-                        "custom key store {} in {}: disconnect not accepted",
-                        store.label(),
-                        target.region
-                    ),
-                };
-                results[position].1.error = Some(error);
-            }
-        }
-        results
-    }
-
     /// Every store of the target's account and region: one paginated, paced Describe, retrying
     /// throttling and transient errors while a retry can start before `retry_until`; the whole
     /// call ends at `deadline`.
@@ -1062,13 +689,12 @@ impl<C: KeyStoreControl> Engine<C> {
         deadline: Instant,
         retry_until: Instant,
     ) -> Result<Vec<KeyStore>, AwsError> {
-        let bucket = self.bucket(target, Operation::Describe);
         let mut listed = Vec::new();
         let mut marker: Option<String> = None;
         let mut retries = 0u32;
         loop {
             let page = timeout_at(deadline, async {
-                bucket.acquire().await;
+                self.pacer.acquire(target, Operation::Describe).await;
                 self.control.describe_page(target, marker.as_deref()).await
             })
             .await
@@ -1166,15 +792,6 @@ impl<C: KeyStoreControl> Engine<C> {
         }
     }
 
-    fn bucket(&self, target: &Target, operation: Operation) -> Arc<TokenBucket> {
-        // A panic while holding this lock leaves only a map of buckets, still consistent.
-        let mut pacers = self.pacers.lock().unwrap_or_else(|p| p.into_inner());
-        pacers
-            .entry((PacerScope::of(target), operation))
-            .or_insert_with(|| Arc::new(TokenBucket::new(self.settings.rate_limit)))
-            .clone()
-    }
-
     fn cached_name(&self, target: &Target, name: &str) -> Option<String> {
         let names = self.names.lock().unwrap_or_else(|p| p.into_inner());
         names.get(&(target.clone(), name.to_string())).cloned()
@@ -1241,6 +858,40 @@ impl<C: KeyStoreControl> Engine<C> {
             });
         }
     }
+}
+
+/// The audit record and log line that close a lockdown.
+fn record_finished(report: &LockdownReport, audit: &dyn AuditSink) {
+    let failed: Vec<FailedStore> = report
+        .stores
+        .iter()
+        .filter(|s| !s.verified)
+        .map(|s| FailedStore {
+            key_store_id: s
+                .custom_key_store_id
+                .clone()
+                .unwrap_or_else(|| selector_text(&s.spec)),
+            region: s.spec.target.region.clone(),
+            connection_state: s.connection_state.as_ref().map(|c| c.to_string()),
+            error: s.error.as_ref().map(LockdownError::to_line),
+        })
+        .collect();
+    let verified = report.stores.iter().filter(|s| s.verified).count();
+    audit.record(Event::LockdownFinished {
+        lockdown_id: report.lockdown_id.clone(),
+        outcome: report.outcome(),
+        verified,
+        failed,
+        elapsed_ms: u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX),
+    });
+    info!(
+        lockdown_id = %report.lockdown_id,
+        outcome = ?report.outcome(),
+        verified,
+        total = report.stores.len(),
+        elapsed_ms = report.elapsed.as_millis() as u64,
+        "lockdown finished"
+    );
 }
 
 /// Jittered exponential backoff: half the doubled delay fixed, half random.
@@ -1331,7 +982,7 @@ fn outcome(store: StoreState, account: Option<String>, started: Instant) -> Stor
         account,
         connection_state: store.connection_state,
         verified: store.phase == Phase::Verified,
-        error: store.error.map(|e| e.to_line()),
+        error: store.error,
         attempts: store.attempts,
         request_ids: store.request_ids,
         stale_id: store.stale_id,
@@ -1348,6 +999,7 @@ mod tests {
     use std::collections::{HashSet, VecDeque};
 
     use super::*;
+    use crate::audit::LockdownOutcome;
     use crate::aws::DisconnectAccepted;
 
     const DEFAULT_ACCOUNT: &str = "111111111111";
@@ -1824,7 +1476,11 @@ mod tests {
             "kept retrying: {} attempts",
             store.attempts
         );
-        let error = store.error.as_deref().unwrap_or_default();
+        let error = store
+            .error
+            .as_ref()
+            .map(LockdownError::to_line)
+            .unwrap_or_default();
         assert!(
             error.contains("not DISCONNECTED within") && error.contains("Throttled"),
             "{error}"
@@ -1942,7 +1598,8 @@ mod tests {
         assert!(
             report.stores[1]
                 .error
-                .as_deref()
+                .as_ref()
+                .map(LockdownError::to_line)
                 .unwrap_or_default()
                 .contains("AccessDenied")
         );
@@ -1967,7 +1624,8 @@ mod tests {
         assert!(
             report.stores[1]
                 .error
-                .as_deref()
+                .as_ref()
+                .map(LockdownError::to_line)
                 .unwrap_or_default()
                 .contains("NotFound")
         );
@@ -2001,7 +1659,8 @@ mod tests {
         assert!(
             report.stores[1]
                 .error
-                .as_deref()
+                .as_ref()
+                .map(LockdownError::to_line)
                 .unwrap_or_default()
                 .contains("not found")
         );
@@ -2044,7 +1703,8 @@ mod tests {
         assert!(
             report.stores[0]
                 .error
-                .as_deref()
+                .as_ref()
+                .map(LockdownError::to_line)
                 .unwrap_or_default()
                 .contains("last state DISCONNECTING")
         );
@@ -2192,7 +1852,11 @@ mod tests {
             "{} attempts",
             report.stores[0].attempts
         );
-        let error = report.stores[0].error.as_deref().unwrap_or_default();
+        let error = report.stores[0]
+            .error
+            .as_ref()
+            .map(LockdownError::to_line)
+            .unwrap_or_default();
         assert!(
             error.contains("not DISCONNECTED within") && error.contains("Transient"),
             "{error}"
@@ -2395,7 +2059,8 @@ mod tests {
         assert!(
             report.stores[0]
                 .error
-                .as_deref()
+                .as_ref()
+                .map(LockdownError::to_line)
                 .unwrap_or_default()
                 .contains("not found"),
             "{report:#?}"
