@@ -168,12 +168,47 @@ pub trait KeyStoreControl: Send + Sync + 'static {
     fn account(&self, target: &Target) -> impl Future<Output = Result<String, AwsError>> + Send;
 }
 
+/// A CloudWatch alarm's `StateValue`. An answer without one, or with one this build does not
+/// know, is an error of the adapter (the alarm is unreadable), never a guess.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AlarmStateValue {
+    Ok,
+    Alarm,
+    InsufficientData,
+}
+
+impl AlarmStateValue {
+    /// The CloudWatch spelling, e.g. `ALARM`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlarmStateValue::Ok => "OK",
+            AlarmStateValue::Alarm => "ALARM",
+            AlarmStateValue::InsufficientData => "INSUFFICIENT_DATA",
+        }
+    }
+
+    /// Parse the CloudWatch spelling; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "OK" => Some(AlarmStateValue::Ok),
+            "ALARM" => Some(AlarmStateValue::Alarm),
+            "INSUFFICIENT_DATA" => Some(AlarmStateValue::InsufficientData),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for AlarmStateValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A CloudWatch alarm's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlarmState {
     pub alarm_name: String,
-    /// `OK`, `ALARM` or `INSUFFICIENT_DATA`.
-    pub state_value: String,
+    pub state_value: AlarmStateValue,
     pub state_reason: Option<String>,
     /// `metric` or `composite`.
     pub alarm_type: &'static str,

@@ -10,14 +10,14 @@ use std::collections::BTreeMap;
 use anyhow::Context as _;
 
 use crate::audit::{AuditLog, AuditSink, Event};
-use crate::aws::{AlarmSource, AwsClients, Target};
+use crate::aws::{AlarmSource, AlarmStateValue, AwsClients, Target};
 use crate::cli::RearmArgs;
 use crate::cmd::{Context, Exit};
 use crate::latch;
 use crate::policy::{self, LoadOptions, Policy};
 
 /// The CloudWatch state that blocks a rearm.
-const ALARM: &str = "ALARM";
+const ALARM: AlarmStateValue = AlarmStateValue::Alarm;
 
 pub fn run(ctx: &Context, args: &RearmArgs) -> anyhow::Result<Exit> {
     let options = LoadOptions {

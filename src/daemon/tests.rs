@@ -9,7 +9,8 @@ use std::sync::Mutex;
 use super::notify::fake::RecordingNotifier;
 use super::*;
 use crate::aws::{
-    AlarmState, AwsError, ConnectionState, DisconnectAccepted, ErrorKind, KeyStore, Target,
+    AlarmState, AlarmStateValue, AwsError, ConnectionState, DisconnectAccepted, ErrorKind,
+    KeyStore, Target,
 };
 
 /// KMS with a few stores; Disconnect takes `delay` and records whether the latch was on disk.
@@ -136,7 +137,7 @@ impl AlarmSource for FakeAlarms {
             .iter()
             .map(|name| AlarmState {
                 alarm_name: name.clone(),
-                state_value: state.into(),
+                state_value: AlarmStateValue::parse(state).expect("a StateValue"),
                 state_reason: Some("fake".into()),
                 alarm_type: "metric",
             })

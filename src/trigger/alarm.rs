@@ -19,12 +19,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::TriggerSource;
-use crate::aws::{AlarmSource, AlarmState, Target};
+use crate::aws::{AlarmSource, AlarmState, AlarmStateValue, Target};
 use crate::policy::AlarmSpec;
 use crate::trigger::TriggerEvent;
 
 /// The CloudWatch state that counts towards firing.
-const ALARM: &str = "ALARM";
+const ALARM: AlarmStateValue = AlarmStateValue::Alarm;
 
 /// What the alarm trigger needs from the policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -362,7 +362,7 @@ mod tests {
                     .into_iter()
                     .map(|(name, value)| AlarmState {
                         alarm_name: name.to_string(),
-                        state_value: value.to_string(),
+                        state_value: AlarmStateValue::parse(value).expect("a StateValue"),
                         state_reason: Some("test".into()),
                         alarm_type: "metric",
                     })
