@@ -1,7 +1,8 @@
 //! The only module that imports `aws_sdk_*`. It owns client construction per [`Target`]
 //! (region + role), credential warm-up, and the adapters behind two small traits in our own
 //! types, [`KeyStoreControl`] and [`AlarmSource`], so the engine and the daemon are testable with
-//! in-memory fakes. It knows nothing of policies' YAML, triggers, latches or the audit log.
+//! the one in-memory fake of KMS and CloudWatch (`fake`, unit tests only). It knows nothing of
+//! policies' YAML, triggers, latches or the audit log.
 
 use std::fmt;
 use std::future::Future;
@@ -10,6 +11,8 @@ pub use crate::policy::Target;
 
 mod classify;
 mod clients;
+#[cfg(test)]
+pub(crate) mod fake;
 
 pub use clients::AwsClients;
 

@@ -918,280 +918,13 @@ mod tests {
     //! The engine against an in-memory KMS on tokio's paused clock: time only moves when every
     //! task waits, so pacing, backoff and deadlines are exact and instant.
 
-    use std::collections::{HashSet, VecDeque};
+    use std::collections::HashSet;
 
     use super::*;
     use crate::audit::LockdownOutcome;
-    use crate::aws::DisconnectAccepted;
+    use crate::aws::fake::{DEFAULT_ACCOUNT, FakeAws, Op, REGION, Request};
 
-    const DEFAULT_ACCOUNT: &str = "111111111111";
-    const REGION: &str = "eu-west-1";
     const ROLE_B: &str = "arn:aws:iam::222222222222:role/kms-killswitch";
-
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    enum Op {
-        Disconnect,
-        Describe,
-    }
-
-    #[derive(Debug, Clone)]
-    struct Request {
-        at: Instant,
-        op: Op,
-        account: String,
-        region: String,
-        custom_key_store_id: Option<String>,
-    }
-
-    struct FakeStore {
-        id: String,
-        name: String,
-        account: String,
-        region: String,
-        state: ConnectionState,
-        /// When an accepted Disconnect happened, and the state before it.
-        disconnected_at: Option<(Instant, ConnectionState)>,
-        /// Never leaves DISCONNECTING.
-        stuck: bool,
-    }
-
-    #[derive(Default)]
-    struct FakeState {
-        stores: Vec<FakeStore>,
-        requests: Vec<Request>,
-        /// Errors to return, in order, for the next calls of an operation (any store).
-        scripted: HashMap<String, VecDeque<ErrorKind>>,
-        /// Accounts that refuse everything.
-        denied_accounts: HashSet<String>,
-        /// Stores whose every Disconnect fails with KMSInternalException.
-        failing_disconnects: HashSet<String>,
-        /// GetCallerIdentity fails (e.g. only a KMS VPC endpoint is reachable).
-        sts_unreachable: bool,
-        /// GetCallerIdentity answers after this long.
-        sts_latency: Duration,
-        /// DISCONNECTING → DISCONNECTED after this long.
-        transition: Duration,
-        /// Describe shows the state before a Disconnect for this long after it.
-        consistency_lag: Duration,
-    }
-
-    /// An in-memory KMS with the real state machine, quota-free, recording every request.
-    #[derive(Default)]
-    struct FakeKms {
-        state: Mutex<FakeState>,
-    }
-
-    fn error(operation: &'static str, kind: ErrorKind) -> AwsError {
-        AwsError {
-            operation,
-            region: REGION.to_string(),
-            kind,
-            code: format!("{kind:?}Exception"),
-            message: "fake".to_string(),
-            request_id: Some("rid-error".to_string()),
-        }
-    }
-
-    fn account_of(target: &Target) -> String {
-        match &target.role_arn {
-            Some(arn) => arn.split(':').nth(4).unwrap_or_default().to_string(),
-            None => DEFAULT_ACCOUNT.to_string(),
-        }
-    }
-
-    impl FakeKms {
-        fn new(transition: Duration) -> Self {
-            let fake = FakeKms::default();
-            fake.with(|s| s.transition = transition);
-            fake
-        }
-
-        fn with<T>(&self, f: impl FnOnce(&mut FakeState) -> T) -> T {
-            f(&mut self.state.lock().unwrap())
-        }
-
-        fn add(&self, id: &str, account: &str, state: ConnectionState) {
-            self.with(|s| {
-                s.stores.push(FakeStore {
-                    id: id.to_string(),
-                    name: format!("name-{id}"),
-                    account: account.to_string(),
-                    region: REGION.to_string(),
-                    state,
-                    disconnected_at: None,
-                    stuck: false,
-                })
-            });
-        }
-
-        fn script(&self, op: &str, errors: &[ErrorKind]) {
-            self.with(|s| {
-                s.scripted
-                    .entry(op.to_string())
-                    .or_default()
-                    .extend(errors.iter().copied())
-            });
-        }
-
-        fn requests(&self, op: Op) -> Vec<Request> {
-            self.with(|s| s.requests.iter().filter(|r| r.op == op).cloned().collect())
-        }
-
-        /// The state KMS really has now, and the one Describe shows.
-        fn states(
-            s: &FakeState,
-            store: &FakeStore,
-            now: Instant,
-        ) -> (ConnectionState, ConnectionState) {
-            match &store.disconnected_at {
-                None => (store.state.clone(), store.state.clone()),
-                Some((at, before)) => {
-                    let real = if store.stuck || now < *at + s.transition {
-                        ConnectionState::Disconnecting
-                    } else {
-                        ConnectionState::Disconnected
-                    };
-                    let seen = if now < *at + s.consistency_lag {
-                        before.clone()
-                    } else {
-                        real.clone()
-                    };
-                    (real, seen)
-                }
-            }
-        }
-
-        /// What Describe would show for one store now.
-        fn seen(&self, id: &str) -> ConnectionState {
-            self.with(|s| {
-                let store = s
-                    .stores
-                    .iter()
-                    .find(|st| st.id == id)
-                    .expect("test store exists");
-                FakeKms::states(s, store, Instant::now()).1
-            })
-        }
-
-        /// Someone reconnects a store behind the switch's back.
-        fn reconnect(&self, id: &str) {
-            self.with(|s| {
-                let store = s
-                    .stores
-                    .iter_mut()
-                    .find(|st| st.id == id)
-                    .expect("test store exists");
-                store.state = ConnectionState::Connected;
-                store.disconnected_at = None;
-            });
-        }
-    }
-
-    impl KeyStoreControl for FakeKms {
-        async fn disconnect(
-            &self,
-            target: &Target,
-            custom_key_store_id: &str,
-        ) -> Result<DisconnectAccepted, AwsError> {
-            let now = Instant::now();
-            let account = account_of(target);
-            self.with(|s| {
-                s.requests.push(Request {
-                    at: now,
-                    op: Op::Disconnect,
-                    account: account.clone(),
-                    region: target.region.clone(),
-                    custom_key_store_id: Some(custom_key_store_id.to_string()),
-                });
-                if s.denied_accounts.contains(&account) {
-                    return Err(error("DisconnectCustomKeyStore", ErrorKind::AccessDenied));
-                }
-                if s.failing_disconnects.contains(custom_key_store_id) {
-                    return Err(error("DisconnectCustomKeyStore", ErrorKind::Transient));
-                }
-                if let Some(kind) = s
-                    .scripted
-                    .get_mut("DisconnectCustomKeyStore")
-                    .and_then(VecDeque::pop_front)
-                {
-                    return Err(error("DisconnectCustomKeyStore", kind));
-                }
-                let position = s.stores.iter().position(|st| {
-                    st.id == custom_key_store_id
-                        && st.account == account
-                        && st.region == target.region
-                });
-                let Some(position) = position else {
-                    return Err(error("DisconnectCustomKeyStore", ErrorKind::NotFound));
-                };
-                let (real, _) = FakeKms::states(s, &s.stores[position], now);
-                if matches!(
-                    real,
-                    ConnectionState::Disconnected | ConnectionState::Disconnecting
-                ) {
-                    return Err(error("DisconnectCustomKeyStore", ErrorKind::InvalidState));
-                }
-                let store = &mut s.stores[position];
-                store.disconnected_at = Some((now, real));
-                Ok(DisconnectAccepted {
-                    request_id: Some(format!("rid-{}", s.requests.len())),
-                })
-            })
-        }
-
-        async fn describe_page(
-            &self,
-            target: &Target,
-            marker: Option<&str>,
-        ) -> Result<(Vec<KeyStore>, Option<String>), AwsError> {
-            let now = Instant::now();
-            let account = account_of(target);
-            self.with(|s| {
-                s.requests.push(Request {
-                    at: now,
-                    op: Op::Describe,
-                    account: account.clone(),
-                    region: target.region.clone(),
-                    custom_key_store_id: None,
-                });
-                if s.denied_accounts.contains(&account) {
-                    return Err(error("DescribeCustomKeyStores", ErrorKind::AccessDenied));
-                }
-                if let Some(kind) = s
-                    .scripted
-                    .get_mut("DescribeCustomKeyStores")
-                    .and_then(VecDeque::pop_front)
-                {
-                    return Err(error("DescribeCustomKeyStores", kind));
-                }
-                // Pages of two stores, to exercise the markers.
-                let all: Vec<KeyStore> = s
-                    .stores
-                    .iter()
-                    .filter(|st| st.account == account && st.region == target.region)
-                    .map(|st| KeyStore {
-                        custom_key_store_id: st.id.clone(),
-                        custom_key_store_name: Some(st.name.clone()),
-                        custom_key_store_type: Some("EXTERNAL_KEY_STORE".to_string()),
-                        connection_state: FakeKms::states(s, st, now).1,
-                        connection_error_code: None,
-                    })
-                    .collect();
-                let start: usize = marker.map_or(0, |m| m.parse().unwrap_or(0));
-                let end = (start + 2).min(all.len());
-                let next = (end < all.len()).then(|| end.to_string());
-                Ok((all[start..end].to_vec(), next))
-            })
-        }
-
-        async fn account(&self, target: &Target) -> Result<String, AwsError> {
-            tokio::time::sleep(self.with(|s| s.sts_latency)).await;
-            if self.with(|s| s.sts_unreachable) {
-                return Err(error("GetCallerIdentity", ErrorKind::Transient));
-            }
-            Ok(account_of(target))
-        }
-    }
 
     /// A Vec-backed audit sink.
     #[derive(Default)]
@@ -1235,7 +968,7 @@ mod tests {
         }
     }
 
-    fn engine(fake: &Arc<FakeKms>, verify_timeout: Duration) -> Engine<FakeKms> {
+    fn engine(fake: &Arc<FakeAws>, verify_timeout: Duration) -> Engine<FakeAws> {
         Engine::new(fake.clone(), settings(verify_timeout))
     }
 
@@ -1243,7 +976,7 @@ mod tests {
         format!("cks-{n:017x}")
     }
 
-    fn ten_connected_stores(fake: &FakeKms) -> Vec<KeyStoreSpec> {
+    fn ten_connected_stores(fake: &FakeAws) -> Vec<KeyStoreSpec> {
         (0..10)
             .map(|n| {
                 fake.add(&store_id(n), DEFAULT_ACCOUNT, ConnectionState::Connected);
@@ -1271,7 +1004,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn paces_disconnects_under_the_rate_limit_and_verifies_all() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         let specs = ten_connected_stores(&fake);
         let audit = Recorded::default();
         let report = engine(&fake, Duration::from_secs(60))
@@ -1320,7 +1053,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn verifies_with_one_paginated_describe_per_round_not_per_store() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(100)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(100)));
         let specs = ten_connected_stores(&fake);
         let report = engine(&fake, Duration::from_secs(60))
             .lockdown(&request(specs), &Recorded::default())
@@ -1338,7 +1071,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn retries_throttled_disconnect_until_accepted() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
         fake.script(
             "DisconnectCustomKeyStore",
@@ -1378,7 +1111,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn retries_throttled_disconnect_until_deadline() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
         fake.script("DisconnectCustomKeyStore", &[ErrorKind::Throttled; 1000]);
         let verify_timeout = Duration::from_secs(10);
@@ -1421,7 +1154,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn already_disconnected_store_is_success_not_error() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Disconnected);
         let audit = Recorded::default();
         let report = engine(&fake, Duration::from_secs(30))
@@ -1441,7 +1174,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn disconnects_failed_and_connecting_stores() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Failed);
         fake.add(&store_id(2), DEFAULT_ACCOUNT, ConnectionState::Connecting);
         let specs = vec![id_spec(&store_id(1), None), id_spec(&store_id(2), None)];
@@ -1457,7 +1190,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn tolerates_eventual_consistency_without_redundant_disconnects() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.with(|s| s.consistency_lag = Duration::from_millis(1500));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
         let report = engine(&fake, Duration::from_secs(30))
@@ -1475,7 +1208,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn disconnects_again_a_store_that_stays_connected() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
         let engine = engine(&fake, Duration::from_secs(30));
         let fake_for_attacker = fake.clone();
@@ -1483,7 +1216,7 @@ mod tests {
         // verified: Describe keeps saying CONNECTED past the consistency grace.
         let attacker = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            fake_for_attacker.reconnect(&store_id(1));
+            fake_for_attacker.set(&store_id(1), ConnectionState::Connected);
         });
         let report = engine
             .lockdown(
@@ -1500,7 +1233,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn access_denied_in_one_account_does_not_stop_the_others() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
         fake.add(&store_id(2), "222222222222", ConnectionState::Connected);
         fake.with(|s| s.denied_accounts.insert("222222222222".to_string()));
@@ -1534,7 +1267,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn unknown_store_id_fails_alone() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
         let specs = vec![id_spec(&store_id(1), None), id_spec(&store_id(9), None)];
         let report = engine(&fake, Duration::from_secs(30))
@@ -1555,7 +1288,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn unknown_store_name_fails_and_known_name_is_resolved_once() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
         let by_name = |name: &str| KeyStoreSpec {
             selector: KeyStoreSelector::Name(name.to_string()),
@@ -1605,7 +1338,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn store_stuck_disconnecting_fails_at_the_deadline() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
         fake.with(|s| s.stores[0].stuck = true);
         let verify_timeout = Duration::from_secs(20);
@@ -1638,7 +1371,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn retries_transient_describe_errors_during_verification() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
         fake.script(
             "DescribeCustomKeyStores",
@@ -1655,7 +1388,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn dry_run_describes_and_sends_no_disconnect() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
         fake.add(&store_id(2), DEFAULT_ACCOUNT, ConnectionState::Disconnected);
         let mut dry = request(vec![
@@ -1687,7 +1420,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn enforce_disconnects_drifted_stores_and_records_drift() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Disconnected);
         fake.add(&store_id(2), DEFAULT_ACCOUNT, ConnectionState::Connected);
         fake.add(&store_id(3), DEFAULT_ACCOUNT, ConnectionState::Connecting);
@@ -1721,7 +1454,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn describe_reports_state_and_missing_stores_without_disconnecting() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Failed);
         let specs = vec![id_spec(&store_id(1), None), id_spec(&store_id(2), None)];
         let statuses = engine(&fake, Duration::from_secs(30))
@@ -1744,7 +1477,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn store_failing_every_disconnect_does_not_stop_verifying_the_others() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
         fake.add(&store_id(2), DEFAULT_ACCOUNT, ConnectionState::Connected);
         fake.with(|s| s.failing_disconnects.insert(store_id(1)));
@@ -1789,7 +1522,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn verifies_at_the_deadline_a_store_that_disconnects_after_the_last_regular_poll() {
         // DISCONNECTED 9.5 s after the Disconnect: after the poll at ~9.2 s, before the deadline.
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(9500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(9500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
         let verify_timeout = Duration::from_secs(10);
         let started = Instant::now();
@@ -1814,7 +1547,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn short_verify_timeout_still_verifies_an_already_disconnected_store() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Disconnected);
         let report = engine(&fake, Duration::from_millis(200))
             .lockdown(
@@ -1829,7 +1562,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn unreachable_sts_does_not_stop_disconnects_or_pacing() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.with(|s| s.sts_unreachable = true);
         let mut specs = ten_connected_stores(&fake);
         fake.add(&store_id(10), "222222222222", ConnectionState::Connected);
@@ -1860,7 +1593,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn failing_describes_do_not_stop_sending_a_refused_disconnect_again() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
         fake.script("DisconnectCustomKeyStore", &[ErrorKind::Transient]);
         fake.script("DescribeCustomKeyStores", &[ErrorKind::Transient; 1000]);
@@ -1882,7 +1615,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn describe_reports_the_account_when_sts_answers_after_kms() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
         fake.with(|s| s.sts_latency = Duration::from_millis(300));
         let statuses = engine(&fake, Duration::from_secs(30))
@@ -1904,7 +1637,7 @@ mod tests {
         }
     }
 
-    fn rename(fake: &FakeKms, id: &str, name: &str) {
+    fn rename(fake: &FakeAws, id: &str, name: &str) {
         fake.with(|s| {
             if let Some(store) = s.stores.iter_mut().find(|st| st.id == id) {
                 store.name = name.to_string();
@@ -1914,7 +1647,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn renamed_store_is_followed_by_name_not_by_cached_id() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         let name = format!("name-{}", store_id(1));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Disconnected);
         let spec = name_spec(&name);
@@ -1965,7 +1698,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn cached_name_that_no_store_carries_any_more_is_not_found() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         let name = format!("name-{}", store_id(1));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
         let spec = name_spec(&name);
