@@ -19,7 +19,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::audit::{AuditSink, Event};
-use crate::aws::AlarmSource;
+use crate::aws::{AlarmSource, AlarmStateValue};
 use crate::latch::{self, Latch, LatchError};
 use crate::lockdown::LockdownRequest;
 use crate::model::{LockdownId, Target, TriggerSource};
@@ -27,7 +27,7 @@ use crate::policy::Policy;
 use crate::{error_chain, model};
 
 /// The CloudWatch state that blocks a rearm.
-const ALARM: &str = "ALARM";
+const ALARM: AlarmStateValue = AlarmStateValue::Alarm;
 
 /// A fresh latch for a trigger firing now, with a new lockdown id.
 pub fn new_latch(source: TriggerSource, detail: String) -> Latch {

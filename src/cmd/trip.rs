@@ -17,7 +17,7 @@ use serde_json::json;
 use crate::audit::{AuditLog, AuditSink, Event};
 use crate::cmd::{Context, Exit, engine, runtime, table};
 use crate::latch::{self, Latch};
-use crate::lockdown::{LockdownReport, ProgressEvent, ProgressStep};
+use crate::lockdown::{LockdownError, LockdownReport, ProgressEvent, ProgressStep};
 use crate::model::{ConnectionState, LockdownId, TriggerSource};
 use crate::policy::Policy;
 use crate::switch::{self, Latching};
@@ -273,7 +273,7 @@ fn report_table(report: &LockdownReport) -> String {
         .map(|s| {
             let result = if report.dry_run {
                 match (&s.error, &s.connection_state) {
-                    (Some(error), _) => format!("cannot describe: {error}"),
+                    (Some(error), _) => format!("cannot describe: {}", error.to_line()),
                     (None, Some(ConnectionState::Disconnected)) => {
                         "already DISCONNECTED".to_string()
                     }
@@ -286,7 +286,8 @@ fn report_table(report: &LockdownReport) -> String {
                 };
                 format!("verified ({attempts}, {:.1}s)", s.elapsed.as_secs_f64())
             } else {
-                format!("FAILED: {}", s.error.as_deref().unwrap_or("not verified"))
+                let error = s.error.as_ref().map(LockdownError::to_line);
+                format!("FAILED: {}", error.as_deref().unwrap_or("not verified"))
             };
             vec![
                 s.account.clone().unwrap_or_else(|| "-".to_string()),
