@@ -373,6 +373,7 @@ pub struct AuditLog {
     /// later records try once without waiting, so a stuck writer costs a lockdown one
     /// `lock_wait` in all rather than one per record.
     lock_contended: std::sync::atomic::AtomicBool,
+    durability: std::sync::Arc<dyn crate::durability::Durability>,
     state: Mutex<State>,
 }
 
@@ -387,7 +388,18 @@ impl AuditLog {
     /// own logging, so no state of the file makes `open` return `Err` today; the `Result` is kept so
     /// callers handle a future refusal without a signature change.
     pub fn open(path: &Path, policy_sha256: &str) -> Result<AuditLog, AuditError> {
+        Self::open_with(path, policy_sha256, crate::durability::os())
+    }
+
+    /// [`AuditLog::open`] with the fsyncs behind `durability` (the benchmark's slow-disk seam).
+    #[doc(hidden)]
+    pub fn open_with(
+        path: &Path,
+        policy_sha256: &str,
+        durability: std::sync::Arc<dyn crate::durability::Durability>,
+    ) -> Result<AuditLog, AuditError> {
         let log = AuditLog {
+            durability,
             path: path.to_path_buf(),
             host: hostname(),
             pid: std::process::id(),
@@ -617,7 +629,7 @@ impl AuditLog {
         });
         // fdatasync is enough: it also flushes the new file size, which reading the data needs.
         let synced = written_ok.and_then(|()| {
-            file.sync_data().map_err(|source| AuditError::Sync {
+            self.durability.sync_data(&file).map_err(|source| AuditError::Sync {
                 path: self.path.clone(),
                 source,
             })
@@ -744,7 +756,7 @@ impl AuditLog {
                 // Make the new file's directory entry durable too, or a crash could lose the
                 // whole log along with its first records.
                 if let Some(dir) = self.path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-                    let _ = File::open(dir).and_then(|dir| dir.sync_all());
+                    let _ = File::open(dir).and_then(|dir| self.durability.sync_all(&dir));
                 }
                 Ok(file)
             }
