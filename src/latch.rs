@@ -270,6 +270,12 @@ pub fn lock_for_rearm(state_file: &Path) -> Result<Option<DisconnectLock>, Latch
     lock(state_file, true, REARM_LOCK_WAIT)
 }
 
+/// Whether another process (or task) holds the disconnect lock right now: a lockdown or an
+/// enforcement round is sending Disconnects for the latch. Does not wait.
+pub fn disconnects_in_flight(state_file: &Path) -> bool {
+    matches!(lock(state_file, true, Duration::ZERO), Ok(None))
+}
+
 fn lock(
     state_file: &Path,
     exclusive: bool,

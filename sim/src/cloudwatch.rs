@@ -1,4 +1,5 @@
-//! CloudWatch alarm operations: DescribeAlarms and SetAlarmState, for both wire protocols (the
+//! CloudWatch alarm operations: DescribeAlarms and SetAlarmState (DescribeAlarmHistory and the
+//! revert of a set state live in `alarm_history`), for both wire protocols (the
 //! caller decodes CBOR or JSON into JSON first and encodes the `Value` back). Metric and composite
 //! alarms, AlarmTypes semantics, NextToken pagination. Never sees HTTP or signatures.
 
@@ -44,6 +45,9 @@ pub(crate) fn handle(
     match operation {
         "DescribeAlarms" => describe_alarms(sim, account, region, &input),
         "SetAlarmState" => set_alarm_state(sim, account, region, &input),
+        "DescribeAlarmHistory" => {
+            crate::alarm_history::describe_alarm_history(sim, account, region, &input)
+        }
         other => Err(Common::UnknownOperation.error(
             protocol,
             format!("operation {other} is not supported by kms-sim"),
@@ -114,7 +118,8 @@ fn describe_alarms(
             )
         })?,
     };
-    let state = sim.lock();
+    let mut state = sim.lock();
+    crate::alarm_history::settle_alarms(&mut state, account, region);
     let mut matches: Vec<&AlarmRecord> = state
         .region(account, region)
         .map(|r| r.alarms.iter().collect())
@@ -287,7 +292,7 @@ fn set_alarm_state(
                 format!("Alarm {name} does not exist"),
             )
         })?;
-    alarm.set_state(state_value, reason.to_owned(), data.map(str::to_owned));
+    alarm.set_by_api(state_value, reason.to_owned(), data.map(str::to_owned));
     Ok(Value::Map(vec![]))
 }
 

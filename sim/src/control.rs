@@ -15,6 +15,9 @@ use crate::faults::Faults;
 use crate::protocol::HttpResponse;
 use crate::state::{RequestRecord, Sim, now_us};
 
+/// `/_sim/sqs`, `/_sim/sns`, `/_sim/metrics` and their `SimHandle` methods.
+mod messaging;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct KeyStoreStateBody {
@@ -35,6 +38,55 @@ struct AlarmStateBody {
     state_value: String,
     #[serde(default)]
     state_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlarmRevertBody {
+    account: String,
+    region: String,
+    alarm_name: String,
+    set_state_revert_ms: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyStateBody {
+    account: String,
+    region: String,
+    key_id: String,
+    key_state: String,
+    /// Schedule the change this many ms from now instead of now.
+    #[serde(default)]
+    after_ms: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddKeyStoreBody {
+    account: String,
+    region: String,
+    #[serde(flatten)]
+    store: AddedStore,
+}
+
+/// `KeyStoreDecl` with an optional id (flatten cannot be combined with deny_unknown_fields on
+/// the inner type, so the fields are listed again).
+#[derive(Deserialize)]
+struct AddedStore {
+    #[serde(default)]
+    id: String,
+    name: String,
+    #[serde(rename = "type")]
+    store_type: crate::world::KeyStoreType,
+    #[serde(default)]
+    connection_state: Option<crate::world::ConnectionState>,
+    #[serde(default)]
+    connection_error_code: Option<String>,
+    #[serde(default)]
+    cloud_hsm_cluster_id: Option<String>,
+    #[serde(default)]
+    xks_proxy_uri_endpoint: Option<String>,
 }
 
 fn json(status: u16, value: &impl serde::Serialize) -> HttpResponse {
@@ -88,6 +140,16 @@ pub(crate) fn handle(sim: &Sim, parts: &Parts, body: &[u8]) -> HttpResponse {
     let path = parts.uri.path().trim_end_matches('/');
     match (&parts.method, path) {
         (&Method::GET, "/_sim/health") => json(200, &serde_json::json!({ "status": "ok" })),
+        (&Method::GET, "/_sim/keys") => {
+            let query = query(parts);
+            let (Some(account), Some(region)) = (query.get("account"), query.get("region")) else {
+                return error(400, "query parameters account and region are required");
+            };
+            json(200, &sim.keys(account, region))
+        }
+        (&Method::POST, "/_sim/keys/state") => set_key_state(sim, body),
+        (&Method::POST, "/_sim/key-stores") => add_key_store(sim, body),
+        (&Method::POST, "/_sim/alarms/revert") => set_alarm_revert(sim, body),
         (&Method::GET, "/_sim/world") => json(200, &sim.world),
         (&Method::GET, "/_sim/requests") => json(200, &sim.requests()),
         (&Method::DELETE, "/_sim/requests") | (&Method::POST, "/_sim/requests/clear") => {
@@ -175,6 +237,7 @@ pub(crate) fn handle(sim: &Sim, parts: &Parts, body: &[u8]) -> HttpResponse {
                 Err(err) => error(status_for(&err), err.to_string()),
             }
         }
+        _ if messaging::is_control_path(path) => messaging::control(sim, parts, path, body),
         _ => error(404, format!("no control endpoint {} {path}", parts.method)),
     }
 }
@@ -182,6 +245,97 @@ pub(crate) fn handle(sim: &Sim, parts: &Parts, body: &[u8]) -> HttpResponse {
 fn status_for(err: &crate::SimError) -> u16 {
     match err {
         crate::SimError::InvalidValue { .. } => 400,
+        crate::SimError::KeyStoreRefused { .. } => 409,
         _ => 404,
+    }
+}
+
+fn set_key_state(sim: &Sim, body: &[u8]) -> HttpResponse {
+    let body: KeyStateBody = match parse(body) {
+        Ok(body) => body,
+        Err(message) => return error(400, message),
+    };
+    match sim.set_key_state(
+        &body.account,
+        &body.region,
+        &body.key_id,
+        &body.key_state,
+        body.after_ms,
+    ) {
+        Ok(()) => {
+            log_change(
+                sim,
+                "SetKeyState",
+                Some(&body.account),
+                Some(&body.region),
+                Some(&body.key_id),
+                200,
+            );
+            json(200, &sim.keys(&body.account, &body.region))
+        }
+        Err(err) => error(status_for(&err), err.to_string()),
+    }
+}
+
+fn add_key_store(sim: &Sim, body: &[u8]) -> HttpResponse {
+    let body: AddKeyStoreBody = match parse(body) {
+        Ok(body) => body,
+        Err(message) => return error(400, message),
+    };
+    let store = body.store;
+    let decl = crate::world::KeyStoreDecl {
+        id: store.id,
+        name: store.name,
+        store_type: store.store_type,
+        connection_state: store
+            .connection_state
+            .unwrap_or(crate::world::ConnectionState::Connected),
+        connection_error_code: store.connection_error_code,
+        cloud_hsm_cluster_id: store.cloud_hsm_cluster_id,
+        xks_proxy_uri_endpoint: store.xks_proxy_uri_endpoint,
+        creation_date: None,
+    };
+    match sim.add_key_store(&body.account, &body.region, &decl) {
+        Ok(view) => {
+            log_change(
+                sim,
+                "AddKeyStore",
+                Some(&body.account),
+                Some(&body.region),
+                Some(&view.custom_key_store_id),
+                200,
+            );
+            json(200, &view)
+        }
+        Err(err) => error(status_for(&err), err.to_string()),
+    }
+}
+
+fn set_alarm_revert(sim: &Sim, body: &[u8]) -> HttpResponse {
+    let body: AlarmRevertBody = match parse(body) {
+        Ok(body) => body,
+        Err(message) => return error(400, message),
+    };
+    match sim.set_alarm_revert_ms(
+        &body.account,
+        &body.region,
+        &body.alarm_name,
+        body.set_state_revert_ms,
+    ) {
+        Ok(()) => {
+            log_change(
+                sim,
+                "SetAlarmRevert",
+                Some(&body.account),
+                Some(&body.region),
+                Some(&body.alarm_name),
+                200,
+            );
+            json(
+                200,
+                &serde_json::json!({ "set_state_revert_ms": body.set_state_revert_ms }),
+            )
+        }
+        Err(err) => error(status_for(&err), err.to_string()),
     }
 }

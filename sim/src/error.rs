@@ -7,6 +7,14 @@ use std::path::PathBuf;
 /// Everything that can go wrong when loading a world, serving it, or steering it from a test.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
+    #[error("no queue {queue_name} in account {account} region {region}")]
+    QueueNotFound {
+        account: String,
+        region: String,
+        queue_name: String,
+    },
+    #[error("no topic {topic_arn}")]
+    TopicNotFound { topic_arn: String },
     #[error("cannot read world file {path}")]
     WorldRead {
         path: PathBuf,
@@ -49,6 +57,21 @@ pub enum SimError {
         account: String,
         region: String,
         alarm_name: String,
+    },
+    #[error("no KMS key {key_id} in account {account} region {region}")]
+    KeyNotFound {
+        account: String,
+        region: String,
+        key_id: String,
+    },
+    #[error(
+        "cannot add key store {custom_key_store_id} in account {account} region {region}: {reason}"
+    )]
+    KeyStoreRefused {
+        account: String,
+        region: String,
+        custom_key_store_id: String,
+        reason: String,
     },
     #[error("{value:?} is not a valid {field}")]
     InvalidValue { field: &'static str, value: String },

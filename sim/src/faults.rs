@@ -23,6 +23,11 @@ pub struct FaultRule {
     /// A rule with a store id selects only requests naming that store (Connect, Disconnect,
     /// Describe filtered by id), and only that store's transitions and Describe entry.
     pub custom_key_store_id: Option<String>,
+    /// A rule with a key id selects only DisableKey / EnableKey / DescribeKey / ListAliases
+    /// requests that resolve to that standard key (whichever form the KeyId took); of its
+    /// effects those apply: `access_denied`, `internal_error_rate`, `dependency_timeout_rate`,
+    /// `consistency_lag_ms`.
+    pub key_id: Option<String>,
     /// Added before the response.
     pub latency_ms: u64,
     /// Probability of 500 KMSInternalException (KMS) / InternalFailure (CloudWatch, STS).
@@ -31,6 +36,8 @@ pub struct FaultRule {
     pub throttle_rate: f64,
     /// Probability of closing the connection without any response.
     pub drop_connection_rate: f64,
+    /// Probability of 500 DependencyTimeoutException on the standard-key operations.
+    pub dependency_timeout_rate: f64,
     /// Refuse with AccessDeniedException (AccessDenied for STS).
     pub access_denied: bool,
     /// Overrides the world's transition delay for the stores it selects.
@@ -51,6 +58,8 @@ pub(crate) struct Selector<'a> {
     pub region: Option<&'a str>,
     pub operation: &'a str,
     pub custom_key_store_id: Option<&'a str>,
+    /// The standard key a request resolved to (set only by `keys.rs`, once it has resolved it).
+    pub key_id: Option<&'a str>,
 }
 
 impl FaultRule {
@@ -65,6 +74,7 @@ impl FaultRule {
             && field(&self.region, selector.region)
             && field(&self.operation, Some(selector.operation))
             && field(&self.custom_key_store_id, selector.custom_key_store_id)
+            && field(&self.key_id, selector.key_id)
     }
 }
 
@@ -102,7 +112,7 @@ impl RequestEffects {
     }
 }
 
-fn chance(rate: f64) -> bool {
+pub(crate) fn chance(rate: f64) -> bool {
     rate > 0.0 && (rate >= 1.0 || fastrand::f64() < rate)
 }
 
@@ -116,6 +126,7 @@ mod tests {
             region: Some("eu-west-1"),
             operation,
             custom_key_store_id: store,
+            key_id: None,
         }
     }
 

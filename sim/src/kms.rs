@@ -1,25 +1,31 @@
 //! KMS custom key store operations: DescribeCustomKeyStores, DisconnectCustomKeyStore,
-//! ConnectCustomKeyStore, CreateCustomKeyStore, with the KMS state machine and error codes.
+//! ConnectCustomKeyStore, CreateCustomKeyStore, with the KMS state machine and error codes, and
+//! stores added at run time; the standard-key operations are passed on to `keys`.
 //! Input arrives as JSON, output leaves as a `Value`; this file never sees HTTP or signatures.
 
 use serde_json::Value as Json;
 
+use crate::SimError;
 use crate::faults::Selector;
 use crate::input::Input;
 use crate::protocol::{ApiError, Common, Protocol};
-use crate::state::{Sim, StoreState, Transition, now_us, random_key_store_id, us_to_secs};
+use crate::state::{
+    Sim, StoreState, StoreView, Transition, now_us, random_key_store_id, us_to_secs,
+};
 use crate::value::Value;
-use crate::world::{ConnectionState, KeyStoreType};
+use crate::world::{ConnectionState, KeyStoreDecl, KeyStoreType, is_account_id, is_key_store_id};
 
 /// DescribeCustomKeyStores returns at most this many entries per page (the KMS maximum).
 const MAX_LIMIT: i64 = 1000;
 /// The URI path every XKS proxy serves (KMS default shape `/kms/xks/v1`).
 const DEFAULT_XKS_PATH: &str = "/kms/xks/v1";
 
-/// The custom key store id a request names, for the request log and fault selection.
+/// The custom key store id (or, for the standard-key operations, the KeyId) a request names,
+/// for the request log and fault selection.
 pub(crate) fn target(input: &Json) -> Option<String> {
     input
         .get("CustomKeyStoreId")
+        .or_else(|| input.get("KeyId"))
         .and_then(Json::as_str)
         .map(str::to_owned)
 }
@@ -40,6 +46,9 @@ pub(crate) fn handle(
         "DisconnectCustomKeyStore" => disconnect(sim, account, region, &input),
         "ConnectCustomKeyStore" => connect(sim, account, region, &input),
         "CreateCustomKeyStore" => create(sim, account, region, &input),
+        op if crate::keys::is_key_operation(op) => {
+            crate::keys::handle(sim, account, region, op, &input)
+        }
         other => Err(Common::UnknownOperation.error(
             Protocol::KmsJson,
             format!("operation {other} is not supported by kms-sim"),
@@ -107,6 +116,7 @@ fn describe(sim: &Sim, account: &str, region: &str, input: &Input<'_>) -> Result
                 region: Some(region),
                 operation: "DescribeCustomKeyStores",
                 custom_key_store_id: Some(&store.id),
+                key_id: None,
             };
             let lag_ms = state
                 .faults
@@ -199,6 +209,7 @@ fn disconnect(
         region: Some(region),
         operation: "DisconnectCustomKeyStore",
         custom_key_store_id: Some(id),
+        key_id: None,
     };
     let delay_ms = state.transition_delay_ms(settings_delay, &selector);
     let stuck = state
@@ -239,6 +250,7 @@ fn connect(sim: &Sim, account: &str, region: &str, input: &Input<'_>) -> Result<
         region: Some(region),
         operation: "ConnectCustomKeyStore",
         custom_key_store_id: Some(id),
+        key_id: None,
     };
     let delay_ms = state.transition_delay_ms(settings_delay, &selector);
     let fail = state
@@ -360,4 +372,72 @@ fn create(sim: &Sim, account: &str, region: &str, input: &Input<'_>) -> Result<V
     store.xks_proxy_uri_endpoint = endpoint.map(str::to_owned);
     region_state.key_stores.push(store);
     Ok(Value::Map(vec![("CustomKeyStoreId", Value::str(id))]))
+}
+
+impl Sim {
+    /// Add a custom key store while the simulator runs (as if someone created and connected one
+    /// outside the kill switch). `decl.id` empty = a fresh random id. The id must be unused in the
+    /// whole simulator and the name in its account and region.
+    pub(crate) fn add_key_store(
+        &self,
+        account: &str,
+        region: &str,
+        decl: &KeyStoreDecl,
+    ) -> Result<StoreView, SimError> {
+        let refused = |id: &str, reason: String| SimError::KeyStoreRefused {
+            account: account.to_owned(),
+            region: region.to_owned(),
+            custom_key_store_id: id.to_owned(),
+            reason,
+        };
+        let id = if decl.id.is_empty() {
+            random_key_store_id()
+        } else {
+            decl.id.clone()
+        };
+        if !is_key_store_id(&id) {
+            return Err(refused(
+                &id,
+                "the id is not cks- followed by 17 hex digits".into(),
+            ));
+        }
+        if !is_account_id(account) {
+            return Err(refused(
+                &id,
+                format!("account {account:?} is not 12 digits"),
+            ));
+        }
+        let now = now_us();
+        let mut state = self.lock();
+        if state
+            .regions
+            .values()
+            .any(|r| r.key_stores.iter().any(|s| s.id == id))
+        {
+            return Err(refused(&id, "the id is already in use".into()));
+        }
+        let region_state = state.region_mut(account, region);
+        if region_state.key_stores.iter().any(|s| s.name == decl.name) {
+            return Err(refused(
+                &id,
+                format!("the name {} is already in use", decl.name),
+            ));
+        }
+        let mut store = StoreState::new(
+            id,
+            decl.name.clone(),
+            decl.store_type,
+            decl.creation_date.unwrap_or(us_to_secs(now)),
+            Transition {
+                at_us: now,
+                state: decl.connection_state,
+                error_code: decl.connection_error_code.clone(),
+            },
+        );
+        store.cloud_hsm_cluster_id = decl.cloud_hsm_cluster_id.clone();
+        store.xks_proxy_uri_endpoint = decl.xks_proxy_uri_endpoint.clone();
+        let view = store.view(now);
+        region_state.key_stores.push(store);
+        Ok(view)
+    }
 }

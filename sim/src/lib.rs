@@ -6,22 +6,32 @@
 //!   dispatch, respond, log; `control` serves the `/_sim/` JSON API.
 //! - `protocol` — the wire formats (awsJson 1.0/1.1, RPC v2 CBOR via `value`, awsQuery XML) and
 //!   the AWS error shapes; `input` reads operation inputs.
-//! - `kms`, `cloudwatch`, `sts` — the operations.
+//! - `kms`, `keys`, `cloudwatch`, `alarm_history`, `sts` — the operations (custom key stores,
+//!   standard keys, alarms, alarm history and SetAlarmState's revert, STS); `alarm_rule` —
+//!   composite alarm rules.
 //! - `state`    — the running world behind one lock (lazy, timestamped state machine);
 //!   `world` — the YAML world file.
+//! - `sqs`, `sns` (topics fanning out to queues), `metrics` (PutMetricData) — the second
+//!   round's operations, each with its own state and lock; `control/messaging` steers them.
 //!
 //! This crate must not depend on the kms-killswitch crate: it stands in for AWS.
 #![forbid(unsafe_code)]
 
+mod alarm_history;
+mod alarm_rule;
 mod cloudwatch;
 mod control;
 mod error;
 mod faults;
 mod input;
+mod keys;
 mod kms;
+mod metrics;
 mod protocol;
 mod server;
 pub mod sigv4;
+mod sns;
+mod sqs;
 mod state;
 mod sts;
 mod value;
@@ -34,10 +44,20 @@ use std::thread::JoinHandle;
 
 pub use error::SimError;
 pub use faults::{FaultRule, Faults};
+pub use keys::KeyView;
 pub use state::{AlarmView, RequestRecord, StoreView};
 pub use world::{
-    AlarmDecl, AlarmKind, AlarmState, ConnectionState, Credential, KeyStoreDecl, KeyStoreType,
-    RegionWorld, Role, Settings, World,
+    AlarmDecl, AlarmKind, AlarmState, ConnectionState, Credential, KeyDecl, KeyManager, KeyState,
+    KeyStoreDecl, KeyStoreType, RegionWorld, Role, Settings, World,
+};
+
+// SQS, SNS and PutMetricData (second round).
+pub use metrics::MetricDatumRecord;
+pub use sns::{
+    PublishRecord, SubscriptionDecl, SubscriptionView, TopicDecl, TopicFault, TopicView,
+};
+pub use sqs::{
+    DeletionView, MessageAttribute, MessageView, QueueDecl, QueueFault, QueueFaultKind, QueueView,
 };
 
 use state::Sim;
@@ -168,6 +188,20 @@ impl SimHandle {
             .set_alarm_state(account, region, alarm_name, state_value, reason)
     }
 
+    /// How long a CloudWatch SetAlarmState lasts on one metric alarm before it returns to its
+    /// evaluated state (world default: `settings.alarm_set_state_revert_ms`, 3 s).
+    pub fn set_alarm_revert(
+        &self,
+        account: &str,
+        region: &str,
+        alarm_name: &str,
+        after: std::time::Duration,
+    ) -> Result<(), SimError> {
+        let revert_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        self.sim
+            .set_alarm_revert_ms(account, region, alarm_name, revert_ms)
+    }
+
     /// The alarms of an account and region as they are now.
     pub fn alarms(&self, account: &str, region: &str) -> Vec<AlarmView> {
         self.sim.alarms(account, region)
@@ -178,6 +212,63 @@ impl SimHandle {
     /// STS) until the role is assumed again. Returns how many were forgotten.
     pub fn forget_sessions(&self) -> usize {
         self.sim.forget_sessions()
+
+    /// The standard KMS keys of an account and region as they truly are now (no lag).
+    pub fn keys(&self, account: &str, region: &str) -> Vec<KeyView> {
+        self.sim.keys(account, region)
+    }
+
+    /// The true current KeyState ("Enabled", "Disabled", …) of one key, by key id, key ARN,
+    /// alias name or alias ARN.
+    pub fn key_state(&self, account: &str, region: &str, key_id: &str) -> Option<String> {
+        let views = self.keys(account, region);
+        views
+            .iter()
+            .find(|k| k.key_id == key_id || k.arn == key_id)
+            .or_else(|| {
+                let alias = key_id.rsplit_once(':').map_or(key_id, |(_, alias)| alias);
+                views.iter().find(|k| k.aliases.iter().any(|a| a == alias))
+            })
+            .map(|k| k.key_state.clone())
+    }
+
+    /// Force a key's KeyState now, bypassing KMS's rules (e.g. an attacker's EnableKey:
+    /// "Enabled").
+    pub fn set_key_state(
+        &self,
+        account: &str,
+        region: &str,
+        key_id: &str,
+        key_state: &str,
+    ) -> Result<(), SimError> {
+        self.sim
+            .set_key_state(account, region, key_id, key_state, 0)
+    }
+
+    /// Schedule a KeyState change `after` from now (an attacker re-enabling a key later). Later
+    /// DisableKey calls do not cancel it.
+    pub fn schedule_key_state(
+        &self,
+        account: &str,
+        region: &str,
+        key_id: &str,
+        key_state: &str,
+        after: std::time::Duration,
+    ) -> Result<(), SimError> {
+        let after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        self.sim
+            .set_key_state(account, region, key_id, key_state, after_ms)
+    }
+
+    /// Add a custom key store now (one created after the daemon started). An empty `decl.id`
+    /// gets a fresh random id; the store as it now is comes back.
+    pub fn add_key_store(
+        &self,
+        account: &str,
+        region: &str,
+        decl: KeyStoreDecl,
+    ) -> Result<StoreView, SimError> {
+        self.sim.add_key_store(account, region, &decl)
     }
 
     /// Replace every fault rule.

@@ -13,6 +13,7 @@ use crate::value::Value;
 pub(crate) const CLOUDWATCH_CBOR_PREFIX: &str = "/service/GraniteServiceVersion20100801/operation/";
 const CLOUDWATCH_TARGET_PREFIX: &str = "GraniteServiceVersion20100801.";
 const KMS_TARGET_PREFIX: &str = "TrentService.";
+const SQS_TARGET_PREFIX: &str = "AmazonSQS.";
 const STS_XMLNS: &str = "https://sts.amazonaws.com/doc/2011-06-15/";
 
 /// How a request is encoded, which fixes how its response must be.
@@ -26,6 +27,10 @@ pub(crate) enum Protocol {
     CloudWatchJson,
     /// STS, awsQuery (form in, XML out).
     StsQuery,
+    /// SQS, awsJson 1.0 with awsQueryCompatible error codes.
+    SqsJson,
+    /// SNS, awsQuery (form in, XML out); told from STS by the SigV4 scope's service.
+    SnsQuery,
 }
 
 impl Protocol {
@@ -34,6 +39,8 @@ impl Protocol {
             Protocol::KmsJson => "kms",
             Protocol::CloudWatchCbor | Protocol::CloudWatchJson => "cloudwatch",
             Protocol::StsQuery => "sts",
+            Protocol::SqsJson => "sqs",
+            Protocol::SnsQuery => "sns",
         }
     }
 
@@ -43,7 +50,8 @@ impl Protocol {
             Protocol::KmsJson => "awsJson1_1",
             Protocol::CloudWatchCbor => "rpcv2Cbor",
             Protocol::CloudWatchJson => "awsJson1_0",
-            Protocol::StsQuery => "awsQuery",
+            Protocol::StsQuery | Protocol::SnsQuery => "awsQuery",
+            Protocol::SqsJson => "awsJson1_0",
         }
     }
 
@@ -61,13 +69,25 @@ impl Protocol {
             if let Some(op) = target.strip_prefix(CLOUDWATCH_TARGET_PREFIX) {
                 return Some((Protocol::CloudWatchJson, Some(op.to_owned())));
             }
+            if let Some(op) = target.strip_prefix(SQS_TARGET_PREFIX) {
+                return Some((Protocol::SqsJson, Some(op.to_owned())));
+            }
             return None;
         }
         let form = headers
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
-        (path == "/" && form).then_some((Protocol::StsQuery, None))
+        let signed_for_sns = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|auth| auth.contains("/sns/aws4_request"));
+        let query = if signed_for_sns {
+            Protocol::SnsQuery
+        } else {
+            Protocol::StsQuery
+        };
+        (path == "/" && form).then_some((query, None))
     }
 }
 
@@ -111,6 +131,9 @@ pub(crate) enum Common {
 
 impl Common {
     pub(crate) fn error(self, protocol: Protocol, message: impl Into<String>) -> ApiError {
+        if let Some((status, code)) = self.second_round_code(protocol) {
+            return ApiError::new(status, code, message);
+        }
         let json = protocol == Protocol::KmsJson;
         let (status, code) = match self {
             Common::MissingAuthentication if json => (400, "MissingAuthenticationTokenException"),
@@ -138,6 +161,20 @@ impl Common {
     }
 }
 
+impl Common {
+    /// Where SNS and SQS spell a common error their own way (their service models).
+    fn second_round_code(self, protocol: Protocol) -> Option<(u16, &'static str)> {
+        match (protocol, self) {
+            (Protocol::SnsQuery, Common::AccessDenied) => Some((403, "AuthorizationError")),
+            (Protocol::SnsQuery, Common::Throttling) => Some((429, "Throttled")),
+            (Protocol::SnsQuery, Common::Internal) => Some((500, "InternalError")),
+            (Protocol::SqsJson, Common::Throttling) => Some((400, "RequestThrottled")),
+            (Protocol::SqsJson, Common::MalformedInput) => Some((400, "InvalidParameterValue")),
+            _ => None,
+        }
+    }
+}
+
 pub(crate) type HttpResponse = Response<Full<Bytes>>;
 
 fn response(
@@ -160,9 +197,9 @@ fn response(
 fn content_type(protocol: Protocol) -> &'static str {
     match protocol {
         Protocol::KmsJson => "application/x-amz-json-1.1",
-        Protocol::CloudWatchJson => "application/x-amz-json-1.0",
+        Protocol::CloudWatchJson | Protocol::SqsJson => "application/x-amz-json-1.0",
         Protocol::CloudWatchCbor => "application/cbor",
-        Protocol::StsQuery => "text/xml",
+        Protocol::StsQuery | Protocol::SnsQuery => "text/xml",
     }
 }
 
@@ -188,24 +225,33 @@ pub(crate) fn xml_response(request_id: &str, body: String) -> HttpResponse {
 /// An error in the shape the protocol's clients parse.
 pub(crate) fn failure(protocol: Protocol, request_id: &str, error: &ApiError) -> HttpResponse {
     let envelope = || {
+        let error_type = match protocol {
+            Protocol::SqsJson => crate::sqs::error_type(&error.code),
+            _ => error.code.clone(),
+        };
         Value::Map(vec![
-            ("__type", Value::str(error.code.clone())),
+            ("__type", Value::str(error_type)),
             ("message", Value::str(error.message.clone())),
         ])
     };
     let body = match protocol {
-        Protocol::KmsJson | Protocol::CloudWatchJson => {
+        Protocol::KmsJson | Protocol::CloudWatchJson | Protocol::SqsJson => {
             envelope().to_json().to_string().into_bytes()
         }
         Protocol::CloudWatchCbor => envelope().to_cbor(),
-        Protocol::StsQuery => {
+        Protocol::StsQuery | Protocol::SnsQuery => {
+            let namespace = if protocol == Protocol::SnsQuery {
+                crate::sns::SNS_NAMESPACE
+            } else {
+                STS_XMLNS
+            };
             let kind = if error.status >= 500 {
                 "Receiver"
             } else {
                 "Sender"
             };
             format!(
-                "<ErrorResponse xmlns=\"{STS_XMLNS}\"><Error><Type>{kind}</Type><Code>{}</Code><Message>{}</Message></Error><RequestId>{}</RequestId></ErrorResponse>",
+                "<ErrorResponse xmlns=\"{namespace}\"><Error><Type>{kind}</Type><Code>{}</Code><Message>{}</Message></Error><RequestId>{}</RequestId></ErrorResponse>",
                 xml_escape(&error.code),
                 xml_escape(&error.message),
                 xml_escape(request_id)
@@ -217,9 +263,9 @@ pub(crate) fn failure(protocol: Protocol, request_id: &str, error: &ApiError) ->
     let headers = response.headers_mut();
     if matches!(
         protocol,
-        Protocol::CloudWatchCbor | Protocol::CloudWatchJson
+        Protocol::CloudWatchCbor | Protocol::CloudWatchJson | Protocol::SqsJson
     ) {
-        // CloudWatch is awsQueryCompatible: clients take the code from this header when present.
+        // CloudWatch and SQS are awsQueryCompatible: clients take the code from this header when present.
         let fault = if error.status >= 500 {
             "Receiver"
         } else {

@@ -27,10 +27,11 @@ use crate::protocol::{
 use crate::sigv4::{Authorization, SigError};
 use crate::state::{Identity, RequestRecord, Sim, now_us};
 use crate::value::cbor_to_json;
-use crate::{SimError, cloudwatch, control, kms, sts};
+use crate::{SimError, cloudwatch, control, kms, metrics, sns, sqs, sts};
 
-/// Largest request body accepted; real inputs of these operations are a few KiB at most.
-const MAX_BODY_BYTES: usize = 1 << 20;
+/// Largest request body accepted: an SQS message may be 1 MiB, more once JSON-escaped; the
+/// other operations' inputs are a few KiB.
+const MAX_BODY_BYTES: usize = 3 << 20;
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -45,6 +46,9 @@ pub(crate) async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SimError> {
+    if let Ok(addr) = listener.local_addr() {
+        sim.queues.set_endpoint(format!("http://{addr}"));
+    }
     // Every connection task; dropping the set when we return aborts the ones still open.
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -104,7 +108,7 @@ async fn handle(
     let Some((protocol, operation)) = Protocol::recognise(path, &parts.headers) else {
         return Ok(plain(
             404,
-            "kms-sim: not a KMS (awsJson1_1), CloudWatch (rpc-v2-cbor/awsJson1_0) or STS (awsQuery) request",
+            "kms-sim: not a KMS (awsJson1_1), CloudWatch (rpc-v2-cbor/awsJson1_0), SQS (awsJson1_0), SNS or STS (awsQuery) request",
         ));
     };
     let request_id = new_request_id();
@@ -183,37 +187,9 @@ async fn process(
     record: &mut RequestRecord,
 ) -> Outcome {
     // 1. Decode the input (and, for awsQuery, find the operation in it).
-    let mut form = HashMap::new();
-    let input: Json = match protocol {
-        Protocol::KmsJson | Protocol::CloudWatchJson if body.is_empty() => {
-            Json::Object(Default::default())
-        }
-        Protocol::KmsJson | Protocol::CloudWatchJson => match serde_json::from_slice(body) {
-            Ok(json @ Json::Object(_)) => json,
-            _ => {
-                return Outcome::Refuse(
-                    Common::MalformedInput.error(protocol, "request body is not a JSON object"),
-                );
-            }
-        },
-        Protocol::CloudWatchCbor => match cbor_to_json(body) {
-            Ok(json @ Json::Object(_)) => json,
-            Ok(_) => {
-                return Outcome::Refuse(
-                    Common::MalformedInput.error(protocol, "request body is not a CBOR map"),
-                );
-            }
-            Err(cause) => {
-                return Outcome::Refuse(
-                    Common::MalformedInput
-                        .error(protocol, format!("request body is not valid CBOR: {cause}")),
-                );
-            }
-        },
-        Protocol::StsQuery => {
-            form = form_urlencoded::parse(body).into_owned().collect();
-            Json::Object(Default::default())
-        }
+    let (input, form) = match decode_input(protocol, parts, body) {
+        Ok(decoded) => decoded,
+        Err(error) => return Outcome::Refuse(error),
     };
     let operation = match operation.or_else(|| form.get("Action").cloned()) {
         Some(operation) => operation,
@@ -224,6 +200,8 @@ async fn process(
         Protocol::KmsJson => kms::target(&input),
         Protocol::CloudWatchCbor | Protocol::CloudWatchJson => cloudwatch::target(&input),
         Protocol::StsQuery => form.get("RoleArn").cloned(),
+        Protocol::SqsJson => sqs::target(&input),
+        Protocol::SnsQuery => sns::target(&form),
     };
 
     // 2. Authenticate: region from the credential scope, account from the access key.
@@ -245,6 +223,7 @@ async fn process(
         region: Some(&region),
         operation: &operation,
         custom_key_store_id: store_id.as_deref(),
+        key_id: None,
     };
     let effects = RequestEffects::roll(&sim.lock().faults, &selector);
     if effects.latency_ms > 0 {
@@ -267,12 +246,34 @@ async fn process(
     if effects.throttle {
         return Outcome::Refuse(Common::Throttling.error(protocol, "Rate exceeded"));
     }
-    if !sim.take_token(account, &region, &operation) {
+    let allowed = match second_round_rate(sim, protocol, &operation, &region) {
+        Some(rate) => sim.take_token_at(account, &region, &operation, rate),
+        None => sim.take_token(account, &region, &operation),
+    };
+    if !allowed {
         return Outcome::Refuse(Common::Throttling.error(protocol, "Rate exceeded"));
     }
 
     // 4. The operation itself.
+    let call = Call {
+        protocol,
+        operation: &operation,
+        account,
+        region: &region,
+        user_id: &identity.user_id,
+        input: &input,
+        form: &form,
+        request_id,
+    };
+    let cloudwatch = matches!(
+        protocol,
+        Protocol::CloudWatchCbor | Protocol::CloudWatchJson
+    );
+    if cloudwatch && operation == "PutMetricData" {
+        return second_round(sim, &call).await;
+    }
     let result = match protocol {
+        Protocol::SqsJson | Protocol::SnsQuery => return second_round(sim, &call).await,
         Protocol::KmsJson => kms::handle(sim, account, &region, &operation, &input)
             .map(|output| success(protocol, request_id, &output)),
         Protocol::CloudWatchCbor | Protocol::CloudWatchJson => {
@@ -288,13 +289,172 @@ async fn process(
     }
 }
 
+/// The operation input of a request body: JSON (awsJson, CBOR decoded to JSON) or, for
+/// awsQuery, the form (with an empty JSON object).
+fn decode_input(
+    protocol: Protocol,
+    parts: &Parts,
+    body: &[u8],
+) -> Result<(Json, HashMap<String, String>), ApiError> {
+    let mut form = HashMap::new();
+    // The SDKs and the CLI gzip PutMetricData bodies past 10 KiB (`Content-Encoding: gzip`);
+    // SigV4 covers the bytes as sent, so only the reading uses the inflated ones.
+    let inflated = match inflate(parts, body) {
+        Ok(inflated) => inflated,
+        Err(message) => return Err(Common::MalformedInput.error(protocol, message)),
+    };
+    let content: &[u8] = inflated.as_deref().unwrap_or(body);
+    let input: Json = match protocol {
+        Protocol::KmsJson | Protocol::CloudWatchJson | Protocol::SqsJson if content.is_empty() => {
+            Json::Object(Default::default())
+        }
+        Protocol::KmsJson | Protocol::CloudWatchJson | Protocol::SqsJson => {
+            match serde_json::from_slice(content) {
+                Ok(json @ Json::Object(_)) => json,
+                _ => {
+                    return Err(
+                        Common::MalformedInput.error(protocol, "request body is not a JSON object")
+                    );
+                }
+            }
+        }
+        Protocol::CloudWatchCbor => match cbor_to_json(content) {
+            Ok(json @ Json::Object(_)) => json,
+            Ok(_) => {
+                return Err(
+                    Common::MalformedInput.error(protocol, "request body is not a CBOR map")
+                );
+            }
+            Err(cause) => {
+                return Err(Common::MalformedInput
+                    .error(protocol, format!("request body is not valid CBOR: {cause}")));
+            }
+        },
+        Protocol::StsQuery | Protocol::SnsQuery => {
+            form = form_urlencoded::parse(content).into_owned().collect();
+            Json::Object(Default::default())
+        }
+    };
+    Ok((input, form))
+}
+
+/// One authenticated request of the second round's operations (SQS, SNS, PutMetricData).
+struct Call<'a> {
+    protocol: Protocol,
+    operation: &'a str,
+    account: &'a str,
+    region: &'a str,
+    /// The caller's user id: SQS shows it as a message's SenderId.
+    user_id: &'a str,
+    input: &'a Json,
+    form: &'a HashMap<String, String>,
+    request_id: &'a str,
+}
+
+async fn second_round(sim: &Sim, call: &Call<'_>) -> Outcome {
+    let (protocol, request_id) = (call.protocol, call.request_id);
+    let result = match protocol {
+        Protocol::SqsJson => {
+            let handled = sqs::handle(
+                sim,
+                call.account,
+                call.region,
+                call.user_id,
+                call.operation,
+                call.input,
+            );
+            handled
+                .await
+                .map(|output| success(protocol, request_id, &output))
+        }
+        Protocol::SnsQuery => {
+            let handled = sns::handle(
+                sim,
+                call.account,
+                call.region,
+                call.operation,
+                call.form,
+                request_id,
+            );
+            handled.await.map(|xml| xml_response(request_id, xml))
+        }
+        _ => metrics::put_metric_data(&sim.metrics, call.account, call.region, call.input)
+            .map(|output| success(protocol, request_id, &output))
+            .map_err(sqs::Failure::Api),
+    };
+    match result {
+        Ok(response) => Outcome::Answer(response),
+        Err(sqs::Failure::Api(error)) => Outcome::Refuse(error),
+        Err(sqs::Failure::Drop) => Outcome::Drop,
+    }
+}
+
+/// The body inflated when its `Content-Encoding` is gzip (None: as sent).
+fn inflate(parts: &Parts, body: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    use std::io::Read as _;
+    let gzip = parts
+        .headers
+        .get_all("content-encoding")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| coding.trim().eq_ignore_ascii_case("gzip"));
+    if !gzip {
+        return Ok(None);
+    }
+    let mut inflated = Vec::new();
+    flate2::read::GzDecoder::new(body)
+        .take(MAX_BODY_BYTES as u64 + 1)
+        .read_to_end(&mut inflated)
+        .map_err(|err| format!("request body is not valid gzip: {err}"))?;
+    if inflated.len() > MAX_BODY_BYTES {
+        return Err("inflated request body is too large".to_owned());
+    }
+    Ok(Some(inflated))
+}
+
 /// The SigV4 signing name each protocol's service uses.
 fn signing_name(protocol: Protocol) -> &'static str {
     match protocol {
         Protocol::KmsJson => "kms",
         Protocol::CloudWatchCbor | Protocol::CloudWatchJson => "monitoring",
         Protocol::StsQuery => "sts",
+        Protocol::SqsJson => "sqs",
+        Protocol::SnsQuery => "sns",
     }
+}
+
+/// The default quota of the SNS, SQS and PutMetricData operations, which is not the KMS-sized
+/// `rate_limit_rps` (None: that one applies). A world's `operation_rate_limits` entry still
+/// wins, and `rate_limit_rps: 0` still turns every quota off.
+fn second_round_rate(sim: &Sim, protocol: Protocol, operation: &str, region: &str) -> Option<f64> {
+    let settings = &sim.world.settings;
+    let default = match (protocol, operation) {
+        // PutMetricData: 500 transactions per second per account and region (CloudWatch quotas).
+        (Protocol::CloudWatchCbor | Protocol::CloudWatchJson, "PutMetricData") => 500.0,
+        // SNS Publish: 30,000 TPS in us-east-1, 9,000 in us-west-2 and eu-west-1, 1,500 elsewhere;
+        // the other SNS APIs modelled here are far lower (SNS quotas).
+        (Protocol::SnsQuery, "Publish") => match region {
+            "us-east-1" => 30_000.0,
+            "us-west-2" | "eu-west-1" => 9_000.0,
+            _ => 1_500.0,
+        },
+        (Protocol::SnsQuery, "ListTopics") => 30.0,
+        (Protocol::SnsQuery, _) => 100.0,
+        // SQS standard queues: a nearly unlimited number of API calls per second.
+        (Protocol::SqsJson, _) => 0.0,
+        _ => return None,
+    };
+    if settings.rate_limit_rps <= 0.0 {
+        return Some(0.0);
+    }
+    Some(
+        settings
+            .operation_rate_limits
+            .get(operation)
+            .copied()
+            .unwrap_or(default),
+    )
 }
 
 fn authenticate(

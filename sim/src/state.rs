@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::SimError;
+use crate::alarm_history::Timeline;
 use crate::faults::{Faults, Selector};
 use crate::world::{
     AlarmKind, AlarmState, ConnectionState, KeyStoreType, World, is_account_id, role_account,
@@ -178,12 +179,15 @@ pub(crate) struct AlarmRecord {
     pub namespace: Option<String>,
     pub metric_name: Option<String>,
     pub threshold: Option<f64>,
+    /// Evaluated state, SetAlarmState's pending revert, history (`alarm_history`).
+    pub timeline: Timeline,
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct RegionState {
     pub key_stores: Vec<StoreState>,
     pub alarms: Vec<AlarmRecord>,
+    pub keys: Vec<crate::keys::KeyRecord>,
 }
 
 /// Who signed a request.
@@ -241,6 +245,11 @@ pub(crate) struct Sim {
     state: Mutex<State>,
     /// Opened in append mode from [`OPERATIONS_LOG_ENV`] when the simulator starts, if set.
     operations_log: Option<Mutex<std::fs::File>>,
+    /// SQS queues, SNS topics and PutMetricData records: each behind its own lock, so a long
+    /// poll or a fan-out never holds the key store and alarm lock.
+    pub(crate) queues: crate::sqs::Queues,
+    pub(crate) topics: crate::sns::Topics,
+    pub(crate) metrics: crate::metrics::MetricStore,
 }
 
 impl Sim {
@@ -288,11 +297,17 @@ impl Sim {
                         namespace: decl.namespace.clone(),
                         metric_name: decl.metric_name.clone(),
                         threshold: decl.threshold,
+                        timeline: Timeline::new(decl, &world.settings),
                     })
                     .collect();
+                let keys = crate::keys::records(&contents.keys, started);
                 regions.insert(
                     (account.clone(), region.clone()),
-                    RegionState { key_stores, alarms },
+                    RegionState {
+                        key_stores,
+                        alarms,
+                        keys,
+                    },
                 );
             }
         }
@@ -308,6 +323,9 @@ impl Sim {
                 .map(Mutex::new)
         });
         Sim {
+            queues: crate::sqs::Queues::from_world(&world),
+            topics: crate::sns::Topics::from_world(&world),
+            metrics: crate::metrics::MetricStore::default(),
             world,
             operations_log,
             state: Mutex::new(State {
@@ -361,9 +379,26 @@ impl Sim {
             .get(operation)
             .copied()
             .unwrap_or(settings.rate_limit_rps);
+        self.take_token_at(account, region, operation, rate)
+    }
+
+    /// Take one token from the bucket of (account, region, operation) refilled at `rate` per
+    /// second; false = throttle. A rate ≤ 0 never throttles.
+    pub(crate) fn take_token_at(
+        &self,
+        account: &str,
+        region: &str,
+        operation: &str,
+        rate: f64,
+    ) -> bool {
+        let settings = &self.world.settings;
         if rate <= 0.0 {
             return true;
         }
+        let rate = match settings.operation_rate_limits.get(operation) {
+            Some(_) => rate,
+            None => crate::keys::documented_rate(operation).unwrap_or(rate),
+        };
         let burst = settings.rate_limit_burst.unwrap_or(rate).max(1.0);
         let now = Instant::now();
         let mut state = self.lock();
@@ -432,7 +467,9 @@ impl Sim {
     }
 
     pub(crate) fn alarms(&self, account: &str, region: &str) -> Vec<AlarmView> {
-        self.lock()
+        let mut state = self.lock();
+        crate::alarm_history::settle_alarms(&mut state, account, region);
+        state
             .region(account, region)
             .map(|r| {
                 r.alarms
@@ -562,15 +599,16 @@ impl Sim {
 }
 
 impl AlarmRecord {
+    /// The alarm's evaluation gives `state` now (its metric changed, or the world says so): it
+    /// goes there, and a pending SetAlarmState revert is cancelled. Recorded in its history.
     pub(crate) fn set_state(&mut self, state: AlarmState, reason: String, data: Option<String>) {
-        let now = us_to_secs(now_us());
-        if state != self.state {
-            self.state_transitioned = now;
-        }
-        self.state = state;
-        self.state_reason = reason;
-        self.state_reason_data = data;
-        self.state_updated = now;
+        let now = now_us();
+        self.settle(now);
+        self.timeline.revert_at_us = None;
+        self.timeline.evaluated = state;
+        self.timeline.evaluated_reason = reason.clone();
+        self.transition(now, state, reason, data);
+        self.timeline.rule_checked_us = now;
     }
 }
 

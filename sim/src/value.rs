@@ -13,6 +13,8 @@ pub(crate) enum Value {
     Time(f64),
     List(Vec<Value>),
     Map(Vec<(&'static str, Value)>),
+    /// A document whose keys are data (e.g. SQS message attribute names).
+    Json(serde_json::Value),
 }
 
 impl Value {
@@ -34,6 +36,7 @@ impl Value {
                     .map(|(key, value)| ((*key).to_owned(), value.to_json()))
                     .collect(),
             ),
+            Value::Json(json) => json.clone(),
         }
     }
 
@@ -78,6 +81,45 @@ impl Value {
                     encoder.str(key).expect(INFALLIBLE);
                     value.encode_into(encoder);
                 }
+            }
+            Value::Json(json) => encode_json(json, encoder),
+        }
+    }
+}
+
+/// A JSON document written as CBOR (objects as maps with text keys).
+fn encode_json(json: &serde_json::Value, encoder: &mut minicbor::Encoder<Vec<u8>>) {
+    use serde_json::Value as J;
+    const INFALLIBLE: &str = "writing CBOR into a Vec cannot fail";
+    match json {
+        J::Null => {
+            encoder.null().expect(INFALLIBLE);
+        }
+        J::Bool(b) => {
+            encoder.bool(*b).expect(INFALLIBLE);
+        }
+        J::Number(n) => match n.as_i64() {
+            Some(i) => {
+                encoder.i64(i).expect(INFALLIBLE);
+            }
+            None => {
+                encoder.f64(n.as_f64().unwrap_or(0.0)).expect(INFALLIBLE);
+            }
+        },
+        J::String(s) => {
+            encoder.str(s).expect(INFALLIBLE);
+        }
+        J::Array(items) => {
+            encoder.array(items.len() as u64).expect(INFALLIBLE);
+            for item in items {
+                encode_json(item, encoder);
+            }
+        }
+        J::Object(map) => {
+            encoder.map(map.len() as u64).expect(INFALLIBLE);
+            for (key, value) in map {
+                encoder.str(key).expect(INFALLIBLE);
+                encode_json(value, encoder);
             }
         }
     }

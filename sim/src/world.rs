@@ -46,6 +46,10 @@ pub struct Settings {
     pub consistency_lag_ms: u64,
     /// Lifetime of AssumeRole credentials when the caller does not ask for one.
     pub session_duration_seconds: u64,
+    /// How long a state set with CloudWatch SetAlarmState lasts on a metric alarm before it
+    /// returns to the alarm's evaluated state (AWS: "often within seconds"); per alarm:
+    /// `set_state_revert_ms`.
+    pub alarm_set_state_revert_ms: u64,
 }
 
 impl Default for Settings {
@@ -57,6 +61,7 @@ impl Default for Settings {
             transition_delay_ms: 1000,
             consistency_lag_ms: 0,
             session_duration_seconds: 3600,
+            alarm_set_state_revert_ms: 3000,
         }
     }
 }
@@ -91,10 +96,20 @@ pub struct Role {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegionWorld {
+    /// SQS standard queues (see `sqs`).
+    #[serde(default)]
+    pub queues: Vec<crate::sqs::QueueDecl>,
+    /// SNS topics and their SQS subscriptions (see `sns`).
+    #[serde(default)]
+    pub topics: Vec<crate::sns::TopicDecl>,
+
     #[serde(default)]
     pub key_stores: Vec<KeyStoreDecl>,
     #[serde(default)]
     pub alarms: Vec<AlarmDecl>,
+    /// Standard KMS keys (not custom key stores): DisableKey, EnableKey, DescribeKey, ListAliases.
+    #[serde(default)]
+    pub keys: Vec<KeyDecl>,
 }
 
 /// The kinds of custom key store KMS has.
@@ -237,8 +252,8 @@ pub struct AlarmDecl {
     pub state: AlarmState,
     #[serde(default)]
     pub state_reason: Option<String>,
-    /// Composite alarms: the rule (default `ALARM("<first metric alarm>")`-like text is not
-    /// evaluated; the simulator never changes alarm states by itself).
+    /// Composite alarms: the rule, evaluated again whenever one of the alarms it names changes
+    /// state (`alarm_rule.rs` for the syntax); absent = `FALSE` in DescribeAlarms, never evaluated.
     #[serde(default)]
     pub alarm_rule: Option<String>,
     /// Metric alarms: what they watch (cosmetic, returned by DescribeAlarms).
@@ -248,6 +263,111 @@ pub struct AlarmDecl {
     pub metric_name: Option<String>,
     #[serde(default)]
     pub threshold: Option<f64>,
+    /// Metric alarms: overrides `settings.alarm_set_state_revert_ms` for this alarm.
+    #[serde(default)]
+    pub set_state_revert_ms: Option<u64>,
+}
+
+/// KMS `KeyState` of a standard key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyState {
+    Creating,
+    Enabled,
+    Disabled,
+    PendingDeletion,
+    PendingImport,
+    PendingReplicaDeletion,
+    Unavailable,
+    Updating,
+}
+
+impl KeyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Creating => "Creating",
+            KeyState::Enabled => "Enabled",
+            KeyState::Disabled => "Disabled",
+            KeyState::PendingDeletion => "PendingDeletion",
+            KeyState::PendingImport => "PendingImport",
+            KeyState::PendingReplicaDeletion => "PendingReplicaDeletion",
+            KeyState::Unavailable => "Unavailable",
+            KeyState::Updating => "Updating",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            KeyState::Creating,
+            KeyState::Enabled,
+            KeyState::Disabled,
+            KeyState::PendingDeletion,
+            KeyState::PendingImport,
+            KeyState::PendingReplicaDeletion,
+            KeyState::Unavailable,
+            KeyState::Updating,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == text)
+    }
+}
+
+/// KMS `KeyManager`: who manages the key. AWS-managed keys cannot be enabled or disabled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum KeyManager {
+    Customer,
+    Aws,
+}
+
+impl KeyManager {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyManager::Customer => "CUSTOMER",
+            KeyManager::Aws => "AWS",
+        }
+    }
+}
+
+fn customer() -> KeyManager {
+    KeyManager::Customer
+}
+
+fn enabled() -> KeyState {
+    KeyState::Enabled
+}
+
+fn aws_kms_origin() -> String {
+    "AWS_KMS".to_owned()
+}
+
+/// One standard KMS key as declared in the world.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyDecl {
+    /// A key id: a UUID (`1234abcd-12ab-34cd-56ef-1234567890ab`), or `mrk-` + 32 hex digits for
+    /// a multi-Region key. The ARN is `arn:aws:kms:REGION:ACCOUNT:key/ID`.
+    pub id: String,
+    /// Alias names, each `alias/NAME` (`alias/aws/…` is reserved for AWS-managed keys).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default = "customer")]
+    pub key_manager: KeyManager,
+    #[serde(default = "enabled")]
+    pub key_state: KeyState,
+    /// KMS `Origin`: AWS_KMS | EXTERNAL | AWS_CLOUDHSM | EXTERNAL_KEY_STORE.
+    #[serde(default = "aws_kms_origin")]
+    pub origin: String,
+    /// A multi-Region primary key (its replicas are keys of their own, declared in their region).
+    #[serde(default)]
+    pub multi_region: bool,
+    /// Keys in a custom key store (origin AWS_CLOUDHSM or EXTERNAL_KEY_STORE): the store's id.
+    #[serde(default)]
+    pub custom_key_store_id: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Creation time in epoch seconds (default: when the simulator started).
+    #[serde(default)]
+    pub creation_date: Option<f64>,
 }
 
 impl World {
@@ -306,6 +426,9 @@ impl World {
                 ));
             }
         }
+        crate::sqs::validate_world(self)
+            .and_then(|()| crate::sns::validate_world(self))
+            .map_err(|reason| SimError::WorldInvalid { reason })?;
         let settings = &self.settings;
         let rates = std::iter::once(settings.rate_limit_rps)
             .chain(settings.operation_rate_limits.values().copied());
@@ -338,6 +461,7 @@ impl World {
                         ));
                     }
                 }
+                validate_keys(account, region, &contents.keys)?;
                 let mut alarm_names = BTreeSet::new();
                 for alarm in &contents.alarms {
                     if !alarm_names.insert(alarm.name.as_str()) {
@@ -351,6 +475,64 @@ impl World {
         }
         Ok(())
     }
+}
+
+fn validate_keys(account: &str, region: &str, keys: &[KeyDecl]) -> Result<(), SimError> {
+    let invalid = |reason: String| Err(SimError::WorldInvalid { reason });
+    let mut ids = BTreeSet::new();
+    let mut aliases = BTreeSet::new();
+    for key in keys {
+        if !is_key_id(&key.id) {
+            return invalid(format!(
+                "key id {:?} in {account}/{region} is neither a UUID nor mrk- followed by 32 hex digits",
+                key.id
+            ));
+        }
+        if key.multi_region != key.id.starts_with("mrk-") {
+            return invalid(format!(
+                "key {} in {account}/{region}: multi-Region key ids start with mrk-, others do not",
+                key.id
+            ));
+        }
+        if !ids.insert(key.id.as_str()) {
+            return invalid(format!(
+                "key id {} is declared twice in {account}/{region}",
+                key.id
+            ));
+        }
+        for alias in &key.aliases {
+            let Some(name) = alias.strip_prefix("alias/").filter(|n| !n.is_empty()) else {
+                return invalid(format!(
+                    "alias {alias:?} of key {} is not alias/NAME",
+                    key.id
+                ));
+            };
+            if name.starts_with("aws/") != (key.key_manager == KeyManager::Aws) {
+                return invalid(format!(
+                    "alias {alias} of key {}: alias/aws/… names belong to AWS-managed keys only",
+                    key.id
+                ));
+            }
+            if !aliases.insert(alias.as_str()) {
+                return invalid(format!(
+                    "alias {alias} is declared twice in {account}/{region}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// True for a KMS key id: a UUID in lowercase hex, or `mrk-` and 32 hex digits.
+pub(crate) fn is_key_id(text: &str) -> bool {
+    if let Some(hex) = text.strip_prefix("mrk-") {
+        return hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+    }
+    let groups: Vec<&str> = text.split('-').collect();
+    groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+        && groups
+            .iter()
+            .all(|g| g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// True for a 12-digit AWS account id.

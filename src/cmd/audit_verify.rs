@@ -1,6 +1,6 @@
 //! `kms-killswitch audit verify PATH`: check an audit log's hash chain with [`audit::verify`] and
 //! print one line: the summary (exit 0) or the first broken line (exit 1). It only reads the log;
-//! it owns no format knowledge (that is `src/audit.rs`).
+//! it owns no format knowledge (that is `src/audit/`).
 
 use std::path::Path;
 

@@ -60,8 +60,7 @@ async fn run_daemon(ctx: &Context, policy: Policy, options: LoadOptions) -> anyh
             return Ok(Exit::Config);
         }
     }
-    let audit = AuditLog::open(&policy.audit_log, &policy.sha256)
-        .with_context(|| format!("cannot open the audit log {}", policy.audit_log.display()))?;
+    let audit = AuditLog::open(&policy.audit_log, &policy.sha256);
     let targets = policy_targets(&policy);
     let aws = Arc::new(AwsClients::new(&policy.endpoints, targets).await);
     for (target, result) in aws.warm_up().await {

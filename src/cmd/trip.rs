@@ -12,7 +12,6 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use anyhow::Context as _;
 use serde_json::json;
 
 use crate::audit::{AuditLog, AuditSink, Event, TriggerSource};
@@ -31,8 +30,7 @@ pub fn run(ctx: &Context, args: &TripArgs) -> anyhow::Result<Exit> {
             insecure_permissions: ctx.insecure_policy_permissions,
         },
     )?;
-    let audit = AuditLog::open(&policy.audit_log, &policy.sha256)
-        .with_context(|| format!("cannot open the audit log {}", policy.audit_log.display()))?;
+    let audit = AuditLog::open(&policy.audit_log, &policy.sha256);
     let user = invoking_user();
     let reason = args.reason.clone().unwrap_or_default();
     let fired_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
@@ -151,31 +149,56 @@ pub fn run(ctx: &Context, args: &TripArgs) -> anyhow::Result<Exit> {
     Ok(exit)
 }
 
-/// A trip while latched, without `--again`: no Disconnect, only a look at what KMS reports.
-/// Exit 0 when every store is DISCONNECTED now (what `trip` promises), 1 otherwise (the first
-/// lockdown may still be in flight; a running daemon keeps enforcing).
-fn already_latched(policy: &Policy, audit: &AuditLog, existing: &Latch) -> anyhow::Result<Exit> {
-    println!(
-        "already latched: lockdown {} fired {} by {} ({}); no second lockdown (`kms-killswitch trip --again` sends the Disconnects again)",
-        existing.lockdown_id, existing.fired_at, existing.trigger, existing.detail
-    );
-    let statuses =
-        runtime()?.block_on(async { engine(policy).await.describe(&policy.key_stores).await });
-    let disconnected = statuses
+/// Between two looks at KMS while another lockdown holds the latch: well inside the Describe
+/// quota (5/s per account and region), which that lockdown's verification shares.
+const LATCHED_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Stores KMS reports DISCONNECTED.
+fn count_disconnected(statuses: &[crate::lockdown::StoreStatus]) -> usize {
+    statuses
         .iter()
         .filter(|s| {
             s.key_store
                 .as_ref()
                 .is_some_and(|k| k.connection_state == ConnectionState::Disconnected)
         })
-        .count();
+        .count()
+}
+
+/// A trip while latched, without `--again`: no Disconnect, only looks at what KMS reports; while
+/// the latch holder's lockdown is in flight (it holds the disconnect lock), again every
+/// [`LATCHED_POLL`] until every store is DISCONNECTED, at most `verify_timeout`. Exit 0 when
+/// every store is DISCONNECTED (what `trip` promises), 1 otherwise (a running daemon keeps
+/// enforcing).
+fn already_latched(policy: &Policy, audit: &AuditLog, existing: &Latch) -> anyhow::Result<Exit> {
+    println!(
+        "already latched: lockdown {} fired {} by {} ({}); no second lockdown (`kms-killswitch trip --again` sends the Disconnects again)",
+        existing.lockdown_id, existing.fired_at, existing.trigger, existing.detail
+    );
+    // While the latch holder (the daemon or another trip) is still locking down, wait for what
+    // it does, as a trip waits for its own verification (up to verify_timeout), sending nothing.
+    let deadline = std::time::Instant::now() + policy.lockdown.verify_timeout;
+    let statuses = runtime()?.block_on(async {
+        let engine = engine(policy).await;
+        loop {
+            let statuses = engine.describe(&policy.key_stores).await;
+            if count_disconnected(&statuses) == statuses.len()
+                || !latch::disconnects_in_flight(&policy.state_file)
+                || std::time::Instant::now() + LATCHED_POLL >= deadline
+            {
+                return statuses;
+            }
+            tokio::time::sleep(LATCHED_POLL).await;
+        }
+    });
+    let disconnected = count_disconnected(&statuses);
     let total = statuses.len();
     let mut exit = Exit::Success;
     if disconnected == total {
         println!("{disconnected}/{total} key stores DISCONNECTED as KMS reports now");
     } else {
         println!(
-            "only {disconnected}/{total} key stores DISCONNECTED as KMS reports now: the first lockdown may still be in flight and a running daemon keeps enforcing; `kms-killswitch status` shows each store"
+            "only {disconnected}/{total} key stores DISCONNECTED as KMS reports now: a running daemon keeps enforcing; `kms-killswitch status` shows each store"
         );
         exit = Exit::Incomplete;
     }

@@ -28,6 +28,7 @@ fn world_with_many_alarms() -> World {
             namespace: None,
             metric_name: None,
             threshold: None,
+            set_state_revert_ms: None,
         });
     }
     region.alarms.push(AlarmDecl {
@@ -39,6 +40,7 @@ fn world_with_many_alarms() -> World {
         namespace: None,
         metric_name: None,
         threshold: None,
+        set_state_revert_ms: None,
     });
     world
 }

@@ -65,6 +65,14 @@ pub async fn sts(sim: &SimHandle, region: &str) -> aws_sdk_sts::Client {
     aws_sdk_sts::Client::new(&sdk_config(sim, region, ACCESS_KEY_ID, SECRET).await)
 }
 
+pub async fn sqs(sim: &SimHandle, region: &str) -> aws_sdk_sqs::Client {
+    aws_sdk_sqs::Client::new(&sdk_config(sim, region, ACCESS_KEY_ID, SECRET).await)
+}
+
+pub async fn sns(sim: &SimHandle, region: &str) -> aws_sdk_sns::Client {
+    aws_sdk_sns::Client::new(&sdk_config(sim, region, ACCESS_KEY_ID, SECRET).await)
+}
+
 /// The error code of an SDK error (service errors only).
 pub fn code<E, R>(err: &aws_sdk_kms::error::SdkError<E, R>) -> Option<String>
 where

@@ -1,0 +1,406 @@
+//! The audit trail (DESIGN.md §5). This file owns the event vocabulary ([`Event`]: field names are
+//! spelled nowhere else), the [`AuditSink`] every recorder writes through, and [`AuditError`]; the
+//! files below own the rest. The module owns the audit file and nothing else: it never calls AWS
+//! and never decides anything about a lockdown; it records what the daemon and the engine tell it.
+//!
+//! - `writer.rs`: [`AuditLog`], the flock'd, fsync'd appender with its in-memory queue for records
+//!   the file cannot take yet. The only code here that writes, locks or syncs the file.
+//! - `chain.rs`: the line format (`seq` first, `seal` last), the `prev` chain and the seal, and
+//!   reading the chain's tail (where a torn last line is found). Builds bytes; writes nothing.
+//! - `verify.rs`: [`verify()`], which checks a whole file line by line.
+//! - `redact.rs`: [`redact_credentials`], applied to every string before it is recorded or logged.
+
+mod chain;
+mod redact;
+mod verify;
+mod writer;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+pub use chain::COMMON_FIELDS;
+pub use redact::redact_credentials;
+pub use verify::{VerifySummary, verify};
+pub use writer::AuditLog;
+
+/// Who or what pulled the switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TriggerSource {
+    File,
+    Signal,
+    Alarm,
+    Cli,
+    /// The daemon started with the latch set and resumed the lockdown.
+    Resume,
+}
+
+/// How one Disconnect call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisconnectResult {
+    Accepted,
+    AlreadyDisconnected,
+    Error,
+}
+
+/// How a lockdown ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LockdownOutcome {
+    Complete,
+    Partial,
+    DryRun,
+}
+
+/// One store that a lockdown could not verify DISCONNECTED.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailedStore {
+    pub key_store_id: String,
+    pub region: String,
+    /// The last state KMS reported, if any.
+    pub connection_state: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Every event the audit log records, with its extra fields. The common fields (`seq`, `ts`,
+/// `event`, `prev`, `host`, `pid`, `policy_sha256`, `seal`) are added by the writer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    DaemonStarted,
+    DaemonStopped,
+    PolicyLoaded,
+    PolicyRejected {
+        error: String,
+    },
+    TriggerFired {
+        source: TriggerSource,
+        /// The path and its owner uid, the signal and its sender pid/uid, the alarm
+        /// name/region/StateReason, or the CLI user and reason.
+        detail: serde_json::Value,
+        /// True when the switch was already latched: no second lockdown starts.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        latched: bool,
+    },
+    TriggerRejected {
+        source: TriggerSource,
+        reason: String,
+    },
+    LockdownStarted {
+        lockdown_id: String,
+        /// The policy's key stores as written (ids or names, with region).
+        key_stores: Vec<serde_json::Value>,
+        dry_run: bool,
+    },
+    DisconnectRequested {
+        lockdown_id: String,
+        key_store_id: String,
+        region: String,
+        account: Option<String>,
+        attempt: u32,
+    },
+    DisconnectResult {
+        lockdown_id: String,
+        key_store_id: String,
+        region: String,
+        result: DisconnectResult,
+        request_id: Option<String>,
+        error: Option<String>,
+    },
+    StoreVerified {
+        lockdown_id: String,
+        key_store_id: String,
+        region: String,
+        connection_state: String,
+    },
+    LockdownFinished {
+        lockdown_id: String,
+        outcome: LockdownOutcome,
+        verified: usize,
+        failed: Vec<FailedStore>,
+        elapsed_ms: u64,
+    },
+    DriftDetected {
+        key_store_id: String,
+        region: String,
+        connection_state: String,
+    },
+    Rearmed {
+        reason: String,
+        by: String,
+    },
+    /// Written by the writer itself: a torn last line (a crash in mid-write) was cut off the
+    /// file. `torn_bytes` holds its bytes escaped (`\xNN`, `\\`, `\"`, `\n` …, reversible).
+    AuditRecovered {
+        torn_bytes: String,
+        torn_sha256: String,
+        torn_len: usize,
+    },
+    /// Written by the writer itself: the in-memory queue (used while the file cannot be written)
+    /// was full, and this many records were dropped from it. They still went to tracing.
+    AuditRecordsLost {
+        count: u64,
+    },
+    /// The latch file vanished (or became unreadable as a latch) without a `rearm`: the daemon
+    /// wrote it back from memory and keeps enforcing.
+    LatchTampered {
+        detail: String,
+    },
+    /// Written by the writer itself as the first record of a file that replaced the one it was
+    /// appending to (moved away, deleted or truncated): the chain head it knew before.
+    AuditLogReplaced {
+        previous_seq: u64,
+        previous_line_sha256: String,
+    },
+    /// A CloudWatch poll failed or a watched alarm is missing (never fires by itself).
+    AlarmPollFailed {
+        alarm_names: Vec<String>,
+        region: String,
+        error: String,
+    },
+    /// An enforcement round while latched could not check or disconnect this store (one record
+    /// per failing store per round; the next round tries again).
+    EnforcementFailed {
+        lockdown_id: String,
+        /// The store's id, or `name:<name>` while its name could not be resolved.
+        key_store_id: String,
+        region: String,
+        account: Option<String>,
+        connection_state: Option<String>,
+        error: String,
+    },
+}
+
+/// Where the daemon and the engine send events. The writer implements it; tests use a
+/// `Vec`-backed fake. `record` returns once the record is durable (fsync'd) or, if the log
+/// cannot be written, once it is queued in memory and the failure reported: a kill switch is
+/// never stopped by its own logging.
+pub trait AuditSink: Send + Sync {
+    fn record(&self, event: Event);
+}
+
+/// Why the audit log could not be written or verified.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("cannot create the audit log directory {path}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open audit log {path}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot lock audit log {path}")]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("audit log {path}: another writer held its lock for more than {waited:?}")]
+    LockTimeout { path: PathBuf, waited: Duration },
+    #[error("cannot read audit log {path}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "audit log {path}: {reason}; refusing to append to it (move the file aside to start a new chain)"
+    )]
+    ForeignTail { path: PathBuf, reason: String },
+    #[error("cannot append to audit log {path}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot fsync audit log {path}")]
+    Sync {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The chain is broken: `line` is the first line (1-based) that does not verify.
+    #[error("audit log {path}: line {line}: {reason}")]
+    Broken {
+        path: PathBuf,
+        line: u64,
+        reason: String,
+    },
+}
+
+/// The event's name and its fields, with credentials redacted from every string.
+fn event_fields(event: &Event) -> (String, Map<String, Value>) {
+    // Serializing our own enum of strings, numbers and JSON values to a Value cannot fail, and an
+    // internally tagged enum always serializes to an object with its tag.
+    let value = serde_json::to_value(event).expect("an audit event always serializes");
+    let Value::Object(mut fields) = value else {
+        unreachable!("an internally tagged enum serializes to a JSON object")
+    };
+    let name = match fields.remove("event") {
+        Some(Value::String(name)) => name,
+        _ => unreachable!("the serde tag is always a string"),
+    };
+    for value in fields.values_mut() {
+        redact::redact_value(value);
+    }
+    (name, fields)
+}
+
+/// The helpers the tests of every file here share (a sample log, reading a log back).
+#[cfg(test)]
+mod test_support;
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::drift;
+    use super::*;
+
+    /// One of each event: the exhaustive match below fails to compile when a variant is added
+    /// without being listed here.
+    fn one_of_each_event() -> Vec<Event> {
+        let events = vec![
+            Event::DaemonStarted,
+            Event::DaemonStopped,
+            Event::PolicyLoaded,
+            Event::PolicyRejected {
+                error: String::new(),
+            },
+            Event::TriggerFired {
+                source: TriggerSource::File,
+                detail: Value::Null,
+                latched: true,
+            },
+            Event::TriggerRejected {
+                source: TriggerSource::File,
+                reason: String::new(),
+            },
+            Event::LockdownStarted {
+                lockdown_id: String::new(),
+                key_stores: vec![],
+                dry_run: true,
+            },
+            Event::DisconnectRequested {
+                lockdown_id: String::new(),
+                key_store_id: String::new(),
+                region: String::new(),
+                account: None,
+                attempt: 1,
+            },
+            Event::DisconnectResult {
+                lockdown_id: String::new(),
+                key_store_id: String::new(),
+                region: String::new(),
+                result: DisconnectResult::AlreadyDisconnected,
+                request_id: None,
+                error: None,
+            },
+            Event::StoreVerified {
+                lockdown_id: String::new(),
+                key_store_id: String::new(),
+                region: String::new(),
+                connection_state: String::new(),
+            },
+            Event::LockdownFinished {
+                lockdown_id: String::new(),
+                outcome: LockdownOutcome::Partial,
+                verified: 0,
+                failed: vec![FailedStore {
+                    key_store_id: String::new(),
+                    region: String::new(),
+                    connection_state: None,
+                    error: None,
+                }],
+                elapsed_ms: 0,
+            },
+            drift(""),
+            Event::Rearmed {
+                reason: String::new(),
+                by: String::new(),
+            },
+            Event::AuditRecovered {
+                torn_bytes: String::new(),
+                torn_sha256: String::new(),
+                torn_len: 0,
+            },
+            Event::AuditRecordsLost { count: 0 },
+            Event::LatchTampered {
+                detail: String::new(),
+            },
+            Event::AuditLogReplaced {
+                previous_seq: 0,
+                previous_line_sha256: String::new(),
+            },
+            Event::AlarmPollFailed {
+                alarm_names: vec![],
+                region: String::new(),
+                error: String::new(),
+            },
+            Event::EnforcementFailed {
+                lockdown_id: String::new(),
+                key_store_id: String::new(),
+                region: String::new(),
+                account: None,
+                connection_state: None,
+                error: String::new(),
+            },
+        ];
+        for event in &events {
+            match event {
+                Event::DaemonStarted
+                | Event::DaemonStopped
+                | Event::PolicyLoaded
+                | Event::PolicyRejected { .. }
+                | Event::TriggerFired { .. }
+                | Event::TriggerRejected { .. }
+                | Event::LockdownStarted { .. }
+                | Event::DisconnectRequested { .. }
+                | Event::DisconnectResult { .. }
+                | Event::StoreVerified { .. }
+                | Event::LockdownFinished { .. }
+                | Event::DriftDetected { .. }
+                | Event::Rearmed { .. }
+                | Event::AuditRecovered { .. }
+                | Event::AuditRecordsLost { .. }
+                | Event::LatchTampered { .. }
+                | Event::AuditLogReplaced { .. }
+                | Event::AlarmPollFailed { .. }
+                | Event::EnforcementFailed { .. } => {}
+            }
+        }
+        events
+    }
+
+    #[test]
+    fn no_event_field_shadows_a_common_field_or_names_a_secret() {
+        fn names(value: &Value, out: &mut Vec<String>) {
+            match value {
+                Value::Object(map) => map.iter().for_each(|(key, value)| {
+                    out.push(key.clone());
+                    names(value, out);
+                }),
+                Value::Array(items) => items.iter().for_each(|item| names(item, out)),
+                _ => {}
+            }
+        }
+        for event in one_of_each_event() {
+            let (name, fields) = event_fields(&event);
+            let mut keys = Vec::new();
+            names(&Value::Object(fields), &mut keys);
+            for key in keys {
+                assert!(
+                    !COMMON_FIELDS.contains(&key.as_str()),
+                    "{name}.{key} shadows a common field"
+                );
+                for word in ["secret", "token", "password", "credential", "access_key"] {
+                    assert!(
+                        !key.contains(word),
+                        "{name}.{key} looks like it carries a credential"
+                    );
+                }
+            }
+        }
+    }
+}
