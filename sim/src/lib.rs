@@ -212,6 +212,7 @@ impl SimHandle {
     /// STS) until the role is assumed again. Returns how many were forgotten.
     pub fn forget_sessions(&self) -> usize {
         self.sim.forget_sessions()
+    }
 
     /// The standard KMS keys of an account and region as they truly are now (no lag).
     pub fn keys(&self, account: &str, region: &str) -> Vec<KeyView> {
