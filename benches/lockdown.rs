@@ -289,7 +289,12 @@ fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // After the `)`: state is field 0, utime 11, stime 12.
     (ticks(11) + ticks(12)) / 100.0
 }
@@ -306,9 +311,21 @@ async fn clients(endpoint: &str, targets: Vec<Target>) -> Arc<AwsClients> {
         ..Endpoints::default()
     };
     let clients = AwsClients::with_loader(loader(REGIONS[0]), &endpoints, targets).await;
-    for (target, result) in clients.warm_up().await {
-        if let Err(err) = result {
-            panic!("the benchmark credentials for {target:?} fail: {err}");
+    // Set-up, not measured: hundreds of AssumeRole calls at once meet STS's own quota, so warm
+    // again (cached sessions stay) until every target has credentials.
+    for attempt in 1.. {
+        let failed: Vec<_> = clients
+            .warm_up()
+            .await
+            .into_iter()
+            .filter_map(|(target, result)| result.err().map(|err| (target, err)))
+            .collect();
+        match failed.first() {
+            None => break,
+            Some((target, err)) if attempt >= 30 => {
+                panic!("the benchmark credentials for {target:?} fail: {err}")
+            }
+            Some(_) => tokio::time::sleep(Duration::from_secs(1)).await,
         }
     }
     Arc::new(clients)
@@ -365,7 +382,7 @@ fn child(endpoint: &str, scenario: Scenario, delay: Duration) {
     let latch_value = Latch {
         trigger: TriggerSource::Cli,
         fired_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-        lockdown_id: "bench".to_owned(),
+        lockdown_id: LockdownId::new(),
         detail: "bench".to_owned(),
     };
     latch::write_with(&dir.path().join("state/latch.json"), &latch_value, &*disk)
@@ -455,11 +472,11 @@ fn run_once(sim: &SimHandle, scenario: Scenario, delay_ms: u64) -> Value {
     let all_disconnected = scenario.stores().iter().all(|(account, region, id, _)| {
         sim.connection_state(account, region, id).as_deref() == Some("DISCONNECTED")
     });
-    assert!(
-        result["complete"] == json!(true) && all_disconnected,
-        "{} did not complete: {result}",
-        scenario.name
-    );
+    // An incomplete lockdown is a result to report, not a reason to stop the benchmark.
+    result["complete"] = json!(result["complete"] == json!(true) && all_disconnected);
+    if result["complete"] != json!(true) {
+        eprintln!("{} did not complete: {result}", scenario.name);
+    }
     result
 }
 
@@ -546,7 +563,10 @@ fn cli_loop(sim: &SimHandle, aws: &Path) -> Duration {
         )
         .env("HOME", dir.path())
         .env("AWS_CONFIG_FILE", dir.path().join("config"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", dir.path().join("credentials"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            dir.path().join("credentials"),
+        )
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_PAGER", "")
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
@@ -590,8 +610,17 @@ fn main() {
     );
 
     let mut rows = Vec::new();
+    // `SCENARIOS=10,500` runs only the scenarios named (baselines always run).
+    let only = std::env::var("SCENARIOS").ok();
     let scenarios: Vec<Scenario> = if benching {
-        SCENARIOS.to_vec()
+        SCENARIOS
+            .iter()
+            .filter(|s| {
+                only.as_deref()
+                    .is_none_or(|o| o.split(',').any(|n| n == s.name))
+            })
+            .copied()
+            .collect()
     } else {
         SCENARIOS[..2].to_vec()
     };
@@ -627,6 +656,7 @@ fn main() {
                 "fsyncs": median(pick("fsyncs")),
                 "peak_rss_mb": pick("vmhwm_kb").into_iter().fold(0.0, f64::max) / 1024.0,
                 "cpu_s": median(pick("cpu_s")),
+                "incomplete_runs": results.iter().filter(|r| r["complete"] != json!(true)).count(),
             });
             println!(
                 "  {:<13} sync {delay} ms: {:>7.0} ms (floor {floor:.0}, ratio {:.2}), first Disconnect {:.1} ms, {} requests, {} throttled, {} fsyncs, {:.1} MB, {:.2} CPU s",
@@ -640,6 +670,12 @@ fn main() {
                 row["peak_rss_mb"].as_f64().unwrap_or(0.0),
                 row["cpu_s"].as_f64().unwrap_or(0.0),
             );
+            if row["incomplete_runs"] != json!(0) {
+                println!(
+                    "  {:<13} sync {delay} ms: {} of {runs} runs INCOMPLETE (not every store verified by verify_timeout)",
+                    scenario.name, row["incomplete_runs"]
+                );
+            }
             rows.push(row);
         }
     }
@@ -681,7 +717,10 @@ fn main() {
         serde_json::to_string_pretty(&doc).expect("json"),
     )
     .expect("write target/bench/lockdown.json");
-    println!("lockdown: results in {}", out.join("lockdown.json").display());
+    println!(
+        "lockdown: results in {}",
+        out.join("lockdown.json").display()
+    );
 }
 
 fn print_table(

@@ -379,10 +379,12 @@ impl AuditLog {
         });
         // fdatasync is enough: it also flushes the new file size, which reading the data needs.
         let synced = written.and_then(|()| {
-            self.durability.sync_data(file).map_err(|source| AuditError::Sync {
-                path: self.path.clone(),
-                source,
-            })
+            self.durability
+                .sync_data(file)
+                .map_err(|source| AuditError::Sync {
+                    path: self.path.clone(),
+                    source,
+                })
         });
         if synced.is_err() {
             let _ = file.set_len(complete_len).and_then(|()| file.sync_data());
