@@ -134,6 +134,16 @@ pub fn read_tombstone(path: &Path) -> Option<Tombstone> {
 /// Write the latch atomically and durably, only if there is none: an existing latch is never
 /// replaced ([`LatchError::AlreadyLatched`]). Creates the parent directory (0700) if missing.
 pub fn write(path: &Path, latch: &Latch) -> Result<(), LatchError> {
+    write_with(path, latch, &crate::durability::Os)
+}
+
+/// [`write`] with the fsyncs behind `durability` (the benchmark's slow-disk seam).
+#[doc(hidden)]
+pub fn write_with(
+    path: &Path,
+    latch: &Latch,
+    durability: &dyn crate::durability::Durability,
+) -> Result<(), LatchError> {
     let dir = parent_dir(path);
     if !dir.exists() {
         create_private_dir(dir).map_err(io_err("create directory for", path))?;
@@ -153,12 +163,12 @@ pub fn write(path: &Path, latch: &Latch) -> Result<(), LatchError> {
     let result = (|| {
         let mut file = private_file(&tmp)?;
         file.write_all(&bytes)?;
-        file.sync_all()?;
+        durability.sync_all(&file)?;
         // link(2) fails with EEXIST instead of replacing: the first latch wins, whole.
         let linked = fs::hard_link(&tmp, path);
         fs::remove_file(&tmp)?;
         linked?;
-        fsync_dir(dir)
+        durability.sync_all(&fs::File::open(dir)?)
     })();
     match result {
         Ok(()) => Ok(()),

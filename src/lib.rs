@@ -41,6 +41,8 @@ pub mod aws;
 pub mod cli;
 pub mod cmd;
 pub mod daemon;
+#[doc(hidden)]
+pub mod durability;
 pub mod fs_trust;
 pub mod latch;
 pub mod lockdown;

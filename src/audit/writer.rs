@@ -96,6 +96,8 @@ pub struct AuditLog {
     /// later records try once without waiting, so a stuck writer costs a lockdown one
     /// `lock_wait` in all rather than one per record.
     lock_contended: AtomicBool,
+    /// How the file is made durable: the OS's calls (the benchmark slows them down).
+    durability: std::sync::Arc<dyn crate::durability::Durability>,
     state: Mutex<State>,
 }
 
@@ -110,7 +112,18 @@ impl AuditLog {
     /// own logging. (Refusing an audit path at start, e.g. in a directory others can change, is
     /// the caller's check: see `fs_trust`.)
     pub fn open(path: &Path, policy_sha256: &str) -> AuditLog {
+        Self::open_with(path, policy_sha256, crate::durability::os())
+    }
+
+    /// [`AuditLog::open`] with the fsyncs behind `durability` (the benchmark's slow-disk seam).
+    #[doc(hidden)]
+    pub fn open_with(
+        path: &Path,
+        policy_sha256: &str,
+        durability: std::sync::Arc<dyn crate::durability::Durability>,
+    ) -> AuditLog {
         let log = AuditLog {
+            durability,
             path: path.to_path_buf(),
             origin: Origin::this_process(),
             lock_wait: LOCK_WAIT,
@@ -366,10 +379,12 @@ impl AuditLog {
         });
         // fdatasync is enough: it also flushes the new file size, which reading the data needs.
         let synced = written.and_then(|()| {
-            file.sync_data().map_err(|source| AuditError::Sync {
-                path: self.path.clone(),
-                source,
-            })
+            self.durability
+                .sync_data(file)
+                .map_err(|source| AuditError::Sync {
+                    path: self.path.clone(),
+                    source,
+                })
         });
         if synced.is_err() {
             let _ = file.set_len(complete_len).and_then(|()| file.sync_data());
@@ -423,7 +438,7 @@ impl AuditLog {
                 // Make the new file's directory entry durable too, or a crash could lose the
                 // whole log along with its first records.
                 if let Some(dir) = self.path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-                    let _ = File::open(dir).and_then(|dir| dir.sync_all());
+                    let _ = File::open(dir).and_then(|dir| self.durability.sync_all(&dir));
                 }
                 Ok(file)
             }
