@@ -25,7 +25,7 @@ fn main() {
                 connection_state: "CONNECTED".into(),
             };
             let started = Instant::now();
-            log.record(event);
+            log.record_blocking(event);
             started.elapsed()
         })
         .collect();

@@ -281,14 +281,19 @@ fn status_kb(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// CPU seconds of this process (user + system, from `/proc/self/stat`, in clock ticks of 10 ms).
+/// CPU seconds of this process: the sum over its threads of `/proc/self/task/*/schedstat` (ns).
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // After the `)`: state is field 0, utime 11, stime 12.
-    (ticks(11) + ticks(12)) / 100.0
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) {
+            total += text
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total as f64 / 1e9
 }
 
 fn loader(region: &str) -> aws_config::ConfigLoader {
@@ -372,7 +377,8 @@ fn child(endpoint: &str, scenario: Scenario, delay: Duration) {
             source: TriggerSource::Cli,
             detail: json!({"user": "bench", "reason": "bench"}),
             latched: false,
-        });
+        })
+        .queued();
         let sink: &dyn AuditSink = &audit;
         engine.lockdown(&request, sink).await
     });
@@ -519,8 +525,8 @@ fn cli_loop(sim: &SimHandle, aws: &Path) -> Duration {
     let dir = tempfile::tempdir().expect("tempdir");
     let ids: Vec<&str> = stores.iter().map(|s| s.2.as_str()).collect();
     let script = format!(
-        "set -e\nfor id in {}; do\n  aws kms disconnect-custom-key-store --custom-key-store-id \"$id\" >/dev/null\n  \
-         while sleep 1; do\n    state=$(aws kms describe-custom-key-stores --custom-key-store-id \"$id\" --query 'CustomKeyStores[0].ConnectionState' --output text)\n    \
+        "set -e\nfor id in {}; do\n  aws kms disconnect-custom-key-store --custom-key-store-id \"$id\" --endpoint-url \"$EP\" >/dev/null\n  \
+         while sleep 1; do\n    state=$(aws kms describe-custom-key-stores --custom-key-store-id \"$id\" --endpoint-url \"$EP\" --query 'CustomKeyStores[0].ConnectionState' --output text)\n    \
          [ \"$state\" = DISCONNECTED ] && break\n  done\ndone\n",
         ids.join(" ")
     );
@@ -549,7 +555,8 @@ fn cli_loop(sim: &SimHandle, aws: &Path) -> Duration {
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", SECRET)
         .env("AWS_REGION", REGIONS[0])
-        .env("AWS_ENDPOINT_URL", sim.endpoint_url());
+        .env("AWS_DEFAULT_REGION", REGIONS[0])
+        .env("EP", sim.endpoint_url());
     std::thread::sleep(SETTLE);
     let started = Instant::now();
     let status = cmd.status().expect("sh runs");

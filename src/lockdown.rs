@@ -403,7 +403,7 @@ impl<C: KeyStoreControl> Engine<C> {
             lockdown_id: request.lockdown_id.clone(),
             key_stores: request.key_stores.iter().map(spec_json).collect(),
             dry_run: request.dry_run,
-        });
+        }).await;
         info!(lockdown_id = %request.lockdown_id, key_stores = request.key_stores.len(), dry_run = request.dry_run, "lockdown started");
 
         let groups = group_by_target(&request.key_stores);
@@ -468,7 +468,7 @@ impl<C: KeyStoreControl> Engine<C> {
             verified,
             failed,
             elapsed_ms: u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX),
-        });
+        }).await;
         info!(
             lockdown_id = %request.lockdown_id,
             outcome = ?report.outcome(),
@@ -687,7 +687,7 @@ impl<C: KeyStoreControl> Engine<C> {
                 .describe_all(target, describe_deadline, retry_until)
                 .await
             {
-                Ok(listed) => self.record_states(target, stores, &listed, run),
+                Ok(listed) => self.record_states(target, stores, &listed, run).await,
                 Err(err) if err.kind.is_retryable() => {
                     // Kept for the report; the next round describes again.
                     for store in stores.iter_mut().filter(|s| !s.is_final()) {
@@ -734,7 +734,7 @@ impl<C: KeyStoreControl> Engine<C> {
     /// Take in one verification Describe: verify the DISCONNECTED stores, mark Pending those
     /// that need a Disconnect (again), fail those that are gone. A store listed by name is
     /// looked up by that name, so a cached id the name no longer belongs to is not verified.
-    fn record_states(
+    async fn record_states(
         &self,
         target: &Target,
         stores: &mut [StoreState],
@@ -772,7 +772,7 @@ impl<C: KeyStoreControl> Engine<C> {
                         key_store_id: found.custom_key_store_id.clone(),
                         region: target.region.clone(),
                         connection_state: state.to_string(),
-                    });
+                    }).await;
                     self.note(store, target, ProgressStep::Verified);
                 }
                 // On its way (e.g. a Disconnect whose answer was lost): nothing to send.
@@ -862,7 +862,7 @@ impl<C: KeyStoreControl> Engine<C> {
             region: target.region.clone(),
             account: self.known_account(target),
             attempt: store.attempts,
-        });
+        }).await;
         self.note(
             store,
             target,
@@ -898,7 +898,7 @@ impl<C: KeyStoreControl> Engine<C> {
             result: audit_result,
             request_id: request_id.clone(),
             error,
-        });
+        }).await;
         store.request_ids.extend(request_id);
         match result {
             Ok(_) => {
@@ -1010,7 +1010,7 @@ impl<C: KeyStoreControl> Engine<C> {
                             key_store_id: found.custom_key_store_id.clone(),
                             region: target.region.clone(),
                             connection_state: found.connection_state.to_string(),
-                        });
+                        }).await;
                         warn!(key_store = %found.custom_key_store_id, region = %target.region, connection_state = %found.connection_state, "drift detected: disconnecting again");
                         drifted.push((
                             results.len(),
@@ -1624,8 +1624,9 @@ mod tests {
     struct Recorded(Mutex<Vec<Event>>);
 
     impl AuditSink for Recorded {
-        fn record(&self, event: Event) {
+        fn record(&self, event: Event) -> crate::audit::Recorded {
             self.0.lock().unwrap().push(event);
+            crate::audit::Recorded::done()
         }
     }
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use anyhow::Context as _;
 
-use crate::audit::{AuditLog, AuditSink, Event};
+use crate::audit::{AuditLog, Event};
 use crate::aws::{AlarmSource, AwsClients, Target};
 use crate::cli::RearmArgs;
 use crate::cmd::{Context, Exit};
@@ -71,7 +71,7 @@ pub fn run(ctx: &Context, args: &RearmArgs) -> anyhow::Result<Exit> {
     )?;
     latch::clear(&policy.state_file)?;
     let by = rearmed_by();
-    audit.record(Event::Rearmed {
+    audit.record_blocking(Event::Rearmed {
         reason: args.reason.clone(),
         by: by.clone(),
     });

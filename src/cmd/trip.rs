@@ -14,7 +14,7 @@ use std::time::SystemTime;
 
 use serde_json::json;
 
-use crate::audit::{AuditLog, AuditSink, Event, TriggerSource};
+use crate::audit::{AuditLog, Event, TriggerSource};
 use crate::aws::ConnectionState;
 use crate::cli::TripArgs;
 use crate::cmd::status::{engine, runtime, table};
@@ -91,7 +91,7 @@ pub fn run(ctx: &Context, args: &TripArgs) -> anyhow::Result<Exit> {
         }
         existing.is_some()
     };
-    audit.record(Event::TriggerFired {
+    audit.record_blocking(Event::TriggerFired {
         source: TriggerSource::Cli,
         detail: json!({ "user": user, "reason": reason, "dry_run": args.dry_run, "again": args.again }),
         latched,

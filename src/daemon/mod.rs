@@ -97,8 +97,10 @@ impl DaemonAudit for AuditLog {
         AuditLog::healthy(self)
     }
 
+    /// Never waits on the main loop: asks the writer to retry and says how things stand now.
     fn flush(&self) -> bool {
-        AuditLog::flush(self)
+        self.flush_soon();
+        self.unflushed() == 0
     }
 }
 
@@ -311,8 +313,8 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
         // Triggers first: a start refused for an untrusted flag directory must not leave a
         // resumed lockdown behind. A flag seen now is queued and handled by the loop below.
         let prepared = self.prepare_triggers(&self.policy.clone()).await?;
-        self.audit.record(Event::DaemonStarted);
-        self.audit.record(Event::PolicyLoaded);
+        self.audit.record(Event::DaemonStarted).queued();
+        self.audit.record(Event::PolicyLoaded).queued();
         self.resume_if_latched();
         let alarms_started = self.install_triggers(prepared);
         if let Some(started) = alarms_started {
@@ -450,7 +452,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
             source: TriggerSource::Resume,
             detail,
             latched: false,
-        });
+        }).queued();
         self.start_lockdown(lockdown_id);
     }
 
@@ -468,7 +470,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                         source,
                         detail,
                         latched: true,
-                    });
+                    }).queued();
                 } else {
                     self.fire(source, detail);
                 }
@@ -485,7 +487,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                     self.flag_rejected = Some(reason.clone());
                     self.notify_status();
                 }
-                self.audit.record(Event::TriggerRejected { source, reason });
+                self.audit.record(Event::TriggerRejected { source, reason }).queued();
             }
             TriggerEvent::AlarmPollFailed {
                 alarm_names,
@@ -498,7 +500,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                     alarm_names,
                     region,
                     error,
-                });
+                }).queued();
                 self.notify_status();
             }
             TriggerEvent::AlarmPollRecovered { region, .. } => {
@@ -530,7 +532,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                 source,
                 detail,
                 latched: true,
-            });
+            }).queued();
             self.schedule_enforcement();
             self.notify_status();
             return;
@@ -546,7 +548,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
             source,
             detail,
             latched: false,
-        });
+        }).queued();
         self.start_lockdown(lockdown_id);
     }
 
@@ -697,7 +699,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                 );
                 tracing::error!(path = %state_file.display(), lockdown_id = %latched.latch.lockdown_id, "latch file vanished without a rearm; writing it back and enforcing");
                 latched.persisted = write_latch(&state_file, &latched.latch);
-                self.audit.record(Event::LatchTampered { detail });
+                self.audit.record(Event::LatchTampered { detail }).queued();
             }
             (Some(latched), None) => {
                 tracing::warn!(lockdown_id = %latched.latch.lockdown_id, "latch cleared (rearm); the switch is armed again");
@@ -736,7 +738,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
             }
             Err(error) => {
                 tracing::error!(cause = %error, "new policy rejected; the old one stays in force");
-                self.audit.record(Event::PolicyRejected { error });
+                self.audit.record(Event::PolicyRejected { error }).queued();
             }
         }
         let status = self.status_line();
@@ -780,7 +782,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
         }
         self.policy = new;
         self.audit.set_policy_sha256(&self.policy.sha256);
-        self.audit.record(Event::PolicyLoaded);
+        self.audit.record(Event::PolicyLoaded).queued();
         // The first poll of new alarms starts on its own; READY does not wait for it on reload.
         drop(self.install_triggers(prepared));
         if self.latched.is_some() && self.lockdown.is_none() && self.enforcement.is_none() {
@@ -909,7 +911,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                 unpersisted = Some(latched.latch.lockdown_id.clone());
             }
         }
-        self.audit.record(Event::DaemonStopped);
+        self.audit.record(Event::DaemonStopped).queued();
         tracing::info!("stopped");
         match unpersisted {
             Some(lockdown_id) => Err(DaemonError::LatchNotPersisted {
@@ -999,7 +1001,7 @@ fn record_enforcement_failures(
             account: store.account.clone(),
             connection_state: store.connection_state.as_ref().map(|s| s.to_string()),
             error: error.clone(),
-        });
+        }).queued();
     }
 }
 
