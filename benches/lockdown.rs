@@ -35,12 +35,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_config::{BehaviorVersion, Region};
 use aws_credential_types::Credentials;
-use kms_killswitch::audit::{AuditLog, AuditSink, Event, TriggerSource};
-use kms_killswitch::aws::{AwsClients, ConnectionState, KeyStoreControl};
+use kms_killswitch::audit::{AuditLog, AuditSink, Event};
+use kms_killswitch::aws::{AwsClients, KeyStoreControl};
 use kms_killswitch::durability::Durability;
-use kms_killswitch::latch::{self, Latch, TriggerSourceName};
+use kms_killswitch::latch::{self, Latch};
 use kms_killswitch::lockdown::{Engine, LockdownRequest};
-use kms_killswitch::policy::{Endpoints, KeyStoreSelector, KeyStoreSpec, LockdownSettings, Target};
+use kms_killswitch::model::{
+    ConnectionState, KeyStoreSelector, KeyStoreSpec, LockdownId, Target, TriggerSource,
+};
+use kms_killswitch::policy::{Endpoints, LockdownSettings};
 use kms_sim::{FaultRule, Faults, SimHandle, World};
 use serde_json::{Value, json};
 
@@ -281,19 +284,19 @@ fn status_kb(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// CPU seconds of this process: the sum over its threads of `/proc/self/task/*/schedstat` (ns).
+/// CPU seconds of this process (user + system, from `/proc/self/stat`, in clock ticks of 10 ms).
 fn cpu_seconds() -> f64 {
-    let mut total = 0u64;
-    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
-        if let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) {
-            total += text
-                .split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    total as f64 / 1e9
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // After the `)`: state is field 0, utime 11, stime 12.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn loader(region: &str) -> aws_config::ConfigLoader {
@@ -365,20 +368,21 @@ fn child(endpoint: &str, scenario: Scenario, delay: Duration) {
     let t0_us = now_us();
     let started = Instant::now();
     let latch_value = Latch {
-        trigger: TriggerSourceName::Cli,
+        trigger: TriggerSource::Cli,
         fired_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-        lockdown_id: "bench".to_owned(),
+        lockdown_id: LockdownId::new(),
         detail: "bench".to_owned(),
     };
     latch::write_with(&dir.path().join("state/latch.json"), &latch_value, &*disk)
         .expect("the latch is written");
     let report = runtime.block_on(async {
-        audit.record(Event::TriggerFired {
-            source: TriggerSource::Cli,
-            detail: json!({"user": "bench", "reason": "bench"}),
-            latched: false,
-        })
-        .queued();
+        audit
+            .record(Event::TriggerFired {
+                source: TriggerSource::Cli,
+                detail: json!({"user": "bench", "reason": "bench"}),
+                latched: false,
+            })
+            .queued();
         let sink: &dyn AuditSink = &audit;
         engine.lockdown(&request, sink).await
     });
@@ -525,8 +529,8 @@ fn cli_loop(sim: &SimHandle, aws: &Path) -> Duration {
     let dir = tempfile::tempdir().expect("tempdir");
     let ids: Vec<&str> = stores.iter().map(|s| s.2.as_str()).collect();
     let script = format!(
-        "set -e\nfor id in {}; do\n  aws kms disconnect-custom-key-store --custom-key-store-id \"$id\" --endpoint-url \"$EP\" >/dev/null\n  \
-         while sleep 1; do\n    state=$(aws kms describe-custom-key-stores --custom-key-store-id \"$id\" --endpoint-url \"$EP\" --query 'CustomKeyStores[0].ConnectionState' --output text)\n    \
+        "set -e\nfor id in {}; do\n  aws kms disconnect-custom-key-store --custom-key-store-id \"$id\" >/dev/null\n  \
+         while sleep 1; do\n    state=$(aws kms describe-custom-key-stores --custom-key-store-id \"$id\" --query 'CustomKeyStores[0].ConnectionState' --output text)\n    \
          [ \"$state\" = DISCONNECTED ] && break\n  done\ndone\n",
         ids.join(" ")
     );
@@ -549,14 +553,16 @@ fn cli_loop(sim: &SimHandle, aws: &Path) -> Duration {
         )
         .env("HOME", dir.path())
         .env("AWS_CONFIG_FILE", dir.path().join("config"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", dir.path().join("credentials"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            dir.path().join("credentials"),
+        )
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_PAGER", "")
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", SECRET)
         .env("AWS_REGION", REGIONS[0])
-        .env("AWS_DEFAULT_REGION", REGIONS[0])
-        .env("EP", sim.endpoint_url());
+        .env("AWS_ENDPOINT_URL", sim.endpoint_url());
     std::thread::sleep(SETTLE);
     let started = Instant::now();
     let status = cmd.status().expect("sh runs");
@@ -685,7 +691,10 @@ fn main() {
         serde_json::to_string_pretty(&doc).expect("json"),
     )
     .expect("write target/bench/lockdown.json");
-    println!("lockdown: results in {}", out.join("lockdown.json").display());
+    println!(
+        "lockdown: results in {}",
+        out.join("lockdown.json").display()
+    );
 }
 
 fn print_table(

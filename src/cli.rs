@@ -1,17 +1,32 @@
-//! The command line: clap types, logging set-up and dispatch to [`crate::cmd`]. Owns the mapping
-//! from a command's outcome or error to the process exit code (DESIGN.md §4). It holds no logic of
-//! its own beyond that: every subcommand lives in its own file under `src/cmd/`.
+//! The command line's root: the global options, the list of subcommands, logging set-up and
+//! dispatch to [`crate::cmd`]. Owns the mapping from a command's outcome or error to the process
+//! exit code (DESIGN.md §4). Each subcommand's own arguments and logic live in its file under
+//! `src/cmd/` (like cargo's `commands/`), which never imports this root back.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 use crate::cmd::{self, Exit};
-use crate::logging;
+use crate::logging::{self, LogFormat};
 
 /// Default policy path when neither `--config` nor `KMS_KILLSWITCH_CONFIG` is given.
 pub const DEFAULT_CONFIG: &str = "/etc/kms-killswitch/policy.yaml";
+
+/// What `--version` prints after the name: the crate version and the git commit it was built
+/// from (`unknown` when built outside a git work tree; see build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("KMS_KILLSWITCH_GIT_COMMIT"),
+    ")"
+);
+
+/// The clap definition of the whole command line, for generated man pages and completions.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
 
 /// Emergency kill switch for AWS KMS custom key stores (CloudHSM and external/XKS).
 ///
@@ -19,7 +34,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/kms-killswitch/policy.yaml";
 /// each reached DISCONNECTED, keeps them disconnected while latched, and writes a hash-chained
 /// audit trail of every step.
 #[derive(Debug, Parser)]
-#[command(name = "kms-killswitch", version, propagate_version = true)]
+#[command(name = "kms-killswitch", version = VERSION, propagate_version = true)]
 pub struct Cli {
     /// Policy file (YAML). Wins over KMS_KILLSWITCH_CONFIG, which wins over the default path.
     #[arg(long, global = true, env = "KMS_KILLSWITCH_CONFIG", default_value = DEFAULT_CONFIG, value_name = "PATH")]
@@ -38,15 +53,6 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// How log lines are written to stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon in the foreground (systemd Type=notify).
@@ -61,7 +67,7 @@ pub enum Command {
     /// Offline by default: syntax, schema, values and file permissions. With --online it also
     /// resolves every key store and alarm in AWS and checks the credentials can describe them
     /// (exit 1 if something is missing).
-    Check(CheckArgs),
+    Check(cmd::check::CheckArgs),
     /// Lock down now, without the daemon: disconnect every listed key store and wait for KMS to
     /// report each DISCONNECTED.
     ///
@@ -70,63 +76,19 @@ pub enum Command {
     /// shows what would be disconnected, sending no Disconnect. When the switch is already
     /// latched, no second lockdown starts (the trip is audited with `latched: true` and only
     /// checks that every store is DISCONNECTED, exit 0 if so); --again locks down anyway.
-    Trip(TripArgs),
+    Trip(cmd::trip::TripArgs),
     /// Show the latch and each key store's ConnectionState as KMS reports it.
-    Status(StatusArgs),
+    Status(cmd::status::StatusArgs),
     /// Clear the latch after an incident, so the switch can fire again.
     ///
     /// Refuses while a trigger is still active (the flag file exists, or a watched alarm is in
     /// ALARM) and while a lockdown is in flight (the daemon's or a `trip`'s), so no Disconnect
     /// follows an accepted rearm. A running daemon is armed again within a second, without a
     /// restart.
-    Rearm(RearmArgs),
+    Rearm(cmd::rearm::RearmArgs),
     /// Audit log tools.
     #[command(subcommand)]
-    Audit(AuditCommand),
-}
-
-#[derive(Debug, Args)]
-pub struct CheckArgs {
-    /// Also resolve every key store and alarm in AWS and check the credentials can describe them.
-    #[arg(long)]
-    pub online: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct TripArgs {
-    /// Why the switch is being pulled (recorded in the audit log and the latch).
-    #[arg(long, value_name = "TEXT")]
-    pub reason: Option<String>,
-    /// Resolve and describe the stores and show what would be disconnected; send no Disconnect.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Lock down even if the switch is already latched. Without it, a trip while latched starts
-    /// no second lockdown: it says so and checks the stores (exit 0 if all are DISCONNECTED).
-    #[arg(long, conflicts_with = "dry_run")]
-    pub again: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct StatusArgs {
-    /// Print one JSON object instead of a table.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct RearmArgs {
-    /// Why the switch is being re-armed (recorded in the audit log).
-    #[arg(long, value_name = "TEXT")]
-    pub reason: String,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum AuditCommand {
-    /// Check an audit log's hash chain; exit 0 with a summary, or 1 naming the first broken line.
-    Verify {
-        /// The audit log (JSON Lines).
-        path: PathBuf,
-    },
+    Audit(cmd::audit_verify::AuditCommand),
 }
 
 /// Parse the command line, run the command and return its exit code.
@@ -164,7 +126,6 @@ pub fn dispatch(cli: &Cli) -> anyhow::Result<Exit> {
     let ctx = cmd::Context {
         config: cli.config.clone(),
         insecure_policy_permissions: cli.insecure_policy_permissions,
-        log_format: cli.log_format,
     };
     match &cli.command {
         Command::Run => cmd::run::run(&ctx),
@@ -172,7 +133,7 @@ pub fn dispatch(cli: &Cli) -> anyhow::Result<Exit> {
         Command::Trip(args) => cmd::trip::run(&ctx, args),
         Command::Status(args) => cmd::status::run(&ctx, args),
         Command::Rearm(args) => cmd::rearm::run(&ctx, args),
-        Command::Audit(AuditCommand::Verify { path }) => cmd::audit_verify::run(&ctx, path),
+        Command::Audit(audit) => cmd::audit_verify::run(&ctx, audit),
     }
 }
 

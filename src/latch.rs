@@ -17,61 +17,19 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::audit::TriggerSource;
+use crate::model::{LockdownId, TriggerSource};
 
 /// What the latch file holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Latch {
     /// What fired it first.
-    pub trigger: TriggerSourceName,
+    pub trigger: TriggerSource,
     /// RFC 3339 UTC with milliseconds.
     pub fired_at: String,
     /// The lockdown it started.
-    pub lockdown_id: String,
+    pub lockdown_id: LockdownId,
     /// Free text: the CLI reason, the flag path, the alarm name, the signal sender.
     pub detail: String,
-}
-
-/// The trigger source as stored in the latch (same spelling as the audit log's `source`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TriggerSourceName {
-    File,
-    Signal,
-    Alarm,
-    Cli,
-    Resume,
-}
-
-impl TriggerSourceName {
-    /// The spelling used in the latch file and the audit log, e.g. `cli`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TriggerSourceName::File => "file",
-            TriggerSourceName::Signal => "signal",
-            TriggerSourceName::Alarm => "alarm",
-            TriggerSourceName::Cli => "cli",
-            TriggerSourceName::Resume => "resume",
-        }
-    }
-}
-
-impl std::fmt::Display for TriggerSourceName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl From<TriggerSource> for TriggerSourceName {
-    fn from(source: TriggerSource) -> Self {
-        match source {
-            TriggerSource::File => TriggerSourceName::File,
-            TriggerSource::Signal => TriggerSourceName::Signal,
-            TriggerSource::Alarm => TriggerSourceName::Alarm,
-            TriggerSource::Cli => TriggerSourceName::Cli,
-            TriggerSource::Resume => TriggerSourceName::Resume,
-        }
-    }
 }
 
 /// Why the latch could not be read, written or cleared.
@@ -152,7 +110,7 @@ pub fn tombstone_path(path: &Path) -> PathBuf {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tombstone {
     /// The lockdown whose latch `rearm` cleared.
-    pub lockdown_id: String,
+    pub lockdown_id: LockdownId,
     /// RFC 3339 UTC with milliseconds.
     pub rearmed_at: String,
 }
@@ -377,7 +335,7 @@ mod tests {
 
     fn sample() -> Latch {
         Latch {
-            trigger: TriggerSourceName::Cli,
+            trigger: TriggerSource::Cli,
             fired_at: "2026-11-29T11:00:00.000Z".into(),
             lockdown_id: "ld-1".into(),
             detail: "drill".into(),
@@ -432,11 +390,11 @@ mod tests {
     #[test]
     fn trigger_source_displays_as_in_the_latch_file() {
         for source in [
-            TriggerSourceName::File,
-            TriggerSourceName::Signal,
-            TriggerSourceName::Alarm,
-            TriggerSourceName::Cli,
-            TriggerSourceName::Resume,
+            TriggerSource::File,
+            TriggerSource::Signal,
+            TriggerSource::Alarm,
+            TriggerSource::Cli,
+            TriggerSource::Resume,
         ] {
             let json = serde_json::to_string(&source).unwrap();
             assert_eq!(json, format!("\"{source}\""));

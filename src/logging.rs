@@ -7,11 +7,10 @@ use std::io::IsTerminal;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+use clap::ValueEnum;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
-
-use crate::cli::LogFormat;
 
 /// journald's native protocol socket (systemd.journal-fields(7), sd_journal_sendv(3)).
 const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
@@ -23,6 +22,15 @@ pub const DAEMON_DEFAULT_FILTER: &str = "info";
 /// `RUST_LOG` is unset: they print their own report on stdout/stderr and every step is in the
 /// audit log, so only warnings and errors are logged on top (`RUST_LOG=info` shows every step).
 pub const COMMAND_DEFAULT_FILTER: &str = "warn";
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Where log lines go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -21,23 +21,12 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::model::TriggerSource;
+
 pub use chain::COMMON_FIELDS;
 pub use redact::redact_credentials;
 pub use verify::{VerifySummary, verify};
 pub use writer::AuditLog;
-
-
-/// Who or what pulled the switch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TriggerSource {
-    File,
-    Signal,
-    Alarm,
-    Cli,
-    /// The daemon started with the latch set and resumed the lockdown.
-    Resume,
-}
 
 /// How one Disconnect call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -8,8 +8,7 @@ use serde_json::{Map, Value};
 
 use super::verify::verify_from;
 use super::{
-    AuditError, AuditLog, DisconnectResult, Event, LockdownOutcome, TriggerSource,
-    VerifySummary,
+    AuditError, AuditLog, DisconnectResult, Event, LockdownOutcome, TriggerSource, VerifySummary,
 };
 
 pub(super) const POLICY: &str = "1111111111111111111111111111111111111111111111111111111111111111";

@@ -375,7 +375,10 @@ impl Shared {
             };
             let mut state = self.lock_state();
             let mut added = 0;
-            for request in first.into_iter().chain(std::iter::from_fn(|| queue.try_recv().ok())) {
+            for request in first
+                .into_iter()
+                .chain(std::iter::from_fn(|| queue.try_recv().ok()))
+            {
                 added += self.enqueue(&mut state, request, &mut waiters);
             }
             let written = self.flush_locked(&mut state, &mut |state, waited| {
@@ -629,10 +632,12 @@ impl Shared {
         });
         // fdatasync is enough: it also flushes the new file size, which reading the data needs.
         let synced = written.and_then(|()| {
-            self.durability.sync_data(file).map_err(|source| AuditError::Sync {
-                path: self.path.clone(),
-                source,
-            })
+            self.durability
+                .sync_data(file)
+                .map_err(|source| AuditError::Sync {
+                    path: self.path.clone(),
+                    source,
+                })
         });
         if synced.is_err() {
             let _ = file.set_len(complete_len).and_then(|()| file.sync_data());
@@ -989,7 +994,8 @@ mod tests {
         assert!(!log.healthy());
         assert_eq!(log.unflushed(), 1);
         assert!(
-            log.shared.lock_contended
+            log.shared
+                .lock_contended
                 .load(std::sync::atomic::Ordering::Relaxed),
             "later records do not wait for the stuck writer again"
         );
@@ -997,7 +1003,8 @@ mod tests {
         log.record_blocking(Event::DaemonStopped);
         assert!(log.healthy());
         assert!(
-            !log.shared.lock_contended
+            !log.shared
+                .lock_contended
                 .load(std::sync::atomic::Ordering::Relaxed),
             "once the lock is taken again, a busy lock is waited for as usual"
         );
@@ -1072,7 +1079,11 @@ mod tests {
         release.send(()).unwrap();
         first.wait();
         rest.into_iter().for_each(Recorded::wait);
-        assert_eq!(disk.syncs.load(Ordering::SeqCst), 2, "one batch, one fdatasync");
+        assert_eq!(
+            disk.syncs.load(Ordering::SeqCst),
+            2,
+            "one batch, one fdatasync"
+        );
         assert!(log.healthy());
         assert_eq!(verify(&path).unwrap().records, 51);
     }

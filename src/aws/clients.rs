@@ -23,9 +23,10 @@ use tokio::sync::OnceCell;
 
 use super::classify::classify;
 use super::{
-    AlarmSource, AlarmState, AwsError, ConnectionState, DisconnectAccepted, ErrorKind, KeyStore,
-    KeyStoreControl, Target,
+    AlarmSource, AlarmState, AlarmStateValue, AwsError, DisconnectAccepted, ErrorKind, KeyStore,
+    KeyStoreControl,
 };
+use crate::model::{ConnectionState, Target};
 use crate::policy::Endpoints;
 
 /// A kill switch must not hang on a black-holed endpoint; KMS and VPC endpoints connect in
@@ -394,19 +395,21 @@ impl AlarmSource for AwsClients {
                     })?;
                 for alarm in output.metric_alarms() {
                     alarms.extend(alarm_state(
+                        target,
                         alarm.alarm_name(),
                         alarm.state_value().map(|s| s.as_str()),
                         alarm.state_reason(),
                         "metric",
-                    ));
+                    )?);
                 }
                 for alarm in output.composite_alarms() {
                     alarms.extend(alarm_state(
+                        target,
                         alarm.alarm_name(),
                         alarm.state_value().map(|s| s.as_str()),
                         alarm.state_reason(),
                         "composite",
-                    ));
+                    )?);
                 }
                 match output.next_token() {
                     Some(token) if !token.is_empty() => next_token = Some(token.to_string()),
@@ -418,19 +421,38 @@ impl AlarmSource for AwsClients {
     }
 }
 
-/// An alarm entry in our types; an entry without a name cannot be matched and is skipped.
+/// An alarm entry in our types; an entry without a name cannot be matched and is skipped. An
+/// entry without a `StateValue`, or with one this build does not know, makes the answer an
+/// error: that alarm is unreadable (it must not count as a successful read, which would reset
+/// the `fail_closed_after` clock).
 fn alarm_state(
+    target: &Target,
     name: Option<&str>,
     state_value: Option<&str>,
     state_reason: Option<&str>,
     alarm_type: &'static str,
-) -> Option<AlarmState> {
-    Some(AlarmState {
-        alarm_name: name?.to_string(),
-        state_value: state_value.unwrap_or("INSUFFICIENT_DATA").to_string(),
+) -> Result<Option<AlarmState>, AwsError> {
+    let Some(name) = name else {
+        return Ok(None);
+    };
+    let Some(value) = state_value.and_then(AlarmStateValue::parse) else {
+        let message = match state_value {
+            None => format!("alarm {name} in the response without StateValue"),
+            Some(other) => format!("alarm {name} in the response with unknown StateValue {other}"),
+        };
+        return Err(AwsError::local(
+            "DescribeAlarms",
+            target,
+            ErrorKind::Other,
+            message,
+        ));
+    };
+    Ok(Some(AlarmState {
+        alarm_name: name.to_string(),
+        state_value: value,
         state_reason: state_reason.map(str::to_string),
         alarm_type,
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -439,6 +461,8 @@ mod tests {
     //! canned HTTP replies, no network.
 
     use aws_credential_types::Credentials;
+    use aws_sdk_cloudwatch::operation::describe_alarms::DescribeAlarmsOutput;
+    use aws_sdk_cloudwatch::types::{CompositeAlarm, MetricAlarm, StateValue};
     use aws_sdk_kms::operation::describe_custom_key_stores::DescribeCustomKeyStoresOutput;
     use aws_sdk_kms::types::{
         ConnectionErrorCodeType, ConnectionStateType, CustomKeyStoreType, CustomKeyStoresListEntry,
@@ -597,6 +621,105 @@ mod tests {
                 connection_error_code: Some("NETWORK_ERRORS".to_string()),
             }]
         );
+    }
+
+    /// Clients for `target()` whose CloudWatch calls are answered by `rules` in order.
+    async fn alarm_clients(rules: &[&aws_smithy_mocks::Rule]) -> AwsClients {
+        let clients = clients(&[]).await;
+        let mut interceptor =
+            aws_smithy_mocks::MockResponseInterceptor::new().rule_mode(RuleMode::Sequential);
+        for rule in rules {
+            interceptor = interceptor.with_rule(rule);
+        }
+        let existing = clients.clients(&target()).await;
+        let cloudwatch_config = existing
+            .cloudwatch
+            .config()
+            .to_builder()
+            .http_client(aws_smithy_mocks::create_mock_http_client())
+            .interceptor(interceptor)
+            .build();
+        let replaced = TargetClients {
+            kms: existing.kms.clone(),
+            cloudwatch: aws_sdk_cloudwatch::Client::from_conf(cloudwatch_config),
+            sts: existing.sts.clone(),
+            account: OnceCell::new_with(Some("111111111111".to_string())),
+            built_at: existing.built_at,
+            stale: AtomicBool::new(false),
+        };
+        clients.lock_targets().insert(target(), Arc::new(replaced));
+        clients
+    }
+
+    /// A DescribeAlarms answer with one metric alarm `a` in `state_value` (`None`: no
+    /// StateValue) and one composite alarm `c` in ALARM.
+    fn alarms_answer(state_value: Option<StateValue>) -> aws_smithy_mocks::Rule {
+        mock!(aws_sdk_cloudwatch::Client::describe_alarms).then_output(move || {
+            DescribeAlarmsOutput::builder()
+                .metric_alarms(
+                    MetricAlarm::builder()
+                        .alarm_name("a")
+                        .set_state_value(state_value.clone())
+                        .state_reason("threshold crossed")
+                        .build(),
+                )
+                .composite_alarms(
+                    CompositeAlarm::builder()
+                        .alarm_name("c")
+                        .state_value(StateValue::Alarm)
+                        .build(),
+                )
+                .build()
+        })
+    }
+
+    async fn describe_alarms(rule: aws_smithy_mocks::Rule) -> Result<Vec<AlarmState>, AwsError> {
+        let clients = alarm_clients(&[&rule]).await;
+        clients
+            .describe_alarms(&target(), &["a".to_string(), "c".to_string()])
+            .await
+    }
+
+    #[tokio::test]
+    async fn describe_alarms_maps_state_values_of_metric_and_composite_alarms() {
+        let states = describe_alarms(alarms_answer(Some(StateValue::InsufficientData)))
+            .await
+            .expect("the mock answers");
+        assert_eq!(
+            states,
+            vec![
+                AlarmState {
+                    alarm_name: "a".to_string(),
+                    state_value: AlarmStateValue::InsufficientData,
+                    state_reason: Some("threshold crossed".to_string()),
+                    alarm_type: "metric",
+                },
+                AlarmState {
+                    alarm_name: "c".to_string(),
+                    state_value: AlarmStateValue::Alarm,
+                    state_reason: None,
+                    alarm_type: "composite",
+                },
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_alarm_without_a_state_value_is_unreadable_not_insufficient_data() {
+        let err = describe_alarms(alarms_answer(None))
+            .await
+            .expect_err("an answer without StateValue is an error");
+        assert_eq!(err.operation, "DescribeAlarms");
+        assert_eq!(err.kind, ErrorKind::Other);
+        assert!(err.message.contains("alarm a") && err.message.contains("without StateValue"));
+    }
+
+    #[tokio::test]
+    async fn an_alarm_with_an_unknown_state_value_is_unreadable() {
+        let err = describe_alarms(alarms_answer(Some(StateValue::from("SNOOZED"))))
+            .await
+            .expect_err("an unknown StateValue is an error");
+        assert!(err.message.contains("unknown StateValue SNOOZED"), "{err}");
     }
 
     #[test]

@@ -1,61 +1,20 @@
 //! The only module that imports `aws_sdk_*`. It owns client construction per [`Target`]
 //! (region + role), credential warm-up, and the adapters behind two small traits in our own
 //! types, [`KeyStoreControl`] and [`AlarmSource`], so the engine and the daemon are testable with
-//! in-memory fakes. It knows nothing of policies' YAML, triggers, latches or the audit log.
+//! the one in-memory fake of KMS and CloudWatch (`fake`, unit tests only). It knows nothing of
+//! policies' YAML, triggers, latches or the audit log.
 
 use std::fmt;
 use std::future::Future;
 
-pub use crate::policy::Target;
+use crate::model::{ConnectionState, Target};
 
 mod classify;
 mod clients;
+#[cfg(test)]
+pub(crate) mod fake;
 
 pub use clients::AwsClients;
-
-/// A custom key store's `ConnectionState`, as KMS reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ConnectionState {
-    Connected,
-    Connecting,
-    Failed,
-    Disconnected,
-    Disconnecting,
-    /// A value this build does not know (KMS may add states).
-    Unknown(String),
-}
-
-impl ConnectionState {
-    /// The KMS spelling, e.g. `DISCONNECTED`.
-    pub fn as_str(&self) -> &str {
-        match self {
-            ConnectionState::Connected => "CONNECTED",
-            ConnectionState::Connecting => "CONNECTING",
-            ConnectionState::Failed => "FAILED",
-            ConnectionState::Disconnected => "DISCONNECTED",
-            ConnectionState::Disconnecting => "DISCONNECTING",
-            ConnectionState::Unknown(s) => s,
-        }
-    }
-
-    /// Parse the KMS spelling; anything else is `Unknown`.
-    pub fn parse(s: &str) -> Self {
-        match s {
-            "CONNECTED" => ConnectionState::Connected,
-            "CONNECTING" => ConnectionState::Connecting,
-            "FAILED" => ConnectionState::Failed,
-            "DISCONNECTED" => ConnectionState::Disconnected,
-            "DISCONNECTING" => ConnectionState::Disconnecting,
-            other => ConnectionState::Unknown(other.to_string()),
-        }
-    }
-}
-
-impl fmt::Display for ConnectionState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// One entry of DescribeCustomKeyStores, in our own types.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,7 +51,7 @@ pub enum ErrorKind {
 }
 
 /// An AWS call that failed, classified, with the context an operator needs.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{operation} in {region}: {code}: {message}")]
 pub struct AwsError {
     /// e.g. `DisconnectCustomKeyStore`.
@@ -168,12 +127,47 @@ pub trait KeyStoreControl: Send + Sync + 'static {
     fn account(&self, target: &Target) -> impl Future<Output = Result<String, AwsError>> + Send;
 }
 
+/// A CloudWatch alarm's `StateValue`. An answer without one, or with one this build does not
+/// know, is an error of the adapter (the alarm is unreadable), never a guess.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AlarmStateValue {
+    Ok,
+    Alarm,
+    InsufficientData,
+}
+
+impl AlarmStateValue {
+    /// The CloudWatch spelling, e.g. `ALARM`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlarmStateValue::Ok => "OK",
+            AlarmStateValue::Alarm => "ALARM",
+            AlarmStateValue::InsufficientData => "INSUFFICIENT_DATA",
+        }
+    }
+
+    /// Parse the CloudWatch spelling; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "OK" => Some(AlarmStateValue::Ok),
+            "ALARM" => Some(AlarmStateValue::Alarm),
+            "INSUFFICIENT_DATA" => Some(AlarmStateValue::InsufficientData),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for AlarmStateValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A CloudWatch alarm's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlarmState {
     pub alarm_name: String,
-    /// `OK`, `ALARM` or `INSUFFICIENT_DATA`.
-    pub state_value: String,
+    pub state_value: AlarmStateValue,
     pub state_reason: Option<String>,
     /// `metric` or `composite`.
     pub alarm_type: &'static str,

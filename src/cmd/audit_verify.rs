@@ -2,14 +2,25 @@
 //! print one line: the summary (exit 0) or the first broken line (exit 1). It only reads the log;
 //! it owns no format knowledge (that is `src/audit/`).
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use anyhow::Context as _;
+use clap::Subcommand;
 
 use crate::audit::{self, AuditError};
 use crate::cmd::{Context, Exit};
 
-pub fn run(_ctx: &Context, path: &Path) -> anyhow::Result<Exit> {
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check an audit log's hash chain; exit 0 with a summary, or 1 naming the first broken line.
+    Verify {
+        /// The audit log (JSON Lines).
+        path: PathBuf,
+    },
+}
+
+pub fn run(_ctx: &Context, command: &AuditCommand) -> anyhow::Result<Exit> {
+    let AuditCommand::Verify { path } = command;
     match audit::verify(path) {
         Ok(summary) => {
             let mut line = format!(

@@ -4,17 +4,20 @@
 //! paths others can change, an untrusted flag directory) or a squatted flag. With `--online` it then hands the valid policy to
 //! [`crate::cmd::check_online`], which owns everything that talks to AWS. Nothing here calls AWS.
 
-use crate::cli::CheckArgs;
-use crate::cmd::{Context, Exit};
-use crate::policy::{self, LoadOptions, Policy};
+use clap::Args;
+
+use crate::cmd::{Context, Exit, untrusted_state_path};
+use crate::policy::{self, Policy};
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Also resolve every key store and alarm in AWS and check the credentials can describe them.
+    #[arg(long)]
+    pub online: bool,
+}
 
 pub fn run(ctx: &Context, args: &CheckArgs) -> anyhow::Result<Exit> {
-    let policy = policy::load(
-        &ctx.config,
-        LoadOptions {
-            insecure_permissions: ctx.insecure_policy_permissions,
-        },
-    )?;
+    let policy = ctx.load_policy()?;
     if let Some(problem) = local_problem(&policy) {
         eprintln!(
             "kms-killswitch: error: policy {}: {problem}",
@@ -33,13 +36,8 @@ pub fn run(ctx: &Context, args: &CheckArgs) -> anyhow::Result<Exit> {
 /// directories others can change or not regular files, an untrusted flag directory, a flag at
 /// the path that would be rejected (then root's `touch` fires nothing).
 fn local_problem(policy: &Policy) -> Option<String> {
-    for (what, path) in [
-        ("state_file", &policy.state_file),
-        ("audit_log", &policy.audit_log),
-    ] {
-        if let Err(untrusted) = crate::fs_trust::check_state_file(path) {
-            return Some(format!("refusing {what} {}: {untrusted}", path.display()));
-        }
+    if let Some(refusal) = untrusted_state_path(policy) {
+        return Some(refusal);
     }
     let file = policy.triggers.file.as_ref()?;
     if let Err(err) = crate::trigger::file::check_flag_dir(file) {
@@ -65,24 +63,16 @@ pub fn summary(policy: &Policy) -> String {
         triggers.push(format!("signal {}", signal.name));
     }
     if !policy.triggers.alarms.is_empty() {
-        triggers.push(plural(policy.triggers.alarms.len(), "alarm"));
+        triggers.push(crate::count(policy.triggers.alarms.len(), "alarm"));
     }
     format!(
         "policy {} OK: {} in {}/{}, triggers: {}",
         policy.path.display(),
-        plural(policy.key_stores.len(), "key store"),
-        plural(accounts, "account"),
-        plural(regions, "region"),
+        crate::count(policy.key_stores.len(), "key store"),
+        crate::count(accounts, "account"),
+        crate::count(regions, "region"),
         triggers.join(", ")
     )
-}
-
-fn plural(count: usize, noun: &str) -> String {
-    if count == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{count} {noun}s")
-    }
 }
 
 #[cfg(test)]

@@ -3,12 +3,11 @@
 //! described, and that every watched alarm exists and can be read. Reports each missing store,
 //! alarm or permission; exit 1 if any. Changes nothing in AWS.
 
-use std::collections::BTreeMap;
-
-use crate::aws::{AlarmSource, ErrorKind, Target};
-use crate::cmd::status::{engine, runtime, status_table};
-use crate::cmd::{Context, Exit};
+use crate::aws::{AlarmSource, ErrorKind};
+use crate::cmd::{Context, Exit, engine, runtime, status_table};
+use crate::model::Target;
 use crate::policy::Policy;
+use crate::switch;
 
 pub fn run(_ctx: &Context, policy: &Policy) -> anyhow::Result<Exit> {
     let problems: Vec<String> = runtime()?.block_on(async {
@@ -38,13 +37,7 @@ pub fn run(_ctx: &Context, policy: &Policy) -> anyhow::Result<Exit> {
             }
         }
 
-        let mut alarms: BTreeMap<Target, Vec<String>> = BTreeMap::new();
-        for alarm in &policy.triggers.alarms {
-            alarms
-                .entry(alarm.target.clone())
-                .or_default()
-                .push(alarm.name.clone());
-        }
+        let alarms = switch::alarm_names_by_target(policy);
         for (target, names) in &alarms {
             match clients.describe_alarms(target, names).await {
                 Ok(states) => {

@@ -1,10 +1,20 @@
-//! One file per subcommand. Each takes the parsed arguments, does its job through the library
-//! modules, prints for humans (or JSON), and returns an [`Exit`]. `anyhow` is used here and in
-//! `cli.rs` only: this is the CLI edge. Nothing here spawns long-lived tasks (that is `daemon`).
+//! One file per subcommand, each owning its clap arguments and its `run` (like cargo's
+//! `commands/`): it takes the parsed arguments, does its job through the library modules, prints
+//! for humans (or JSON), and returns an [`Exit`]. This file holds what they share: the exit codes,
+//! the [`Context`] of the global options, loading the policy with them, a runtime, the AWS
+//! clients and engine, and the plain text tables. `anyhow` is used here and in `cli.rs` only: this
+//! is the CLI edge. Nothing here imports `crate::cli` (the root imports us), and nothing here
+//! spawns long-lived tasks (that is `daemon`).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use crate::cli::LogFormat;
+use anyhow::Context as _;
+
+use crate::aws::AwsClients;
+use crate::lockdown::{Engine, StoreStatus};
+use crate::model::{KeyStoreSelector, Target};
+use crate::policy::{self, LoadOptions, Policy, PolicyError};
 
 pub mod audit_verify;
 pub mod check;
@@ -36,18 +46,144 @@ pub struct Context {
     pub config: PathBuf,
     /// `--insecure-policy-permissions`: warn instead of refusing a loosely-permissioned policy.
     pub insecure_policy_permissions: bool,
-    /// `--log-format`.
-    pub log_format: LogFormat,
+}
+
+impl Context {
+    /// Load and validate the policy at `--config` with the global flags' options (the one
+    /// `policy::load` call of the CLI, reload included).
+    pub fn load_policy(&self) -> Result<Policy, PolicyError> {
+        let options = LoadOptions {
+            insecure_permissions: self.insecure_policy_permissions,
+        };
+        policy::load(&self.config, options)
+    }
 }
 
 /// The exit code for an error that reached the CLI edge: 78 when the cause is the policy.
 pub fn exit_for_error(err: &anyhow::Error) -> Exit {
     if err
         .chain()
-        .any(|cause| cause.downcast_ref::<crate::policy::PolicyError>().is_some())
+        .any(|cause| cause.downcast_ref::<PolicyError>().is_some())
     {
         Exit::Config
     } else {
         Exit::Incomplete
     }
+}
+
+/// What `run` refuses at start (and `check` reports, 78 both): the latch or the audit log in a
+/// directory others can change, or not a regular file. `refusing state_file PATH: why`.
+pub(crate) fn untrusted_state_path(policy: &Policy) -> Option<String> {
+    [
+        ("state_file", &policy.state_file),
+        ("audit_log", &policy.audit_log),
+    ]
+    .into_iter()
+    .find_map(|(what, path)| {
+        crate::fs_trust::check_state_file(path)
+            .err()
+            .map(|untrusted| format!("refusing {what} {}: {untrusted}", path.display()))
+    })
+}
+
+/// A runtime for one command (no `#[tokio::main]`: most commands need none).
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Every account+region the policy talks to (key stores and alarms), once: for client set-up
+/// and credential warm-up.
+pub(crate) fn targets(policy: &Policy) -> Vec<Target> {
+    let mut targets: Vec<_> = policy
+        .key_stores
+        .iter()
+        .map(|s| s.target.clone())
+        .chain(policy.triggers.alarms.iter().map(|a| a.target.clone()))
+        .collect();
+    targets.sort();
+    targets.dedup();
+    targets
+}
+
+/// The AWS clients and the engine for a policy's targets.
+pub(crate) async fn engine(policy: &Policy) -> Engine<AwsClients> {
+    let clients = AwsClients::new(&policy.endpoints, targets(policy)).await;
+    Engine::new(Arc::new(clients), policy.lockdown)
+}
+
+/// Account, region, id, name, type, state and error code of every store, aligned.
+pub(crate) fn status_table(statuses: &[StoreStatus]) -> String {
+    let dash = || "-".to_string();
+    let rows: Vec<Vec<String>> = statuses
+        .iter()
+        .map(|status| {
+            let store = status.key_store.as_ref();
+            let (id, name) = match &status.spec.selector {
+                KeyStoreSelector::Id(id) => (
+                    id.clone(),
+                    store.and_then(|s| s.custom_key_store_name.clone()),
+                ),
+                KeyStoreSelector::Name(name) => (
+                    store.map_or_else(dash, |s| s.custom_key_store_id.clone()),
+                    Some(name.clone()),
+                ),
+            };
+            vec![
+                status.account.clone().unwrap_or_else(dash),
+                status.spec.target.region.clone(),
+                id,
+                name.unwrap_or_else(dash),
+                store
+                    .and_then(|s| s.custom_key_store_type.clone())
+                    .unwrap_or_else(dash),
+                match (store, &status.error) {
+                    (Some(s), _) => s.connection_state.to_string(),
+                    (None, Some(_)) => "ERROR".to_string(),
+                    (None, None) => dash(),
+                },
+                store
+                    .and_then(|s| s.connection_error_code.clone())
+                    .unwrap_or_else(dash),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ACCOUNT",
+            "REGION",
+            "KEY STORE",
+            "NAME",
+            "TYPE",
+            "STATE",
+            "ERROR CODE",
+        ],
+        &rows,
+    )
+}
+
+/// A plain text table: columns padded to their widest cell, two spaces apart.
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let padded: Vec<String> = cells
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(padded.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(&mut header.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+    out
 }

@@ -5,44 +5,34 @@
 //! `rearmed {reason, by}`. A running daemon re-reads the latch file every half second and is armed
 //! again within a second (see `crate::daemon`); nothing else is needed. It never calls KMS.
 
-use std::collections::BTreeMap;
+use clap::Args;
 
-use anyhow::Context as _;
-
-use crate::audit::{AuditLog, Event};
-use crate::aws::{AlarmSource, AwsClients, Target};
-use crate::cli::RearmArgs;
-use crate::cmd::{Context, Exit};
+use crate::audit::AuditLog;
+use crate::aws::AwsClients;
+use crate::cmd::{Context, Exit, runtime};
 use crate::latch;
-use crate::policy::{self, LoadOptions, Policy};
+use crate::policy::Policy;
+use crate::switch;
 
-/// The CloudWatch state that blocks a rearm.
-const ALARM: &str = "ALARM";
+#[derive(Debug, Args)]
+pub struct RearmArgs {
+    /// Why the switch is being re-armed (recorded in the audit log).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
+}
 
 pub fn run(ctx: &Context, args: &RearmArgs) -> anyhow::Result<Exit> {
-    let options = LoadOptions {
-        insecure_permissions: ctx.insecure_policy_permissions,
-    };
-    let policy = policy::load(&ctx.config, options)?;
+    let policy = ctx.load_policy()?;
 
-    if let Some(file) = &policy.triggers.file
-        && std::fs::symlink_metadata(&file.path).is_ok()
-    {
-        eprintln!(
-            "kms-killswitch: refusing to rearm: the flag {} still exists; remove it first (the switch would only fire again)",
-            file.path.display()
-        );
+    if let Some(refusal) = switch::flag_still_set(&policy) {
+        eprintln!("kms-killswitch: refusing to rearm: {refusal}");
         return Ok(Exit::Incomplete);
     }
-    if !policy.triggers.alarms.is_empty() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the async runtime")?;
-        if let Some(refusal) = runtime.block_on(active_alarms(&policy)) {
-            eprintln!("kms-killswitch: refusing to rearm: {refusal}");
-            return Ok(Exit::Incomplete);
-        }
+    if !policy.triggers.alarms.is_empty()
+        && let Some(refusal) = runtime()?.block_on(active_alarms(&policy))
+    {
+        eprintln!("kms-killswitch: refusing to rearm: {refusal}");
+        return Ok(Exit::Incomplete);
     }
 
     // Held until the rearm is audited: no lockdown or enforcement round (daemon or `trip`) sends
@@ -60,21 +50,8 @@ pub fn run(ctx: &Context, args: &RearmArgs) -> anyhow::Result<Exit> {
         return Ok(Exit::Success);
     };
     let audit = AuditLog::open(&policy.audit_log, &policy.sha256);
-    // The tombstone first: a running daemon that sees the latch gone without one naming this
-    // lockdown treats it as tampering and writes the latch back.
-    latch::write_tombstone(
-        &policy.state_file,
-        &latch::Tombstone {
-            lockdown_id: latch.lockdown_id.clone(),
-            rearmed_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-        },
-    )?;
-    latch::clear(&policy.state_file)?;
-    let by = rearmed_by();
-    audit.record_blocking(Event::Rearmed {
-        reason: args.reason.clone(),
-        by: by.clone(),
-    });
+    let by = switch::operator();
+    switch::rearm(&policy.state_file, &latch, &audit, &args.reason, &by)?;
     println!(
         "re-armed by {by}: latch of lockdown {} (fired {} by {}) cleared; a running daemon is armed again within a second",
         latch.lockdown_id, latch.fired_at, latch.trigger
@@ -91,50 +68,7 @@ pub fn run(ctx: &Context, args: &RearmArgs) -> anyhow::Result<Exit> {
 
 /// `Some(why)` when a watched alarm is in ALARM or cannot be read.
 async fn active_alarms(policy: &Policy) -> Option<String> {
-    let mut by_target: BTreeMap<Target, Vec<String>> = BTreeMap::new();
-    for alarm in &policy.triggers.alarms {
-        by_target
-            .entry(alarm.target.clone())
-            .or_default()
-            .push(alarm.name.clone());
-    }
+    let by_target = switch::alarm_names_by_target(policy);
     let aws = AwsClients::new(&policy.endpoints, by_target.keys().cloned()).await;
-    let mut problems = Vec::new();
-    for (target, names) in &by_target {
-        match aws.describe_alarms(target, names).await {
-            Ok(states) => {
-                for state in states.iter().filter(|s| s.state_value == ALARM) {
-                    problems.push(format!(
-                        "alarm {} in {} is in ALARM",
-                        state.alarm_name, target.region
-                    ));
-                }
-                for name in names
-                    .iter()
-                    .filter(|n| !states.iter().any(|s| &s.alarm_name == *n))
-                {
-                    problems.push(format!(
-                        "alarm {name} in {} was not found, so it may be in ALARM",
-                        target.region
-                    ));
-                }
-            }
-            Err(err) => problems.push(format!(
-                "cannot read alarms {} in {} ({err}), so they may be in ALARM",
-                names.join(", "),
-                target.region
-            )),
-        }
-    }
-    (!problems.is_empty()).then(|| problems.join("; "))
-}
-
-/// Who is rearming: the sudo user if any, else the login name, always with the uid.
-fn rearmed_by() -> String {
-    let uid = rustix::process::getuid().as_raw();
-    match (std::env::var("SUDO_USER"), std::env::var("USER")) {
-        (Ok(sudo_user), _) if !sudo_user.is_empty() => format!("{sudo_user} (via sudo, uid {uid})"),
-        (_, Ok(user)) if !user.is_empty() => format!("{user} (uid {uid})"),
-        _ => format!("uid {uid}"),
-    }
+    switch::active_alarms(&aws, &by_target).await
 }

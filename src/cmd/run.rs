@@ -10,26 +10,23 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::audit::AuditLog;
 use crate::aws::AwsClients;
-use crate::cmd::{Context, Exit};
+use crate::cmd::{Context, Exit, untrusted_state_path};
 use crate::daemon::{Daemon, DaemonConfig, KeepWarm, SystemdNotifier};
-use crate::policy::{self, LoadOptions, Policy};
+use crate::policy::Policy;
 use crate::trigger::signal::SignalWatch;
 
 pub fn run(ctx: &Context) -> anyhow::Result<Exit> {
-    let options = LoadOptions {
-        insecure_permissions: ctx.insecure_policy_permissions,
-    };
     // A bad policy never starts a daemon: 78 via the PolicyError in the chain.
-    let policy = policy::load(&ctx.config, options)?;
+    let policy = ctx.load_policy()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("kms-killswitch")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run_daemon(ctx, policy, options))
+    runtime.block_on(run_daemon(ctx, policy))
 }
 
-async fn run_daemon(ctx: &Context, policy: Policy, options: LoadOptions) -> anyhow::Result<Exit> {
+async fn run_daemon(ctx: &Context, policy: Policy) -> anyhow::Result<Exit> {
     // Registered first: from here on SIGTERM/SIGINT/SIGHUP never kill the process mid-step.
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
@@ -47,54 +44,26 @@ async fn run_daemon(ctx: &Context, policy: Policy, options: LoadOptions) -> anyh
     // The latch and the audit log live in directories only root or the daemon's user may
     // change, and are regular files: anyone else could delete the latch (re-arming the switch)
     // or put a FIFO there (hanging the daemon). Refused at start like an insecure policy.
-    for (what, path) in [
-        ("state_file", &policy.state_file),
-        ("audit_log", &policy.audit_log),
-    ] {
-        if let Err(untrusted) = crate::fs_trust::check_state_file(path) {
-            eprintln!(
-                "kms-killswitch: error: policy {}: refusing {what} {}: {untrusted}; whoever can change it can re-arm the switch or hang the daemon (fix: `chown root: DIR && chmod go-w DIR` for it and every directory above it)",
-                policy.path.display(),
-                path.display()
-            );
-            return Ok(Exit::Config);
-        }
+    if let Some(refusal) = untrusted_state_path(&policy) {
+        eprintln!(
+            "kms-killswitch: error: policy {}: {refusal}; whoever can change it can re-arm the switch or hang the daemon (fix: `chown root: DIR && chmod go-w DIR` for it and every directory above it)",
+            policy.path.display(),
+        );
+        return Ok(Exit::Config);
     }
     let audit = AuditLog::open(&policy.audit_log, &policy.sha256);
-    let targets = policy_targets(&policy);
-    let aws = Arc::new(AwsClients::new(&policy.endpoints, targets).await);
-    for (target, result) in aws.warm_up().await {
-        match result {
-            Ok(account) => {
-                tracing::info!(region = %target.region, role = ?target.role_arn, %account, "credentials ready")
-            }
-            // Not fatal: the engine retries and reports per store; the operator sees it now.
-            Err(err) => {
-                tracing::error!(region = %target.region, role = ?target.role_arn, cause = %err, "cannot warm up credentials")
-            }
-        }
-    }
+    let aws = warmed_clients(&policy).await;
 
     let audit = Arc::new(audit);
-    let warm = aws.clone();
-    let keep_warm: KeepWarm = Arc::new(move || {
-        let aws = warm.clone();
-        Box::pin(async move {
-            for (target, result) in aws.warm_up().await {
-                if let Err(err) = result {
-                    tracing::warn!(region = %target.region, role = ?target.role_arn, cause = %err, "cannot renew credentials; retrying at the next interval");
-                }
-            }
-        })
-    });
-    let config_path = ctx.config.clone();
+    let keep_warm = keep_warm(aws.clone());
+    let reload_ctx = ctx.clone();
     let daemon = Daemon::new(DaemonConfig {
         policy,
         control: aws.clone(),
         alarms: aws,
         audit: audit.clone(),
         notifier: Arc::new(SystemdNotifier),
-        load_policy: Box::new(move || Ok(policy::load(&config_path, options)?)),
+        load_policy: Box::new(move || Ok(reload_ctx.load_policy()?)),
         watchdog: sd_notify::watchdog_enabled(),
         signal_watch,
         keep_warm: Some(keep_warm),
@@ -124,16 +93,33 @@ async fn run_daemon(ctx: &Context, policy: Policy, options: LoadOptions) -> anyh
     }
 }
 
-/// Every account+region the policy talks to (key stores and alarms), for client set-up and
-/// credential warm-up.
-pub fn policy_targets(policy: &Policy) -> Vec<crate::aws::Target> {
-    let mut targets: Vec<crate::aws::Target> = policy
-        .key_stores
-        .iter()
-        .map(|k| k.target.clone())
-        .chain(policy.triggers.alarms.iter().map(|a| a.target.clone()))
-        .collect();
-    targets.sort();
-    targets.dedup();
-    targets
+/// The AWS clients of every target, credentials warmed (a failure is logged, never fatal: the
+/// engine retries and reports per store; the operator sees it now).
+async fn warmed_clients(policy: &Policy) -> Arc<AwsClients> {
+    let aws = Arc::new(AwsClients::new(&policy.endpoints, crate::cmd::targets(policy)).await);
+    for (target, result) in aws.warm_up().await {
+        match result {
+            Ok(account) => {
+                tracing::info!(region = %target.region, role = ?target.role_arn, %account, "credentials ready")
+            }
+            Err(err) => {
+                tracing::error!(region = %target.region, role = ?target.role_arn, cause = %err, "cannot warm up credentials")
+            }
+        }
+    }
+    aws
+}
+
+/// Renews `aws`'s credentials, for the daemon to call every `KEEP_WARM_INTERVAL`.
+fn keep_warm(aws: Arc<AwsClients>) -> KeepWarm {
+    Arc::new(move || {
+        let aws = aws.clone();
+        Box::pin(async move {
+            for (target, result) in aws.warm_up().await {
+                if let Err(err) = result {
+                    tracing::warn!(region = %target.region, role = ?target.role_arn, cause = %err, "cannot renew credentials; retrying at the next interval");
+                }
+            }
+        })
+    })
 }

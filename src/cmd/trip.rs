@@ -10,96 +10,49 @@
 
 use std::io::IsTerminal;
 use std::sync::Arc;
-use std::time::SystemTime;
 
+use clap::Args;
 use serde_json::json;
 
-use crate::audit::{AuditLog, Event, TriggerSource};
-use crate::aws::ConnectionState;
-use crate::cli::TripArgs;
-use crate::cmd::status::{engine, runtime, table};
-use crate::cmd::{Context, Exit};
-use crate::latch::{self, Latch, LatchError, TriggerSourceName};
-use crate::lockdown::{LockdownReport, LockdownRequest, ProgressEvent, ProgressStep};
-use crate::policy::{self, LoadOptions, Policy};
+use crate::audit::{AuditLog, Event};
+use crate::cmd::{Context, Exit, engine, runtime, table};
+use crate::latch::{self, Latch};
+use crate::lockdown::{LockdownError, LockdownReport, ProgressEvent, ProgressStep};
+use crate::model::{ConnectionState, LockdownId, TriggerSource};
+use crate::policy::Policy;
+use crate::switch::{self, Latching};
+
+#[derive(Debug, Args)]
+pub struct TripArgs {
+    /// Why the switch is being pulled (recorded in the audit log and the latch).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Resolve and describe the stores and show what would be disconnected; send no Disconnect.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Lock down even if the switch is already latched. Without it, a trip while latched starts
+    /// no second lockdown: it says so and checks the stores (exit 0 if all are DISCONNECTED).
+    #[arg(long, conflicts_with = "dry_run")]
+    pub again: bool,
+}
 
 pub fn run(ctx: &Context, args: &TripArgs) -> anyhow::Result<Exit> {
-    let policy = policy::load(
-        &ctx.config,
-        LoadOptions {
-            insecure_permissions: ctx.insecure_policy_permissions,
-        },
-    )?;
+    let policy = ctx.load_policy()?;
     let audit = AuditLog::open(&policy.audit_log, &policy.sha256);
-    let user = invoking_user();
-    let reason = args.reason.clone().unwrap_or_default();
-    let fired_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-    let lockdown_id = format!(
-        "ld-{}-{}",
-        fired_at.replace([':', '-', '.'], ""),
-        std::process::id()
-    );
-
-    let mut exit = Exit::Success;
-    // Held until this trip's lockdown ends: `rearm` refuses while it is held, so no Disconnect
-    // of this trip follows an accepted rearm (see `crate::latch`).
-    let mut disconnect_lock = None;
-    // The latch that was there first, if any: then this trip starts no second lockdown.
-    let mut existing = None;
-    let latched = if args.dry_run {
-        // A latch we cannot read is treated as latched: never lose an earlier lockdown's record.
-        match latch::read(&policy.state_file) {
-            Ok(latch) => latch.is_some(),
-            Err(err) => {
-                eprintln!("kms-killswitch: warning: {:#}", anyhow::Error::new(err));
-                true
-            }
-        }
+    let trip = if args.dry_run {
+        dry_run_trip(&policy, &audit, args)
     } else {
-        match latch::lock_for_disconnects(&policy.state_file) {
-            Ok(lock) => disconnect_lock = Some(lock),
-            Err(err) => eprintln!("kms-killswitch: warning: {:#}", anyhow::Error::new(err)),
-        }
-        let latch = Latch {
-            trigger: TriggerSourceName::Cli,
-            fired_at,
-            lockdown_id: lockdown_id.clone(),
-            detail: if reason.is_empty() {
-                format!("trip by {user}")
-            } else {
-                format!("trip by {user}: {reason}")
-            },
-        };
-        match latch::write(&policy.state_file, &latch) {
-            Ok(()) => {}
-            Err(LatchError::AlreadyLatched { .. }) => match latch::read(&policy.state_file) {
-                Ok(found) => existing = found,
-                // Not a latch we can trust to be in force: lock down (fail closed).
-                Err(err) => eprintln!(
-                    "kms-killswitch: warning: {:#}; locking down",
-                    anyhow::Error::new(err)
-                ),
-            },
-            // The lockdown goes ahead even so: a human asked for it in an emergency.
-            Err(err) => {
-                eprintln!(
-                    "kms-killswitch: ERROR: {:#}; locking down anyway",
-                    anyhow::Error::new(err)
-                );
-                exit = Exit::Incomplete;
-            }
-        }
-        existing.is_some()
+        fire(&policy, &audit, args)
     };
-    audit.record_blocking(Event::TriggerFired {
-        source: TriggerSource::Cli,
-        detail: json!({ "user": user, "reason": reason, "dry_run": args.dry_run, "again": args.again }),
-        latched,
-    });
+    let mut exit = if trip.latch_unwritten {
+        Exit::Incomplete
+    } else {
+        Exit::Success
+    };
 
-    if let Some(existing) = &existing {
+    if let Some(existing) = &trip.existing {
         if !args.again {
-            drop(disconnect_lock);
+            drop(trip.disconnect_lock);
             return already_latched(&policy, &audit, existing);
         }
         println!(
@@ -108,11 +61,7 @@ pub fn run(ctx: &Context, args: &TripArgs) -> anyhow::Result<Exit> {
         );
     }
 
-    let request = LockdownRequest {
-        lockdown_id,
-        key_stores: policy.key_stores.clone(),
-        dry_run: args.dry_run,
-    };
+    let request = switch::lockdown_request(&policy, trip.lockdown_id, args.dry_run);
     let report = runtime()?.block_on(async {
         let mut engine = engine(&policy).await;
         if std::io::stderr().is_terminal() {
@@ -147,6 +96,95 @@ pub fn run(ctx: &Context, args: &TripArgs) -> anyhow::Result<Exit> {
         exit = Exit::Incomplete;
     }
     Ok(exit)
+}
+
+/// How this trip started.
+struct Trip {
+    lockdown_id: LockdownId,
+    /// Held until this trip's lockdown ends: `rearm` refuses while it is held, so no Disconnect
+    /// of this trip follows an accepted rearm (see `crate::latch`).
+    disconnect_lock: Option<latch::DisconnectLock>,
+    /// The latch that was there first, if any: then this trip starts no second lockdown.
+    existing: Option<Latch>,
+    /// Our latch could not be written (the lockdown goes ahead; the exit says so).
+    latch_unwritten: bool,
+}
+
+/// What `trip` records in `trigger_fired`.
+fn trigger_detail(args: &TripArgs, user: &str) -> serde_json::Value {
+    let reason = args.reason.clone().unwrap_or_default();
+    json!({ "user": user, "reason": reason, "dry_run": args.dry_run, "again": args.again })
+}
+
+/// A dry run fires nothing: no latch, only the record that it was asked for.
+fn dry_run_trip(policy: &Policy, audit: &AuditLog, args: &TripArgs) -> Trip {
+    // A latch we cannot read is treated as latched: never lose an earlier lockdown's record.
+    let latched = match latch::read(&policy.state_file) {
+        Ok(latch) => latch.is_some(),
+        Err(err) => {
+            eprintln!("kms-killswitch: warning: {:#}", anyhow::Error::new(err));
+            true
+        }
+    };
+    audit.record_blocking(Event::TriggerFired {
+        source: TriggerSource::Cli,
+        detail: trigger_detail(args, &switch::operator()),
+        latched,
+    });
+    Trip {
+        lockdown_id: LockdownId::new(),
+        disconnect_lock: None,
+        existing: None,
+        latch_unwritten: false,
+    }
+}
+
+/// The disconnect lock, then [`switch::fire`]: the latch before `trigger_fired`.
+fn fire(policy: &Policy, audit: &AuditLog, args: &TripArgs) -> Trip {
+    let disconnect_lock = match latch::lock_for_disconnects(&policy.state_file) {
+        Ok(lock) => Some(lock),
+        Err(err) => {
+            eprintln!("kms-killswitch: warning: {:#}", anyhow::Error::new(err));
+            None
+        }
+    };
+    let user = switch::operator();
+    let latch_detail = match args.reason.as_deref().unwrap_or_default() {
+        "" => format!("trip by {user}"),
+        reason => format!("trip by {user}: {reason}"),
+    };
+    let detail = trigger_detail(args, &user);
+    let fired = switch::fire(
+        &policy.state_file,
+        audit,
+        TriggerSource::Cli,
+        detail,
+        latch_detail,
+    );
+    let mut trip = Trip {
+        lockdown_id: fired.latch.lockdown_id,
+        disconnect_lock,
+        existing: None,
+        latch_unwritten: false,
+    };
+    match fired.latching {
+        Latching::Written | Latching::Vanished => {}
+        Latching::AlreadyLatched(found) => trip.existing = Some(found),
+        // Not a latch we can trust to be in force: lock down (fail closed).
+        Latching::Unreadable(err) => eprintln!(
+            "kms-killswitch: warning: {:#}; locking down",
+            anyhow::Error::new(err)
+        ),
+        // The lockdown goes ahead even so: a human asked for it in an emergency.
+        Latching::Unwritten(err) => {
+            eprintln!(
+                "kms-killswitch: ERROR: {:#}; locking down anyway",
+                anyhow::Error::new(err)
+            );
+            trip.latch_unwritten = true;
+        }
+    }
+    trip
 }
 
 /// Between two looks at KMS while another lockdown holds the latch: well inside the Describe
@@ -235,8 +273,8 @@ fn report_table(report: &LockdownReport) -> String {
         .map(|s| {
             let result = if report.dry_run {
                 match (&s.error, &s.connection_state) {
-                    (Some(error), _) => format!("cannot describe: {error}"),
-                    (None, Some(crate::aws::ConnectionState::Disconnected)) => {
+                    (Some(error), _) => format!("cannot describe: {}", error.to_line()),
+                    (None, Some(ConnectionState::Disconnected)) => {
                         "already DISCONNECTED".to_string()
                     }
                     (None, _) => "would disconnect".to_string(),
@@ -248,7 +286,8 @@ fn report_table(report: &LockdownReport) -> String {
                 };
                 format!("verified ({attempts}, {:.1}s)", s.elapsed.as_secs_f64())
             } else {
-                format!("FAILED: {}", s.error.as_deref().unwrap_or("not verified"))
+                let error = s.error.as_ref().map(LockdownError::to_line);
+                format!("FAILED: {}", error.as_deref().unwrap_or("not verified"))
             };
             vec![
                 s.account.clone().unwrap_or_else(|| "-".to_string()),
@@ -289,15 +328,5 @@ fn summary(report: &LockdownReport) -> String {
             "lockdown {} PARTIAL: only {verified}/{total} key stores verified DISCONNECTED after {elapsed:.1}s; a running daemon keeps enforcing",
             report.lockdown_id
         )
-    }
-}
-
-/// Who ran the command: `alice (via sudo, uid 0)`, `alice (uid 1000)` or `uid 1000`.
-fn invoking_user() -> String {
-    let uid = rustix::process::getuid().as_raw();
-    match (std::env::var("SUDO_USER"), std::env::var("USER")) {
-        (Ok(sudo_user), _) if !sudo_user.is_empty() => format!("{sudo_user} (via sudo, uid {uid})"),
-        (_, Ok(user)) if !user.is_empty() => format!("{user} (uid {uid})"),
-        _ => format!("uid {uid}"),
     }
 }

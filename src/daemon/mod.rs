@@ -3,13 +3,13 @@
 //!
 //! ```text
 //!   FileWatch ─┐
-//!   SignalWatch├─ TriggerEvent ─▶ Daemon::run (one select! loop) ──▶ latch::write ──▶ Engine::lockdown (task)
+//!   SignalWatch├─ TriggerEvent ─▶ Daemon::run (one select! loop) ──▶ switch::fire ──▶ Engine::lockdown (task)
 //!   AlarmWatch ┘                    │  ▲                                  └────────▶ Engine::enforce (task, while latched)
 //!                                   │  └── shutdown future, reload requests (SIGHUP), latch poll, watchdog
 //!                                   └──▶ audit, sd_notify
 //! ```
 //!
-//! State machine: **armed** → (a trigger fires) → latch written → `trigger_fired` audited →
+//! State machine (one `state::State` value, each event a `match` on it): **armed** → (a trigger fires) → latch written → `trigger_fired` audited →
 //! lockdown task → **latched**, enforcing every `enforce_interval` → (the latch file disappears
 //! and `kms-killswitch rearm` left its tombstone naming this lockdown) → **armed**. A latch that
 //! disappears without that tombstone is tampering: audited `latch_tampered`, written back from
@@ -31,28 +31,35 @@
 //! the engine) nor parse YAML (that is `policy`).
 
 mod notify;
+mod state;
+mod triggers;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sd_notify::NotifyState;
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use self::notify::{Notifier, SystemdNotifier};
-use crate::audit::{AuditLog, AuditSink, Event, TriggerSource};
+use self::state::{Activity, Latched, State, TaskEnded};
+use self::triggers::Running;
+use crate::audit::{AuditLog, AuditSink, Event};
 use crate::aws::{AlarmSource, KeyStoreControl};
 use crate::error_chain;
 use crate::latch::{self, Latch};
-use crate::lockdown::{Engine, LockdownReport, LockdownRequest};
+use crate::lockdown::{Engine, LockdownReport};
+use crate::model::{KeyStoreSelector, KeyStoreSpec, LockdownId, TriggerSource};
 use crate::policy::{FileTrigger, Policy, SignalTrigger};
+#[cfg(test)]
+use crate::switch::new_latch;
+use crate::switch::{self, Latching};
 use crate::trigger::TriggerEvent;
-use crate::trigger::alarm::{AlarmConfig, AlarmWatch};
-use crate::trigger::file::{FileTriggerError, FileWatch};
+use crate::trigger::alarm::AlarmConfig;
+use crate::trigger::file::FileTriggerError;
 use crate::trigger::signal::{SignalTriggerError, SignalWatch};
 
 /// How often the latch file is re-read: `rearm` promises a running daemon is armed again
@@ -144,7 +151,7 @@ pub enum DaemonError {
     )]
     LatchNotPersisted {
         path: std::path::PathBuf,
-        lockdown_id: String,
+        lockdown_id: LockdownId,
     },
 }
 
@@ -183,36 +190,6 @@ pub struct DaemonConfig<C, A> {
     pub keep_warm: Option<KeepWarm>,
 }
 
-/// A trigger task in place: its configuration (to tell whether a reload changed it) and its
-/// cancellation.
-struct Running<T> {
-    config: T,
-    cancel: CancellationToken,
-}
-
-impl<T> Drop for Running<T> {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-    }
-}
-
-/// The latch as the daemon holds it.
-struct Latched {
-    latch: Latch,
-    /// The latch is on disk (false only if writing it failed; retried on every latch poll).
-    persisted: bool,
-    /// Verified DISCONNECTED out of listed, from the last lockdown or enforcement round.
-    progress: Option<(usize, usize)>,
-}
-
-/// Triggers built for a policy but not running yet (so a reload is all or nothing). Outer
-/// `None`: unchanged, keep the running one; `Some(None)`: the new policy turns it off.
-struct Prepared<A> {
-    file: Option<Option<(FileTrigger, FileWatch)>>,
-    signal: Option<Option<(SignalTrigger, SignalWatch)>>,
-    alarms: Option<Option<(AlarmConfig, AlarmWatch<A>)>>,
-}
-
 /// The running daemon.
 pub struct Daemon<C, A> {
     /// The policy in force; replaced whole on a valid reload.
@@ -247,19 +224,12 @@ pub struct Daemon<C, A> {
     file: Option<Running<FileTrigger>>,
     signal: Option<Running<SignalTrigger>>,
     alarms: Option<Running<AlarmConfig>>,
-    /// `Some` while latched.
-    latched: Option<Latched>,
-    /// The lockdown in flight (at most one); `None` when a rearm came first and it sent nothing.
-    lockdown: Option<JoinHandle<Option<LockdownReport>>>,
-    /// A lockdown requested while another was in flight (a trip right after a rearm).
-    pending_lockdown: Option<String>,
-    /// The enforcement round in flight and its cancellation.
-    enforcement: Option<(JoinHandle<(usize, usize)>, CancellationToken)>,
-    /// When the next enforcement round is due (while latched and idle).
-    next_enforce: Option<Instant>,
+    /// Armed or latched, and the lockdown or enforcement round in flight (see `state.rs`).
+    state: State,
     /// Regions whose alarms cannot be read right now (for STATUS).
     unreadable_alarms: std::collections::BTreeMap<String, Vec<String>>,
-    /// The last latch read error, so a persistent one is logged once.
+    /// The last latch read error, so a persistent one is logged once (a log memo, not the
+    /// switch's state: an unreadable latch changes nothing).
     latch_read_error: Option<String>,
     /// Why the flag now at the flag path was rejected (squatted, hard-linked …), for STATUS.
     flag_rejected: Option<String>,
@@ -287,11 +257,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
             file: None,
             signal: None,
             alarms: None,
-            latched: None,
-            lockdown: None,
-            pending_lockdown: None,
-            enforcement: None,
-            next_enforce: None,
+            state: State::ARMED,
             unreadable_alarms: Default::default(),
             latch_read_error: None,
             flag_rejected: None,
@@ -299,7 +265,8 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
     }
 
     /// A sender into the trigger queue (tests inject events with it).
-    pub fn trigger_sender(&self) -> mpsc::Sender<TriggerEvent> {
+    #[cfg(test)]
+    pub(crate) fn trigger_sender(&self) -> mpsc::Sender<TriggerEvent> {
         self.events_tx.clone()
     }
 
@@ -324,7 +291,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
         tracing::info!(
             key_stores = self.policy.key_stores.len(),
             alarms = self.policy.triggers.alarms.len(),
-            latched = self.latched.is_some(),
+            latched = self.state.is_latched(),
             "daemon ready"
         );
         let status = self.status_line();
@@ -345,31 +312,24 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
         tokio::pin!(shutdown);
 
         loop {
-            let next_enforce = self.next_enforce;
+            let next_enforce = self.state.activity().next_enforce();
             tokio::select! {
                 // Ordered: a queued trigger is handled before a shutdown that arrived with it.
                 biased;
                 // A trigger fired, was rejected, or the alarms' health changed.
                 Some(event) = self.events_rx.recv() => self.on_trigger(event),
-                // The lockdown in flight ended (verified, or at its verify_timeout).
-                result = join_some(&mut self.lockdown) => {
-                    self.lockdown = None;
-                    self.on_lockdown_finished(result);
-                }
-                // An enforcement round ended.
-                result = join_enforcement(&mut self.enforcement) => {
-                    self.enforcement = None;
-                    self.on_enforcement_finished(result);
-                }
+                // The lockdown in flight ended (verified, or at its verify_timeout), or an
+                // enforcement round did.
+                ended = self.state.activity_mut().task_ended() => match ended {
+                    TaskEnded::Lockdown(result) => self.on_lockdown_finished(result),
+                    TaskEnded::Enforcement(result) => self.on_enforcement_finished(result),
+                },
                 // SIGTERM/SIGINT (or the test's own future): stop, finishing any lockdown first.
                 _ = &mut shutdown => break,
                 // SIGHUP: re-read and swap the policy, or keep the old one.
                 _ = reload.requested() => self.reload().await,
                 // Time for an enforcement round.
-                _ = sleep_until_some(next_enforce) => {
-                    self.next_enforce = None;
-                    self.start_enforcement();
-                }
+                _ = sleep_until_some(next_enforce) => self.start_enforcement(),
                 // Rearm hand-off and latches written by `trip`; audit records held in memory
                 // after a write failure are retried here too, not only with the next record.
                 _ = latch_poll.tick() => {
@@ -414,63 +374,36 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
     /// On start with a latch present: audit `trigger_fired {source: resume}` and lock down again.
     fn resume_if_latched(&mut self) {
         let state_file = self.policy.state_file.clone();
-        let (latch, detail) = match latch::read(&state_file) {
-            Ok(None) => return,
-            Ok(Some(latch)) => {
-                let detail = serde_json::json!({
-                    "lockdown_id": latch.lockdown_id,
-                    "trigger": latch.trigger,
-                    "fired_at": latch.fired_at,
-                    "detail": latch.detail,
-                });
-                (latch, detail)
-            }
-            Err(err) => {
-                // Fail closed: a latch that cannot be read is treated as set.
-                tracing::error!(path = %state_file.display(), cause = %error_chain(&err), "cannot read the latch; treating the switch as latched");
-                let latch = new_latch(
-                    TriggerSource::Resume,
-                    format!("unreadable latch: {}", error_chain(&err)),
-                );
-                let detail = serde_json::json!({ "error": error_chain(&err) });
-                (latch, detail)
-            }
+        let Some(resumed) = switch::resume(&state_file, &*self.audit) else {
+            return;
         };
-        tracing::warn!(lockdown_id = %latch.lockdown_id, fired_at = %latch.fired_at, "latch set at start; resuming the lockdown");
-        let lockdown_id = new_lockdown_id();
-        self.latched = Some(Latched {
-            latch,
-            persisted: true,
+        // An unreadable latch was replaced by a stand-in: write it if the file is gone since.
+        let persisted = state_file.exists() || write_latch(&state_file, &resumed.latch);
+        self.state.latch(Latched {
+            latch: resumed.latch,
+            persisted,
             progress: None,
         });
-        if let Some(latched) = &mut self.latched
-            && !state_file.exists()
-        {
-            latched.persisted = write_latch(&state_file, &latched.latch);
-        }
-        self.audit.record(Event::TriggerFired {
-            source: TriggerSource::Resume,
-            detail,
-            latched: false,
-        }).queued();
-        self.start_lockdown(lockdown_id);
+        self.start_lockdown(resumed.lockdown_id);
     }
 
     fn on_trigger(&mut self, event: TriggerEvent) {
         match event {
             TriggerEvent::Fired { source, detail } => {
-                if self.latched.is_some() {
+                if self.state.is_latched() {
                     // The in-memory state may be up to one latch poll behind the disk: a
                     // `rearm` that has just cleared the latch must not swallow this trigger.
                     self.poll_latch();
                 }
-                if self.latched.is_some() {
+                if self.state.is_latched() {
                     tracing::info!(?source, %detail, "trigger fired while latched; no second lockdown");
-                    self.audit.record(Event::TriggerFired {
-                        source,
-                        detail,
-                        latched: true,
-                    }).queued();
+                    self.audit
+                        .record(Event::TriggerFired {
+                            source,
+                            detail,
+                            latched: true,
+                        })
+                        .queued();
                 } else {
                     self.fire(source, detail);
                 }
@@ -487,7 +420,9 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                     self.flag_rejected = Some(reason.clone());
                     self.notify_status();
                 }
-                self.audit.record(Event::TriggerRejected { source, reason }).queued();
+                self.audit
+                    .record(Event::TriggerRejected { source, reason })
+                    .queued();
             }
             TriggerEvent::AlarmPollFailed {
                 alarm_names,
@@ -496,11 +431,13 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
             } => {
                 self.unreadable_alarms
                     .insert(region.clone(), alarm_names.clone());
-                self.audit.record(Event::AlarmPollFailed {
-                    alarm_names,
-                    region,
-                    error,
-                }).queued();
+                self.audit
+                    .record(Event::AlarmPollFailed {
+                        alarm_names,
+                        region,
+                        error,
+                    })
+                    .queued();
                 self.notify_status();
             }
             TriggerEvent::AlarmPollRecovered { region, .. } => {
@@ -510,76 +447,75 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
         }
     }
 
-    /// The first trigger: latch (durably, before any Disconnect), audit, lock down. When another
-    /// process (a `trip`) latched first, this trigger is a trigger while latched.
+    /// The first trigger: latch (durably, before any Disconnect), audit, lock down
+    /// ([`switch::fire`]). When another process (a `trip`) latched first, this trigger is a
+    /// trigger while latched.
     fn fire(&mut self, source: TriggerSource, detail: serde_json::Value) {
-        let latch = new_latch(source, detail.to_string());
-        let lockdown_id = latch.lockdown_id.clone();
         let state_file = self.policy.state_file.clone();
-        let written = latch::write(&state_file, &latch);
-        // Another process latched first (a latch file we cannot read instead: fail closed, lock
-        // down below).
-        if let Err(latch::LatchError::AlreadyLatched { .. }) = &written
-            && let Ok(Some(existing)) = latch::read(&state_file)
-        {
-            tracing::info!(?source, %detail, lockdown_id = %existing.lockdown_id, "trigger fired but another process latched first; no second lockdown");
-            self.latched = Some(Latched {
-                latch: existing,
-                persisted: true,
-                progress: None,
-            });
-            self.audit.record(Event::TriggerFired {
-                source,
-                detail,
-                latched: true,
-            }).queued();
-            self.schedule_enforcement();
-            self.notify_status();
-            return;
+        let log_detail = detail.to_string();
+        let fired = switch::fire(
+            &state_file,
+            &*self.audit,
+            source,
+            detail,
+            log_detail.clone(),
+        );
+        let persisted = fired.persisted();
+        match fired.latching {
+            Latching::AlreadyLatched(existing) => {
+                tracing::info!(?source, detail = %log_detail, lockdown_id = %existing.lockdown_id, "trigger fired but another process latched first; no second lockdown");
+                self.state.latch(Latched {
+                    latch: existing,
+                    persisted: true,
+                    progress: None,
+                });
+                self.schedule_enforcement();
+                self.notify_status();
+                return;
+            }
+            Latching::Unwritten(err) => {
+                tracing::error!(path = %state_file.display(), cause = %error_chain(&err), "cannot write the latch; locking down anyway and retrying the write");
+            }
+            Latching::Written | Latching::Unreadable(_) | Latching::Vanished => {}
         }
-        tracing::warn!(?source, %detail, %lockdown_id, "trigger fired; latching and locking down");
-        let persisted = latch_on_disk(&state_file, written);
-        self.latched = Some(Latched {
-            latch,
+        let lockdown_id = fired.latch.lockdown_id.clone();
+        tracing::warn!(?source, detail = %log_detail, %lockdown_id, "trigger fired; latching and locking down");
+        self.state.latch(Latched {
+            latch: fired.latch,
             persisted,
             progress: None,
         });
-        self.audit.record(Event::TriggerFired {
-            source,
-            detail,
-            latched: false,
-        }).queued();
         self.start_lockdown(lockdown_id);
     }
 
-    fn start_lockdown(&mut self, lockdown_id: String) {
-        if self.lockdown.is_some() {
-            tracing::info!(%lockdown_id, "a lockdown is in flight; this one starts when it ends");
-            self.pending_lockdown = Some(lockdown_id);
-            return;
+    fn start_lockdown(&mut self, lockdown_id: LockdownId) {
+        match self.state.activity_mut() {
+            Activity::LockingDown { pending, .. } => {
+                tracing::info!(%lockdown_id, "a lockdown is in flight; this one starts when it ends");
+                *pending = Some(lockdown_id);
+                return;
+            }
+            // A lockdown supersedes the round (and the one scheduled).
+            activity => activity.stop_enforcement(),
         }
-        self.next_enforce = None;
-        if let Some((_, cancel)) = &self.enforcement {
-            cancel.cancel();
-        }
-        let request = LockdownRequest {
-            lockdown_id,
-            key_stores: self.policy.key_stores.clone(),
-            dry_run: false,
-        };
+        let request = switch::lockdown_request(&self.policy, lockdown_id, false);
         let engine = self.engine.clone();
         let audit = self.audit.clone();
         let state_file = self.policy.state_file.clone();
-        let require_latch = self.latched.as_ref().is_some_and(|l| l.persisted);
+        let require_latch = self.state.latched().is_some_and(|l| l.persisted);
         // Not tied to any cancellation: a lockdown always runs to its end.
-        self.lockdown = Some(self.tracker.spawn(async move {
+        let task = self.tracker.spawn(async move {
             let Some(_lock) = hold_disconnect_lock(state_file, require_latch).await else {
                 tracing::warn!(lockdown_id = %request.lockdown_id, "rearmed before the lockdown started; no Disconnect sent");
                 return None;
             };
             let sink: &dyn AuditSink = &*audit;
             Some(engine.lockdown(&request, sink).await)
-        }));
+        });
+        *self.state.activity_mut() = Activity::LockingDown {
+            task,
+            pending: None,
+        };
         self.notify_status();
     }
 
@@ -587,6 +523,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
         &mut self,
         result: Result<Option<LockdownReport>, tokio::task::JoinError>,
     ) {
+        let pending = self.state.activity_mut().finish();
         match result {
             Ok(None) => {}
             Ok(Some(report)) => {
@@ -597,7 +534,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                 } else {
                     tracing::error!(lockdown_id = %report.lockdown_id, verified, total, "lockdown partial; enforcement keeps retrying the rest");
                 }
-                if let Some(latched) = &mut self.latched {
+                if let Some(latched) = self.state.latched_mut() {
                     latched.progress = Some((verified, total));
                 }
             }
@@ -605,7 +542,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                 tracing::error!(cause = %err, "lockdown task failed; enforcement keeps trying")
             }
         }
-        if let Some(lockdown_id) = self.pending_lockdown.take() {
+        if let Some(lockdown_id) = pending {
             self.start_lockdown(lockdown_id);
             return;
         }
@@ -613,18 +550,27 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
         self.notify_status();
     }
 
+    /// While latched and idle: the next enforcement round in `enforce_interval` (none when
+    /// enforcement is off or the switch is armed). A task in flight schedules when it ends.
     fn schedule_enforcement(&mut self) {
-        self.next_enforce = match (&self.latched, self.policy.lockdown.enforce_interval) {
-            (Some(_), Some(interval)) => Some(Instant::now() + interval),
+        let due = match (
+            self.state.is_latched(),
+            self.policy.lockdown.enforce_interval,
+        ) {
+            (true, Some(interval)) => Some(Instant::now() + interval),
             _ => None,
         };
+        if let Activity::Idle { next_enforce } = self.state.activity_mut() {
+            *next_enforce = due;
+        }
     }
 
+    /// The round that was due (the activity is idle: only then is a round scheduled).
     fn start_enforcement(&mut self) {
-        let Some(latched) = &self.latched else { return };
-        if self.lockdown.is_some() || self.enforcement.is_some() {
+        let State::Latched { latched, activity } = &mut self.state else {
+            self.state.activity_mut().stop_enforcement();
             return;
-        }
+        };
         let engine = self.engine.clone();
         let audit = self.audit.clone();
         let key_stores = self.policy.key_stores.clone();
@@ -633,13 +579,15 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
         let require_latch = latched.persisted;
         let cancel = self.cancel.child_token();
         let round_cancel = cancel.clone();
-        let handle = self.tracker.spawn(async move {
+        let task = self.tracker.spawn(async move {
             let sink: &dyn AuditSink = &*audit;
             let round = async {
                 match hold_disconnect_lock(state_file, require_latch).await {
                     // Rearmed since this round was scheduled: nothing to enforce.
                     None => (0, 0),
-                    Some(_lock) => enforce_round(&engine, &key_stores, &lockdown_id, sink).await,
+                    Some(_lock) => {
+                        enforce_round(&engine, &key_stores, lockdown_id.as_str(), sink).await
+                    }
                 }
             };
             tokio::select! {
@@ -648,13 +596,14 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                 counts = round => counts,
             }
         });
-        self.enforcement = Some((handle, cancel));
+        *activity = Activity::Enforcing { task, cancel };
     }
 
     fn on_enforcement_finished(&mut self, result: Result<(usize, usize), tokio::task::JoinError>) {
+        self.state.activity_mut().finish();
         match result {
             Ok((verified, total)) if total > 0 => {
-                if let Some(latched) = &mut self.latched {
+                if let Some(latched) = self.state.latched_mut() {
                     latched.progress = Some((verified, total));
                 }
             }
@@ -682,11 +631,11 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                 return;
             }
         };
-        match (&mut self.latched, on_disk) {
-            (Some(latched), None) if !latched.persisted => {
+        match (&mut self.state, on_disk) {
+            (State::Latched { latched, .. }, None) if !latched.persisted => {
                 latched.persisted = write_latch(&state_file, &latched.latch);
             }
-            (Some(latched), None)
+            (State::Latched { latched, .. }, None)
                 if latch::read_tombstone(&state_file).map(|t| t.lockdown_id)
                     != Some(latched.latch.lockdown_id.clone()) =>
             {
@@ -701,18 +650,14 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                 latched.persisted = write_latch(&state_file, &latched.latch);
                 self.audit.record(Event::LatchTampered { detail }).queued();
             }
-            (Some(latched), None) => {
+            (State::Latched { latched, .. }, None) => {
                 tracing::warn!(lockdown_id = %latched.latch.lockdown_id, "latch cleared (rearm); the switch is armed again");
-                self.latched = None;
-                self.next_enforce = None;
-                if let Some((_, cancel)) = &self.enforcement {
-                    cancel.cancel();
-                }
+                self.state.arm();
                 self.notify_status();
             }
-            (None, Some(latch)) => {
+            (State::Armed { .. }, Some(latch)) => {
                 tracing::warn!(lockdown_id = %latch.lockdown_id, trigger = ?latch.trigger, "latch set by another process (kms-killswitch trip); enforcing");
-                self.latched = Some(Latched {
+                self.state.latch(Latched {
                     latch,
                     persisted: true,
                     progress: None,
@@ -720,7 +665,9 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                 self.schedule_enforcement();
                 self.notify_status();
             }
-            (Some(latched), Some(latch)) if latched.latch != latch && self.lockdown.is_none() => {
+            (State::Latched { latched, activity }, Some(latch))
+                if latched.latch != latch && !activity.locking_down() =>
+            {
                 // A `trip` ran again while latched: follow its lockdown id.
                 latched.latch = latch;
             }
@@ -785,86 +732,14 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
         self.audit.record(Event::PolicyLoaded).queued();
         // The first poll of new alarms starts on its own; READY does not wait for it on reload.
         drop(self.install_triggers(prepared));
-        if self.latched.is_some() && self.lockdown.is_none() && self.enforcement.is_none() {
+        if let State::Latched {
+            activity: Activity::Idle { .. },
+            ..
+        } = self.state
+        {
             self.schedule_enforcement();
         }
         Ok(())
-    }
-
-    /// Build (but do not run) the triggers of `policy` that differ from the running ones.
-    async fn prepare_triggers(&mut self, policy: &Policy) -> Result<Prepared<A>, DaemonError> {
-        let mut prepared = Prepared {
-            file: None,
-            signal: None,
-            alarms: None,
-        };
-        let file = policy.triggers.file.clone();
-        if self.file.as_ref().map(|r| &r.config) != file.as_ref() {
-            prepared.file = Some(match file {
-                Some(config) => {
-                    let watch = FileWatch::start(&config, self.events_tx.clone()).await?;
-                    Some((config, watch))
-                }
-                None => None,
-            });
-        }
-        let signal = policy.triggers.signal;
-        if self.signal.as_ref().map(|r| r.config) != signal {
-            prepared.signal = Some(match signal {
-                Some(config) => {
-                    let watch = match self.early_signal.take() {
-                        Some(early) if early.config() == config => early,
-                        _ => SignalWatch::start(config)?,
-                    };
-                    Some((config, watch))
-                }
-                None => None,
-            });
-        }
-        let alarms = (!policy.triggers.alarms.is_empty()).then(|| AlarmConfig {
-            alarms: policy.triggers.alarms.clone(),
-            poll_interval: policy.triggers.alarm_poll_interval,
-            fail_closed_after: policy.triggers.fail_closed_after,
-        });
-        if self.alarms.as_ref().map(|r| &r.config) != alarms.as_ref() {
-            prepared.alarms = Some(alarms.map(|config| {
-                let watch =
-                    AlarmWatch::new(self.alarm_source.clone(), &config, self.events_tx.clone());
-                (config, watch)
-            }));
-        }
-        Ok(prepared)
-    }
-
-    /// Stop the replaced triggers and spawn the prepared ones. Returns, when a new alarm poller
-    /// starts, a receiver that completes as its first poll begins.
-    fn install_triggers(&mut self, prepared: Prepared<A>) -> Option<oneshot::Receiver<()>> {
-        if let Some(file) = prepared.file {
-            self.file = file.map(|(config, watch)| {
-                let cancel = self.cancel.child_token();
-                self.tracker.spawn(watch.run(cancel.clone()));
-                Running { config, cancel }
-            });
-        }
-        if let Some(signal) = prepared.signal {
-            self.signal = signal.map(|(config, watch)| {
-                let cancel = self.cancel.child_token();
-                self.tracker
-                    .spawn(watch.run(self.events_tx.clone(), cancel.clone()));
-                Running { config, cancel }
-            });
-        }
-        let mut started_rx = None;
-        if let Some(alarms) = prepared.alarms {
-            self.alarms = alarms.map(|(config, watch)| {
-                let cancel = self.cancel.child_token();
-                let (started_tx, rx) = oneshot::channel();
-                started_rx = Some(rx);
-                self.tracker.spawn(watch.run(cancel.clone(), started_tx));
-                Running { config, cancel }
-            });
-        }
-        started_rx
     }
 
     async fn shutdown(&mut self, watchdog: &mut tokio::time::Interval) -> Result<(), DaemonError> {
@@ -880,30 +755,33 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
         while let Ok(event) = self.events_rx.try_recv() {
             self.on_trigger(event);
         }
-        if self.lockdown.is_some() {
+        if self.state.activity().locking_down() {
             tracing::info!("waiting for the lockdown in flight to finish before stopping");
         }
-        while let Some(handle) = self.lockdown.as_mut() {
+        while self.state.activity().locking_down() {
             tokio::select! {
-                result = handle => {
-                    self.lockdown = None;
-                    self.on_lockdown_finished(result);
+                ended = self.state.activity_mut().task_ended() => {
+                    if let TaskEnded::Lockdown(result) = ended {
+                        self.on_lockdown_finished(result);
+                    }
                 }
                 _ = watchdog.tick(), if self.watchdog.is_some() => {
                     self.notifier.notify(&[NotifyState::Watchdog]);
                 }
             }
         }
-        if let Some((handle, cancel)) = self.enforcement.take() {
+        if let Activity::Enforcing { task, cancel } =
+            std::mem::replace(self.state.activity_mut(), Activity::IDLE)
+        {
             cancel.cancel();
-            let _ = handle.await;
+            let _ = task.await;
         }
         self.tracker.close();
         self.tracker.wait().await;
         // A latch whose write failed when the trigger fired has been retried on every latch
         // poll; one last try, and a stop that is not clean if it still fails.
         let mut unpersisted = None;
-        if let Some(latched) = &mut self.latched
+        if let Some(latched) = self.state.latched_mut()
             && !latched.persisted
         {
             latched.persisted = write_latch(&self.policy.state_file, &latched.latch);
@@ -929,13 +807,13 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
 
     /// The STATUS= line: "armed, 6 key stores, 2 alarms" or "LATCHED since … — 6/6 disconnected".
     fn status_line(&self) -> String {
-        let mut line = match &self.latched {
+        let mut line = match self.state.latched() {
             None => format!(
                 "armed, {}, {}",
                 crate::count(self.policy.key_stores.len(), "key store"),
                 crate::count(self.policy.triggers.alarms.len(), "alarm")
             ),
-            Some(latched) => match (latched.progress, self.lockdown.is_some()) {
+            Some(latched) => match (latched.progress, self.state.activity().locking_down()) {
                 (_, true) => format!(
                     "LATCHED since {} — lockdown in progress",
                     latched.latch.fired_at
@@ -966,7 +844,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
 /// engine). Returns (verified DISCONNECTED, listed).
 async fn enforce_round<C: KeyStoreControl>(
     engine: &Engine<C>,
-    key_stores: &[crate::policy::KeyStoreSpec],
+    key_stores: &[KeyStoreSpec],
     lockdown_id: &str,
     audit: &dyn AuditSink,
 ) -> (usize, usize) {
@@ -990,35 +868,20 @@ fn record_enforcement_failures(
                 .custom_key_store_id
                 .clone()
                 .unwrap_or_else(|| match &store.spec.selector {
-                    crate::policy::KeyStoreSelector::Id(id) => id.clone(),
-                    crate::policy::KeyStoreSelector::Name(name) => format!("name:{name}"),
+                    KeyStoreSelector::Id(id) => id.clone(),
+                    KeyStoreSelector::Name(name) => format!("name:{name}"),
                 });
         tracing::warn!(key_store = %key_store_id, region = %store.spec.target.region, cause = %error, "enforcement round failed for a key store");
-        audit.record(Event::EnforcementFailed {
-            lockdown_id: lockdown_id.to_string(),
-            key_store_id,
-            region: store.spec.target.region.clone(),
-            account: store.account.clone(),
-            connection_state: store.connection_state.as_ref().map(|s| s.to_string()),
-            error: error.clone(),
-        }).queued();
-    }
-}
-
-/// Await the handle if there is one; never completes otherwise.
-async fn join_some<T>(handle: &mut Option<JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
-    match handle {
-        Some(handle) => handle.await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn join_enforcement(
-    enforcement: &mut Option<(JoinHandle<(usize, usize)>, CancellationToken)>,
-) -> Result<(usize, usize), tokio::task::JoinError> {
-    match enforcement {
-        Some((handle, _)) => handle.await,
-        None => std::future::pending().await,
+        audit
+            .record(Event::EnforcementFailed {
+                lockdown_id: lockdown_id.to_string(),
+                key_store_id,
+                region: store.spec.target.region.clone(),
+                account: store.account.clone(),
+                connection_state: store.connection_state.as_ref().map(|s| s.to_string()),
+                error: error.clone(),
+            })
+            .queued();
     }
 }
 
@@ -1057,38 +920,13 @@ async fn hold_disconnect_lock(
 /// stopped by its own bookkeeping). Returns whether a latch is on disk (ours, or one another
 /// process wrote first: the latch poll adopts that one).
 fn write_latch(path: &std::path::Path, latch: &Latch) -> bool {
-    latch_on_disk(path, latch::write(path, latch))
-}
-
-/// See [`write_latch`].
-fn latch_on_disk(path: &std::path::Path, written: Result<(), latch::LatchError>) -> bool {
-    match written {
+    match latch::write(path, latch) {
         Ok(()) | Err(latch::LatchError::AlreadyLatched { .. }) => true,
         Err(err) => {
             tracing::error!(path = %path.display(), cause = %error_chain(&err), "cannot write the latch; locking down anyway and retrying the write");
             false
         }
     }
-}
-
-fn new_latch(source: TriggerSource, detail: String) -> Latch {
-    Latch {
-        trigger: source.into(),
-        fired_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-        lockdown_id: new_lockdown_id(),
-        detail,
-    }
-}
-
-/// `ld-<UTC time to the second>-<8 random hex digits>`: sortable, and unique even for two
-/// lockdowns in the same second.
-pub fn new_lockdown_id() -> String {
-    let stamp: String = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-        .to_string()
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .collect();
-    format!("ld-{stamp}-{:08x}", fastrand::u32(..))
 }
 
 #[cfg(test)]

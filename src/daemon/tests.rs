@@ -2,147 +2,16 @@
 //! real lockdown engine, on tokio's paused clock. The file and signal triggers are off here
 //! (their own tests and the integration tests cover them); triggers are injected on the queue.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
 use super::notify::fake::RecordingNotifier;
 use super::*;
-use crate::aws::{
-    AlarmState, AwsError, ConnectionState, DisconnectAccepted, ErrorKind, KeyStore, Target,
-};
-
-/// KMS with a few stores; Disconnect takes `delay` and records whether the latch was on disk.
-struct FakeKms {
-    stores: Mutex<BTreeMap<String, ConnectionState>>,
-    /// (store id, latch file existed when the Disconnect was sent).
-    disconnects: Mutex<Vec<(String, bool)>>,
-    latch_path: PathBuf,
-    delay: Duration,
-}
-
-impl FakeKms {
-    fn new(ids: &[&str], latch_path: &Path, delay: Duration) -> Arc<Self> {
-        Arc::new(FakeKms {
-            stores: Mutex::new(
-                ids.iter()
-                    .map(|id| (id.to_string(), ConnectionState::Connected))
-                    .collect(),
-            ),
-            disconnects: Mutex::new(Vec::new()),
-            latch_path: latch_path.to_path_buf(),
-            delay,
-        })
-    }
-
-    fn disconnects(&self) -> Vec<(String, bool)> {
-        self.disconnects.lock().unwrap().clone()
-    }
-
-    fn set(&self, id: &str, state: ConnectionState) {
-        self.stores.lock().unwrap().insert(id.to_string(), state);
-    }
-
-    fn state(&self, id: &str) -> Option<ConnectionState> {
-        self.stores.lock().unwrap().get(id).cloned()
-    }
-}
-
-fn aws_error(operation: &'static str, target: &Target, kind: ErrorKind, code: &str) -> AwsError {
-    AwsError {
-        operation,
-        region: target.region.clone(),
-        kind,
-        code: code.into(),
-        message: "fake".into(),
-        request_id: None,
-    }
-}
-
-impl KeyStoreControl for FakeKms {
-    async fn disconnect(
-        &self,
-        target: &Target,
-        custom_key_store_id: &str,
-    ) -> Result<DisconnectAccepted, AwsError> {
-        let latch_on_disk = self.latch_path.exists();
-        self.disconnects
-            .lock()
-            .unwrap()
-            .push((custom_key_store_id.to_string(), latch_on_disk));
-        tokio::time::sleep(self.delay).await;
-        let mut stores = self.stores.lock().unwrap();
-        match stores.get_mut(custom_key_store_id) {
-            None => Err(aws_error(
-                "DisconnectCustomKeyStore",
-                target,
-                ErrorKind::NotFound,
-                "CustomKeyStoreNotFoundException",
-            )),
-            Some(ConnectionState::Disconnected | ConnectionState::Disconnecting) => Err(aws_error(
-                "DisconnectCustomKeyStore",
-                target,
-                ErrorKind::InvalidState,
-                "CustomKeyStoreInvalidStateException",
-            )),
-            Some(state) => {
-                *state = ConnectionState::Disconnected;
-                Ok(DisconnectAccepted {
-                    request_id: Some("req-1".into()),
-                })
-            }
-        }
-    }
-
-    async fn describe_page(
-        &self,
-        _target: &Target,
-        _marker: Option<&str>,
-    ) -> Result<(Vec<KeyStore>, Option<String>), AwsError> {
-        let stores = self.stores.lock().unwrap();
-        Ok((
-            stores
-                .iter()
-                .map(|(id, state)| KeyStore {
-                    custom_key_store_id: id.clone(),
-                    custom_key_store_name: Some(format!("name-{id}")),
-                    custom_key_store_type: Some("AWS_CLOUDHSM".into()),
-                    connection_state: state.clone(),
-                    connection_error_code: None,
-                })
-                .collect(),
-            None,
-        ))
-    }
-
-    async fn account(&self, _target: &Target) -> Result<String, AwsError> {
-        Ok("111111111111".into())
-    }
-}
-
-/// CloudWatch that always says the same thing.
-struct FakeAlarms {
-    state: Mutex<&'static str>,
-}
-
-impl AlarmSource for FakeAlarms {
-    async fn describe_alarms(
-        &self,
-        _target: &Target,
-        alarm_names: &[String],
-    ) -> Result<Vec<AlarmState>, AwsError> {
-        let state = *self.state.lock().unwrap();
-        Ok(alarm_names
-            .iter()
-            .map(|name| AlarmState {
-                alarm_name: name.clone(),
-                state_value: state.into(),
-                state_reason: Some("fake".into()),
-                alarm_type: "metric",
-            })
-            .collect())
-    }
-}
+use crate::aws::fake::{DEFAULT_ACCOUNT, FakeAws};
+use crate::model::ConnectionState;
 
 #[derive(Default)]
 struct FakeAudit {
@@ -215,8 +84,9 @@ fn parse(text: &str, dir: &Path) -> Policy {
 /// A daemon running on the paused clock, with handles on every fake.
 struct Harness {
     dir: tempfile::TempDir,
-    kms: Arc<FakeKms>,
-    alarms: Arc<FakeAlarms>,
+    kms: Arc<FakeAws>,
+    /// The same fake as `kms` (one fake of KMS and CloudWatch).
+    alarms: Arc<FakeAws>,
     audit: Arc<FakeAudit>,
     notifier: Arc<RecordingNotifier>,
     triggers: mpsc::Sender<TriggerEvent>,
@@ -258,10 +128,16 @@ impl Harness {
             let latch = new_latch(TriggerSource::File, "before the crash".into());
             latch::write(&policy.state_file, &latch).unwrap();
         }
-        let kms = FakeKms::new(&STORES, &policy.state_file, options.delay);
-        let alarms = Arc::new(FakeAlarms {
-            state: Mutex::new("OK"),
-        });
+        // Disconnects take `delay` and record whether the latch was on disk.
+        let kms = Arc::new(FakeAws::new(Duration::ZERO));
+        for id in STORES {
+            kms.add(id, DEFAULT_ACCOUNT, ConnectionState::Connected);
+        }
+        kms.with(|s| s.disconnect_latency = options.delay);
+        let latch_path = policy.state_file.clone();
+        kms.probe_disconnects(move || latch_path.exists());
+        let alarms = kms.clone();
+        alarms.answer_alarms(vec![Ok(vec![("big-red-button", "OK")])]);
         let audit = Arc::new(FakeAudit::default());
         let notifier = Arc::new(RecordingNotifier::default());
         let next_policy = Arc::new(Mutex::new(Ok(policy.clone())));
@@ -382,7 +258,7 @@ async fn first_trigger_latches_before_the_first_disconnect_and_locks_down() {
         "latch on disk before every Disconnect"
     );
     let latch = latch::read(&h.state_file()).unwrap().expect("latched");
-    assert_eq!(latch.trigger, latch::TriggerSourceName::Signal);
+    assert_eq!(latch.trigger, TriggerSource::Signal);
     let names = h.audit.names();
     let fired = names.iter().position(|n| n == "trigger_fired").unwrap();
     let started = names.iter().position(|n| n == "lockdown_started").unwrap();
@@ -642,7 +518,8 @@ async fn valid_reload_swaps_the_policy_and_its_hash() {
     })
     .await;
     // The new alarm trigger is live.
-    *h.alarms.state.lock().unwrap() = "ALARM";
+    h.alarms
+        .answer_alarms(vec![Ok(vec![("big-red-button", "ALARM")])]);
     h.wait_until("alarm trip", |h| h.audit.count("lockdown_finished") == 1)
         .await;
 }
@@ -755,15 +632,6 @@ async fn alarm_poll_failures_are_audited_and_shown_in_status() {
         !statuses(&h.notifier).last().unwrap().contains("unreadable")
     })
     .await;
-}
-
-#[test]
-fn lockdown_ids_are_unique_and_sortable() {
-    let a = new_lockdown_id();
-    let b = new_lockdown_id();
-    assert_ne!(a, b);
-    assert!(a.starts_with("ld-20"), "{a}");
-    assert_eq!(a.len(), "ld-20261129T112233Z-0123abcd".len(), "{a}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -17,13 +17,14 @@ mod raw;
 mod validate;
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sha2::Digest;
+
+use crate::model::{KeyStoreSelector, KeyStoreSpec, Target};
 
 pub use error::{PolicyError, Position, Problem};
 
@@ -68,52 +69,6 @@ pub const MAX_POLICY_BYTES: u64 = 1024 * 1024;
 const MAX_KEY_STORE_NAME_CHARS: usize = 256;
 /// CloudWatch alarm names are 1 to 255 characters (CloudWatch API reference).
 const MAX_ALARM_NAME_CHARS: usize = 255;
-
-/// Where AWS calls for a key store or alarm go: the region and the role to assume (if any).
-/// One AWS SDK configuration is built per distinct `Target`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Target {
-    /// e.g. `eu-west-1`.
-    pub region: String,
-    /// `arn:aws:iam::<account>:role/<name>`; `None` = the base credentials.
-    pub role_arn: Option<String>,
-}
-
-impl Target {
-    /// The 12-digit account of `role_arn`; `None` for the base credentials (account unknown
-    /// until STS is asked).
-    pub fn role_account(&self) -> Option<&str> {
-        self.role_arn
-            .as_deref()
-            .and_then(|arn| arn.split(':').nth(4))
-            .filter(|account| !account.is_empty())
-    }
-}
-
-/// How a key store is named in the policy.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum KeyStoreSelector {
-    /// `cks-` + 17 hex digits.
-    Id(String),
-    /// A `CustomKeyStoreName`, resolved through DescribeCustomKeyStores.
-    Name(String),
-}
-
-impl fmt::Display for KeyStoreSelector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            KeyStoreSelector::Id(id) => f.write_str(id),
-            KeyStoreSelector::Name(name) => write!(f, "name {name}"),
-        }
-    }
-}
-
-/// One entry of `key_stores:`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct KeyStoreSpec {
-    pub selector: KeyStoreSelector,
-    pub target: Target,
-}
 
 /// One entry of `triggers.alarms:`.
 #[derive(Debug, Clone, PartialEq, Eq)]

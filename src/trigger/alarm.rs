@@ -9,7 +9,6 @@
 //! switch, which fires once an alarm has been unreadable that long. It owns the poll timer and the
 //! per-alarm counters; it only sends [`TriggerEvent`]s and never touches KMS or the latch.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,13 +17,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::TriggerSource;
-use crate::aws::{AlarmSource, AlarmState, Target};
+use crate::aws::{AlarmSource, AlarmState, AlarmStateValue};
+use crate::model::{Target, TriggerSource};
 use crate::policy::AlarmSpec;
 use crate::trigger::TriggerEvent;
 
 /// The CloudWatch state that counts towards firing.
-const ALARM: &str = "ALARM";
+const ALARM: AlarmStateValue = AlarmStateValue::Alarm;
 
 /// What the alarm trigger needs from the policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,10 +70,8 @@ pub struct AlarmWatch<A> {
 
 impl<A: AlarmSource> AlarmWatch<A> {
     pub fn new(source: Arc<A>, config: &AlarmConfig, events: mpsc::Sender<TriggerEvent>) -> Self {
-        let mut by_target: BTreeMap<Target, Vec<&AlarmSpec>> = BTreeMap::new();
-        for spec in &config.alarms {
-            by_target.entry(spec.target.clone()).or_default().push(spec);
-        }
+        let by_target =
+            crate::model::group_by_target(config.alarms.iter().map(|s| (s.target.clone(), s)));
         let groups = by_target
             .into_iter()
             .map(|(target, specs)| Group {
@@ -295,88 +292,15 @@ fn observe(alarm: &mut Tracked, target: &Target, state: &AlarmState) -> Option<T
 
 #[cfg(test)]
 mod tests {
-    use std::collections::VecDeque;
-    use std::sync::Mutex;
-
     use super::*;
-    use crate::aws::{AwsError, ErrorKind};
+    use crate::aws::ErrorKind;
+    use crate::aws::fake::{AlarmAnswer, FakeAws};
 
-    /// One poll's answer: (alarm name, state) pairs, or a failed call.
-    type Answer = Result<Vec<(&'static str, &'static str)>, ()>;
-
-    /// One scripted answer per poll; the last one repeats.
-    struct FakeAlarms {
-        script: Mutex<VecDeque<Answer>>,
-        calls: Mutex<Vec<(Target, Vec<String>)>>,
-        /// Regions that answer (with no alarm) only after this long; `None`: never.
-        slow: Vec<(&'static str, Option<Duration>)>,
-    }
-
-    impl FakeAlarms {
-        fn new(script: Vec<Answer>) -> Arc<Self> {
-            Self::with_slow_regions(script, Vec::new())
-        }
-
-        fn with_slow_regions(
-            script: Vec<Answer>,
-            slow: Vec<(&'static str, Option<Duration>)>,
-        ) -> Arc<Self> {
-            Arc::new(FakeAlarms {
-                script: Mutex::new(script.into()),
-                calls: Mutex::new(Vec::new()),
-                slow,
-            })
-        }
-
-        fn calls_in(&self, region: &str) -> usize {
-            let calls = self.calls.lock().unwrap();
-            calls.iter().filter(|(t, _)| t.region == region).count()
-        }
-    }
-
-    impl AlarmSource for FakeAlarms {
-        async fn describe_alarms(
-            &self,
-            target: &Target,
-            alarm_names: &[String],
-        ) -> Result<Vec<AlarmState>, AwsError> {
-            self.calls
-                .lock()
-                .unwrap()
-                .push((target.clone(), alarm_names.to_vec()));
-            if let Some((_, delay)) = self.slow.iter().find(|(r, _)| *r == target.region) {
-                match delay {
-                    Some(delay) => tokio::time::sleep(*delay).await,
-                    None => std::future::pending::<()>().await,
-                }
-                return Ok(Vec::new());
-            }
-            let mut script = self.script.lock().unwrap();
-            let answer = if script.len() > 1 {
-                script.pop_front().unwrap()
-            } else {
-                script[0].clone()
-            };
-            match answer {
-                Ok(states) => Ok(states
-                    .into_iter()
-                    .map(|(name, value)| AlarmState {
-                        alarm_name: name.to_string(),
-                        state_value: value.to_string(),
-                        state_reason: Some("test".into()),
-                        alarm_type: "metric",
-                    })
-                    .collect()),
-                Err(()) => Err(AwsError {
-                    operation: "DescribeAlarms",
-                    region: target.region.clone(),
-                    kind: ErrorKind::AccessDenied,
-                    code: "AccessDeniedException".into(),
-                    message: "no".into(),
-                    request_id: None,
-                }),
-            }
-        }
+    /// CloudWatch answering `answers`, one per DescribeAlarms (the last one repeats).
+    fn alarms(answers: Vec<AlarmAnswer>) -> Arc<FakeAws> {
+        let fake = Arc::new(FakeAws::default());
+        fake.answer_alarms(answers);
+        fake
     }
 
     fn spec(name: &str, region: &str, consecutive: u32) -> AlarmSpec {
@@ -399,7 +323,7 @@ mod tests {
     }
 
     async fn poll(
-        watch: &mut AlarmWatch<FakeAlarms>,
+        watch: &mut AlarmWatch<FakeAws>,
         rx: &mut mpsc::Receiver<TriggerEvent>,
     ) -> Vec<TriggerEvent> {
         watch.poll_once().await;
@@ -419,7 +343,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn fires_once_after_consecutive_alarm_polls_not_after_a_blip() {
-        let source = FakeAlarms::new(vec![
+        let source = alarms(vec![
             Ok(vec![("a", "OK")]),
             Ok(vec![("a", "ALARM")]),
             Ok(vec![("a", "INSUFFICIENT_DATA")]),
@@ -452,7 +376,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn one_describe_per_target_with_every_name() {
-        let source = FakeAlarms::new(vec![Ok(vec![("a", "OK"), ("b", "OK"), ("c", "OK")])]);
+        let source = alarms(vec![Ok(vec![("a", "OK"), ("b", "OK"), ("c", "OK")])]);
         let (tx, mut rx) = mpsc::channel(16);
         let alarms = vec![
             spec("a", "eu-west-1", 1),
@@ -461,7 +385,7 @@ mod tests {
         ];
         let mut watch = AlarmWatch::new(source.clone(), &config(alarms, None), tx);
         poll(&mut watch, &mut rx).await;
-        let calls = source.calls.lock().unwrap().clone();
+        let calls = source.alarm_calls();
         assert_eq!(calls.len(), 2);
         assert_eq!(calls[0].0.region, "eu-west-1");
         assert_eq!(calls[0].1, vec!["a".to_string(), "b".to_string()]);
@@ -470,11 +394,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn missing_alarm_and_failed_poll_are_reported_once_and_never_fire() {
-        let source = FakeAlarms::new(vec![
+        let source = alarms(vec![
             Ok(vec![]),
             Ok(vec![]),
-            Err(()),
-            Err(()),
+            Err(ErrorKind::AccessDenied),
+            Err(ErrorKind::AccessDenied),
             Ok(vec![("a", "OK")]),
         ]);
         let (tx, mut rx) = mpsc::channel(16);
@@ -502,7 +426,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn fail_closed_fires_once_alarms_stay_unreadable_that_long() {
-        let source = FakeAlarms::new(vec![Err(())]);
+        let source = alarms(vec![Err(ErrorKind::AccessDenied)]);
         let (tx, mut rx) = mpsc::channel(16);
         let cfg = config(
             vec![spec("a", "eu-west-1", 1)],
@@ -525,8 +449,34 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_answer_without_a_state_value_keeps_the_fail_closed_clock_running() {
+        let source = alarms(vec![
+            Err(ErrorKind::AccessDenied),
+            // What the adapter answers for an alarm without (or with an unknown) StateValue:
+            // the alarm is unreadable, not INSUFFICIENT_DATA.
+            Err(ErrorKind::Other),
+            Err(ErrorKind::Other),
+        ]);
+        let (tx, mut rx) = mpsc::channel(16);
+        let cfg = config(
+            vec![spec("a", "eu-west-1", 1)],
+            Some(Duration::from_secs(60)),
+        );
+        let mut watch = AlarmWatch::new(source, &cfg, tx);
+        assert_eq!(fired(&poll(&mut watch, &mut rx).await), 0);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(fired(&poll(&mut watch, &mut rx).await), 0);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let events = poll(&mut watch, &mut rx).await;
+        assert!(
+            events.iter().any(|e| matches!(e, TriggerEvent::Fired { detail, .. } if detail["reason"] == "fail_closed_after" && detail["unreadable_for_ms"] == 60_000)),
+            "unreadable since the first poll: {events:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn run_polls_on_the_interval_and_reports_started() {
-        let source = FakeAlarms::new(vec![Ok(vec![("a", "OK")])]);
+        let source = alarms(vec![Ok(vec![("a", "OK")])]);
         let (tx, _rx) = mpsc::channel(16);
         let watch = AlarmWatch::new(
             source.clone(),
@@ -541,7 +491,7 @@ mod tests {
         cancel.cancel();
         task.await.unwrap();
         // t = 0, 10, 20, 30.
-        assert_eq!(source.calls.lock().unwrap().len(), 4);
+        assert_eq!(source.alarm_calls().len(), 4);
     }
 
     /// The first Fired event from `rx`, and how long after `start` (paused clock) it came;
@@ -568,10 +518,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_region_answering_in_9s_does_not_delay_an_alarm_in_another_region() {
         // ap-southeast-2 sorts first: polled one after another, eu-west-1 would wait 9 s.
-        let source = FakeAlarms::with_slow_regions(
-            vec![Ok(vec![("b", "ALARM")])],
-            vec![("ap-southeast-2", Some(Duration::from_secs(9)))],
-        );
+        let source = alarms(vec![Ok(vec![("b", "ALARM")])]);
+        source.slow_alarm_region("ap-southeast-2", Some(Duration::from_secs(9)));
         let (tx, mut rx) = mpsc::channel(16);
         let alarms = vec![spec("a", "ap-southeast-2", 1), spec("b", "eu-west-1", 1)];
         let watch = AlarmWatch::new(source.clone(), &config(alarms, None), tx);
@@ -592,14 +540,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_region_that_never_answers_does_not_stop_polling_the_others() {
-        let source = FakeAlarms::with_slow_regions(
-            vec![
-                Ok(vec![("b", "OK")]),
-                Ok(vec![("b", "ALARM")]),
-                Ok(vec![("b", "ALARM")]),
-            ],
-            vec![("ap-southeast-2", None)],
-        );
+        let source = alarms(vec![
+            Ok(vec![("b", "OK")]),
+            Ok(vec![("b", "ALARM")]),
+            Ok(vec![("b", "ALARM")]),
+        ]);
+        source.slow_alarm_region("ap-southeast-2", None);
         let (tx, mut rx) = mpsc::channel(16);
         let alarms = vec![spec("a", "ap-southeast-2", 1), spec("b", "eu-west-1", 2)];
         let watch = AlarmWatch::new(source.clone(), &config(alarms, None), tx);
@@ -611,9 +557,9 @@ mod tests {
         assert_eq!(detail["alarm"], "b");
         // Polls at 0, 10 and 20 s: the second ALARM poll in a row fires.
         assert_eq!(after, Duration::from_secs(20));
-        assert_eq!(source.calls_in("eu-west-1"), 3);
+        assert_eq!(source.alarm_calls_in("eu-west-1"), 3);
         assert_eq!(
-            source.calls_in("ap-southeast-2"),
+            source.alarm_calls_in("ap-southeast-2"),
             1,
             "still waiting for its answer"
         );

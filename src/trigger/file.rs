@@ -31,8 +31,8 @@ use notify::{Event, EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::TriggerSource;
 use crate::error_chain;
+use crate::model::TriggerSource;
 use crate::policy::FileTrigger;
 use crate::trigger::TriggerEvent;
 

@@ -5,7 +5,7 @@ pub mod alarm;
 pub mod file;
 pub mod signal;
 
-use crate::audit::TriggerSource;
+use crate::model::TriggerSource;
 
 /// Something asked the switch to fire, or a trigger was refused.
 #[derive(Debug, Clone, PartialEq)]

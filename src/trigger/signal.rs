@@ -9,7 +9,7 @@ use signal_hook_tokio::SignalsInfo;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::TriggerSource;
+use crate::model::TriggerSource;
 use crate::policy::SignalTrigger;
 use crate::trigger::TriggerEvent;
 

@@ -4,9 +4,8 @@
 
 use std::path::Path;
 
-use kms_killswitch::audit::{
-    AuditLog, DisconnectResult, Event, LockdownOutcome, TriggerSource,
-};
+use kms_killswitch::audit::{AuditLog, DisconnectResult, Event, LockdownOutcome};
+use kms_killswitch::model::TriggerSource;
 
 use crate::support;
 use crate::support::daemon::Env;

@@ -1,26 +1,36 @@
 //! The disconnect + verify engine: resolve names, disconnect every listed store concurrently
-//! (paced per account, region and operation), verify with one paginated
+//! (paced per account, region and operation, see [`pacing`]), verify with one paginated
 //! DescribeCustomKeyStores per account+region per round (the last one at the deadline), send
 //! again between rounds the Disconnects refused with a retryable error, and return a typed
-//! [`LockdownReport`]. The account is looked up alongside, never waited for. It also re-enforces
-//! a latched lockdown ([`Engine::enforce`]) and describes stores without touching them
-//! ([`Engine::describe`]). It talks to AWS only through [`KeyStoreControl`], records through
-//! [`AuditSink`], and knows nothing of triggers, latches or file paths.
+//! [`LockdownReport`] ([`report`]). The account is looked up alongside, never waited for. It
+//! also re-enforces a latched lockdown ([`Engine::enforce`], in [`enforce`]) and describes stores
+//! without touching them ([`Engine::describe`]). It talks to AWS only through
+//! [`KeyStoreControl`], records through [`AuditSink`], and knows nothing of triggers, latches or
+//! file paths.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use std::future::Future;
-use std::pin::pin;
-
-use futures_util::future::{Either, join_all, select};
+use futures_util::future::join_all;
 use tokio::time::{Instant, sleep_until, timeout_at};
 use tracing::{info, warn};
 
-use crate::audit::{AuditSink, DisconnectResult, Event, FailedStore, LockdownOutcome};
-use crate::aws::{AwsError, ConnectionState, ErrorKind, KeyStore, KeyStoreControl, Target};
-use crate::policy::{KeyStoreSelector, KeyStoreSpec, LockdownSettings};
+use crate::audit::{AuditSink, DisconnectResult, Event, FailedStore};
+use crate::aws::{AwsError, DisconnectAccepted, ErrorKind, KeyStore, KeyStoreControl};
+use crate::model::{ConnectionState, KeyStoreSelector, KeyStoreSpec, Target};
+use crate::policy::LockdownSettings;
+
+mod account;
+mod enforce;
+mod pacing;
+mod report;
+
+use pacing::{Operation, Pacer};
+pub use report::{
+    EnforceReport, EnforcedStore, LockdownError, LockdownReport, ProgressEvent, ProgressFn,
+    ProgressStep, StoreOutcome, StoreStatus,
+};
 
 /// First verification poll after the Disconnects: KMS usually reports DISCONNECTING at once and
 /// DISCONNECTED within a second or two, so look early.
@@ -34,10 +44,6 @@ const VERIFY_POLL_MAX: Duration = Duration::from_secs(2);
 /// KMS is eventually consistent: right after an accepted Disconnect, Describe may still say
 /// CONNECTED. Only a store that stays connected longer than this is disconnected again.
 const CONSISTENCY_GRACE: Duration = Duration::from_secs(2);
-/// Share of `rate_limit` the pacer actually uses. AWS meters arrivals, we meter departures: a
-/// request that travels faster than the one before it arrives "early", and at exactly the quota
-/// that is a ThrottlingException. 10 % headroom absorbs ~20 ms of jitter per request.
-const PACING_HEADROOM: f64 = 0.9;
 
 /// First retry pause after throttling or a transient error (doubled per attempt, jittered).
 const RETRY_BASE: Duration = Duration::from_millis(100);
@@ -47,10 +53,6 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 /// paginated Describe (with its pacing and retries) may run past it, so a store that reached
 /// DISCONNECTED in the final moments is verified rather than reported failed.
 const FINAL_CHECK_ALLOWANCE: Duration = Duration::from_secs(1);
-/// How long an account lookup still running when the key stores are done may take to finish:
-/// STS answers in well under a second and started with the first request, while an unreachable
-/// STS must not hold up the report for long (the account only names things in it).
-const ACCOUNT_LOOKUP_GRACE: Duration = Duration::from_secs(1);
 
 /// What to lock down.
 #[derive(Debug, Clone)]
@@ -60,240 +62,6 @@ pub struct LockdownRequest {
     pub key_stores: Vec<KeyStoreSpec>,
     /// Resolve and describe only; send no Disconnect.
     pub dry_run: bool,
-}
-
-/// How one store ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoreOutcome {
-    pub spec: KeyStoreSpec,
-    /// Resolved id (`None` if a name could not be resolved).
-    pub custom_key_store_id: Option<String>,
-    pub account: Option<String>,
-    /// The last state KMS reported.
-    pub connection_state: Option<ConnectionState>,
-    pub verified: bool,
-    pub error: Option<String>,
-    /// Disconnect attempts sent.
-    pub attempts: u32,
-    pub request_ids: Vec<String>,
-    /// For a store listed by name: the id the name belonged to in an earlier Describe, sent a
-    /// Disconnect before verification showed the name now belongs to `custom_key_store_id` (the
-    /// store was renamed and another took its name). That store is not in the policy.
-    pub stale_id: Option<String>,
-    /// From the start of the lockdown to verification (or the deadline).
-    pub elapsed: Duration,
-}
-
-/// The result of one lockdown: one outcome per listed store.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LockdownReport {
-    pub lockdown_id: String,
-    pub dry_run: bool,
-    pub stores: Vec<StoreOutcome>,
-    pub elapsed: Duration,
-}
-
-impl LockdownReport {
-    /// Every store verified DISCONNECTED (never true for a dry run with a store still connected).
-    pub fn complete(&self) -> bool {
-        self.stores.iter().all(|s| s.verified)
-    }
-
-    /// How the audit log names this ending.
-    pub fn outcome(&self) -> LockdownOutcome {
-        if self.dry_run {
-            LockdownOutcome::DryRun
-        } else if self.complete() {
-            LockdownOutcome::Complete
-        } else {
-            LockdownOutcome::Partial
-        }
-    }
-}
-
-/// Why a store could not be resolved, described, disconnected or verified.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum LockdownError {
-    #[error("custom key store {key_store} not found in account {account}, region {region}")]
-    NotFound {
-        key_store: String,
-        account: String,
-        region: String,
-    },
-    #[error("custom key store {key_store} in {region}")]
-    Aws {
-        key_store: String,
-        region: String,
-        #[source]
-        source: AwsError,
-    },
-    #[error(
-        "custom key store {key_store} in {region} not DISCONNECTED within {verify_timeout:?} (last state {connection_state}{last_error})"
-    )]
-    NotVerified {
-        key_store: String,
-        region: String,
-        connection_state: String,
-        verify_timeout: Duration,
-        /// `; last error: …` or empty.
-        last_error: String,
-    },
-}
-
-impl LockdownError {
-    /// The AWS error kind behind this error, if AWS refused something.
-    pub fn aws_kind(&self) -> Option<ErrorKind> {
-        match self {
-            LockdownError::Aws { source, .. } => Some(source.kind),
-            LockdownError::NotFound { .. } => Some(ErrorKind::NotFound),
-            LockdownError::NotVerified { .. } => None,
-        }
-    }
-
-    /// The error with its cause, in one line (for reports and audit records).
-    pub fn to_line(&self) -> String {
-        match self {
-            LockdownError::Aws { source, .. } => format!("{self}: {source}"),
-            _ => self.to_string(),
-        }
-    }
-}
-
-/// One store as KMS describes it now (for `status`, dry runs and `check --online`).
-#[derive(Debug, Clone)]
-pub struct StoreStatus {
-    pub spec: KeyStoreSpec,
-    pub account: Option<String>,
-    pub key_store: Option<KeyStore>,
-    pub error: Option<LockdownError>,
-}
-
-/// One store seen by an enforcement round.
-#[derive(Debug, Clone)]
-pub struct EnforcedStore {
-    pub spec: KeyStoreSpec,
-    pub custom_key_store_id: Option<String>,
-    pub account: Option<String>,
-    /// The state KMS reported at the start of the round.
-    pub connection_state: Option<ConnectionState>,
-    /// KMS reported DISCONNECTED this round.
-    pub verified: bool,
-    /// Seen in a state other than DISCONNECTED or DISCONNECTING: disconnected again.
-    pub drift: bool,
-    pub error: Option<String>,
-}
-
-/// The result of one enforcement round.
-#[derive(Debug, Clone)]
-pub struct EnforceReport {
-    pub stores: Vec<EnforcedStore>,
-}
-
-impl EnforceReport {
-    /// Stores found reconnected (or connecting, or failed) and disconnected again.
-    pub fn drifted(&self) -> usize {
-        self.stores.iter().filter(|s| s.drift).count()
-    }
-
-    /// Stores that could not be described or disconnected this round.
-    pub fn errors(&self) -> usize {
-        self.stores.iter().filter(|s| s.error.is_some()).count()
-    }
-}
-
-/// A step of a lockdown, for a live progress view.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProgressStep {
-    DisconnectRequested { attempt: u32 },
-    Accepted,
-    AlreadyDisconnected,
-    Retrying { error: String },
-    State(ConnectionState),
-    Verified,
-    Failed { error: String },
-}
-
-/// A progress report for one store (its id, or its name before resolution).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProgressEvent {
-    pub key_store: String,
-    pub region: String,
-    pub step: ProgressStep,
-}
-
-/// Receives every [`ProgressEvent`]; must return quickly.
-pub type ProgressFn = Arc<dyn Fn(&ProgressEvent) + Send + Sync>;
-
-/// The KMS operations the engine paces separately (each has its own 5/s quota).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Operation {
-    Disconnect,
-    Describe,
-}
-
-/// A token bucket: `rate` tokens per second, at most `burst` saved. Waiters are served in order
-/// (tokio's mutex is fair), so concurrent stores share the quota without starving each other.
-/// For a quota of `rate_limit`/s it refills at 90 % of it and saves one token less than AWS does
-/// (see [`PACING_HEADROOM`]), so 10 stores in one account and region take ~1.3 s and AWS's own
-/// bucket never runs dry.
-struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    /// (tokens available, when they were counted).
-    state: tokio::sync::Mutex<(f64, Instant)>,
-}
-
-impl TokenBucket {
-    fn new(rate_limit: u32) -> Self {
-        let quota = f64::from(rate_limit.max(1));
-        let rate = quota * PACING_HEADROOM;
-        let burst = (quota - 1.0).max(1.0);
-        TokenBucket {
-            rate,
-            burst,
-            state: tokio::sync::Mutex::new((burst, Instant::now())),
-        }
-    }
-
-    /// Wait for one token and take it.
-    async fn acquire(&self) {
-        let mut state = self.state.lock().await;
-        loop {
-            let now = Instant::now();
-            let refill = now.saturating_duration_since(state.1).as_secs_f64() * self.rate;
-            state.0 = (state.0 + refill).min(self.burst);
-            state.1 = now;
-            // A hair of tolerance: float rounding must not cost a whole extra sleep.
-            if state.0 >= 1.0 - 1e-9 {
-                state.0 = (state.0 - 1.0).max(0.0);
-                return;
-            }
-            let wait = Duration::from_secs_f64((1.0 - state.0) / self.rate);
-            tokio::time::sleep(wait.max(Duration::from_micros(1))).await;
-        }
-    }
-}
-
-/// Whose quota a target's requests draw on. AWS meters per account and region; the account of
-/// a target that assumes a role is in its ARN, so role targets in one account share buckets. A
-/// target without a role has its own buckets: learning its account needs STS, and no Disconnect
-/// may wait for STS (a host may reach KMS only through a VPC endpoint).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum PacerScope {
-    Account { account: String, region: String },
-    Target(Target),
-}
-
-impl PacerScope {
-    fn of(target: &Target) -> Self {
-        match target.role_account().map(str::to_string) {
-            Some(account) => PacerScope::Account {
-                account,
-                region: target.region.clone(),
-            },
-            None => PacerScope::Target(target.clone()),
-        }
-    }
 }
 
 /// Where a store is in a lockdown.
@@ -327,6 +95,23 @@ struct StoreState {
 }
 
 impl StoreState {
+    /// A store not yet resolved, sent nothing, seen in no state.
+    fn new(index: usize, spec: KeyStoreSpec) -> Self {
+        StoreState {
+            index,
+            spec,
+            custom_key_store_id: None,
+            phase: Phase::Pending,
+            accepted_at: None,
+            stale_id: None,
+            connection_state: None,
+            attempts: 0,
+            request_ids: Vec::new(),
+            error: None,
+            finished_at: None,
+        }
+    }
+
     fn label(&self) -> String {
         match (&self.custom_key_store_id, &self.spec.selector) {
             (Some(id), _) => id.clone(),
@@ -347,14 +132,13 @@ struct Run<'a> {
     audit: &'a dyn AuditSink,
 }
 
-/// The engine. Holds the shared pacers (one token bucket per account or target, region and
-/// operation, see [`PacerScope`]) and the name → id cache, so lockdowns and enforcement rounds
-/// share the KMS quota.
+/// The engine. Holds the shared pacers (see [`pacing`]) and the name → id cache, so lockdowns
+/// and enforcement rounds share the KMS quota.
 pub struct Engine<C> {
     control: Arc<C>,
     settings: LockdownSettings,
-    /// (scope, operation) → its bucket; shared by every lockdown of this engine.
-    pacers: Mutex<HashMap<(PacerScope, Operation), Arc<TokenBucket>>>,
+    /// Shared by every lockdown and enforcement round of this engine.
+    pacer: Pacer,
     /// (target, name) → custom key store id, from earlier Describes.
     names: Mutex<HashMap<(Target, String), String>>,
     /// Target without a role → its account, from an earlier GetCallerIdentity (audit and
@@ -367,8 +151,8 @@ impl<C: KeyStoreControl> Engine<C> {
     pub fn new(control: Arc<C>, settings: LockdownSettings) -> Self {
         Engine {
             control,
+            pacer: Pacer::new(settings.rate_limit),
             settings,
-            pacers: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
             accounts: Mutex::new(HashMap::new()),
             progress: None,
@@ -399,11 +183,13 @@ impl<C: KeyStoreControl> Engine<C> {
             deadline: started + self.settings.verify_timeout,
             audit,
         };
-        audit.record(Event::LockdownStarted {
-            lockdown_id: request.lockdown_id.clone(),
-            key_stores: request.key_stores.iter().map(spec_json).collect(),
-            dry_run: request.dry_run,
-        }).await;
+        audit
+            .record(Event::LockdownStarted {
+                lockdown_id: request.lockdown_id.clone(),
+                key_stores: request.key_stores.iter().map(spec_json).collect(),
+                dry_run: request.dry_run,
+            })
+            .await;
         info!(lockdown_id = %request.lockdown_id, key_stores = request.key_stores.len(), dry_run = request.dry_run, "lockdown started");
 
         let groups = group_by_target(&request.key_stores);
@@ -412,19 +198,7 @@ impl<C: KeyStoreControl> Engine<C> {
             async move {
                 let states = stores
                     .into_iter()
-                    .map(|(index, spec)| StoreState {
-                        index,
-                        spec,
-                        custom_key_store_id: None,
-                        phase: Phase::Pending,
-                        accepted_at: None,
-                        stale_id: None,
-                        connection_state: None,
-                        attempts: 0,
-                        request_ids: Vec::new(),
-                        error: None,
-                        finished_at: None,
-                    })
+                    .map(|(index, spec)| StoreState::new(index, spec))
                     .collect();
                 self.lockdown_target(&target, states, request.dry_run, run)
                     .await
@@ -446,65 +220,8 @@ impl<C: KeyStoreControl> Engine<C> {
             stores: outcomes.into_iter().map(|(_, o)| o).collect(),
             elapsed: started.elapsed(),
         };
-
-        let failed: Vec<FailedStore> = report
-            .stores
-            .iter()
-            .filter(|s| !s.verified)
-            .map(|s| FailedStore {
-                key_store_id: s
-                    .custom_key_store_id
-                    .clone()
-                    .unwrap_or_else(|| selector_text(&s.spec)),
-                region: s.spec.target.region.clone(),
-                connection_state: s.connection_state.as_ref().map(|c| c.to_string()),
-                error: s.error.clone(),
-            })
-            .collect();
-        let verified = report.stores.iter().filter(|s| s.verified).count();
-        audit.record(Event::LockdownFinished {
-            lockdown_id: request.lockdown_id.clone(),
-            outcome: report.outcome(),
-            verified,
-            failed,
-            elapsed_ms: u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX),
-        }).await;
-        info!(
-            lockdown_id = %request.lockdown_id,
-            outcome = ?report.outcome(),
-            verified,
-            total = report.stores.len(),
-            elapsed_ms = report.elapsed.as_millis() as u64,
-            "lockdown finished"
-        );
+        record_finished(&report, audit).await;
         report
-    }
-
-    /// One enforcement round while latched: one Describe per account+region; every listed store
-    /// seen in a state other than DISCONNECTED or DISCONNECTING is recorded as drift and
-    /// disconnected again (its verification is the next round).
-    pub async fn enforce(
-        &self,
-        key_stores: &[KeyStoreSpec],
-        lockdown_id: &str,
-        audit: &dyn AuditSink,
-    ) -> EnforceReport {
-        let run = Run {
-            lockdown_id,
-            deadline: Instant::now() + self.settings.verify_timeout,
-            audit,
-        };
-        let groups = group_by_target(key_stores);
-        let rounds = groups.into_iter().map(|(target, stores)| {
-            let run = &run;
-            async move { self.enforce_target(&target, stores, run).await }
-        });
-        let mut stores: Vec<(usize, EnforcedStore)> =
-            join_all(rounds).await.into_iter().flatten().collect();
-        stores.sort_by_key(|(index, _)| *index);
-        EnforceReport {
-            stores: stores.into_iter().map(|(_, s)| s).collect(),
-        }
     }
 
     /// Describe every listed store without changing anything: one paginated Describe per target.
@@ -589,65 +306,12 @@ impl<C: KeyStoreControl> Engine<C> {
             None
         };
         for store in &mut stores {
-            match (&store.spec.selector, &listed) {
-                (KeyStoreSelector::Id(id), _) => store.custom_key_store_id = Some(id.clone()),
-                (KeyStoreSelector::Name(name), None) => {
-                    store.custom_key_store_id = self.cached_name(target, name)
-                }
-                (KeyStoreSelector::Name(name), Some(Ok(listed))) => {
-                    match find(listed, &store.spec.selector) {
-                        Some(found) => {
-                            self.remember_name(target, name, &found.custom_key_store_id);
-                            store.custom_key_store_id = Some(found.custom_key_store_id.clone());
-                        }
-                        None => {
-                            let error =
-                                not_found(&store.spec, self.known_account(target).as_deref());
-                            self.fail(store, error);
-                        }
-                    }
-                }
-                (KeyStoreSelector::Name(_), Some(Err(err))) => {
-                    let error = aws_error(&store.spec, err.clone());
-                    self.fail(store, error);
-                }
-            }
+            self.resolve(target, store, listed.as_ref());
         }
 
         if dry_run {
-            for store in &mut stores {
-                if store.phase == Phase::Failed {
-                    continue;
-                }
-                match &listed {
-                    Some(Ok(listed)) => match store
-                        .custom_key_store_id
-                        .as_deref()
-                        .and_then(|id| find_id(listed, id))
-                    {
-                        Some(found) => {
-                            store.connection_state = Some(found.connection_state.clone());
-                            self.note(
-                                store,
-                                target,
-                                ProgressStep::State(found.connection_state.clone()),
-                            );
-                            if found.connection_state == ConnectionState::Disconnected {
-                                store.phase = Phase::Verified;
-                            }
-                        }
-                        None => {
-                            let error =
-                                not_found(&store.spec, self.known_account(target).as_deref());
-                            self.fail(store, error);
-                        }
-                    },
-                    Some(Err(err)) => {
-                        let error = aws_error(&store.spec, err.clone());
-                        self.fail(store, error);
-                    }
-                    None => {}
-                }
+            for store in stores.iter_mut().filter(|s| s.phase != Phase::Failed) {
+                self.dry_run_state(target, store, listed.as_ref());
             }
             return stores;
         }
@@ -662,6 +326,76 @@ impl<C: KeyStoreControl> Engine<C> {
 
         self.verify(target, &mut stores, run).await;
         stores
+    }
+
+    /// The store's id: as listed, from the name cache, or from the Describe (`listed`, made
+    /// when a name was not cached); a name no store carries fails the store.
+    fn resolve(
+        &self,
+        target: &Target,
+        store: &mut StoreState,
+        listed: Option<&Result<Vec<KeyStore>, AwsError>>,
+    ) {
+        match (&store.spec.selector, listed) {
+            (KeyStoreSelector::Id(id), _) => store.custom_key_store_id = Some(id.clone()),
+            (KeyStoreSelector::Name(name), None) => {
+                store.custom_key_store_id = self.cached_name(target, name)
+            }
+            (KeyStoreSelector::Name(name), Some(Ok(listed))) => {
+                match find(listed, &store.spec.selector) {
+                    Some(found) => {
+                        self.remember_name(target, name, &found.custom_key_store_id);
+                        store.custom_key_store_id = Some(found.custom_key_store_id.clone());
+                    }
+                    None => {
+                        let error = not_found(&store.spec, self.known_account(target).as_deref());
+                        self.fail(store, error);
+                    }
+                }
+            }
+            (KeyStoreSelector::Name(_), Some(Err(err))) => {
+                let error = aws_error(&store.spec, err.clone());
+                self.fail(store, error);
+            }
+        }
+    }
+
+    /// A dry run's look at one resolved store: its state in the Describe, verified if it is
+    /// DISCONNECTED already.
+    fn dry_run_state(
+        &self,
+        target: &Target,
+        store: &mut StoreState,
+        listed: Option<&Result<Vec<KeyStore>, AwsError>>,
+    ) {
+        match listed {
+            Some(Ok(listed)) => match store
+                .custom_key_store_id
+                .as_deref()
+                .and_then(|id| find_id(listed, id))
+            {
+                Some(found) => {
+                    store.connection_state = Some(found.connection_state.clone());
+                    self.note(
+                        store,
+                        target,
+                        ProgressStep::State(found.connection_state.clone()),
+                    );
+                    if found.connection_state == ConnectionState::Disconnected {
+                        store.phase = Phase::Verified;
+                    }
+                }
+                None => {
+                    let error = not_found(&store.spec, self.known_account(target).as_deref());
+                    self.fail(store, error);
+                }
+            },
+            Some(Err(err)) => {
+                let error = aws_error(&store.spec, err.clone());
+                self.fail(store, error);
+            }
+            None => {}
+        }
     }
 
     /// Poll one paginated Describe per round until every store is verified or failed; the last
@@ -767,12 +501,14 @@ impl<C: KeyStoreControl> Engine<C> {
                     store.phase = Phase::Verified;
                     store.error = None;
                     store.finished_at = Some(now);
-                    run.audit.record(Event::StoreVerified {
-                        lockdown_id: run.lockdown_id.to_string(),
-                        key_store_id: found.custom_key_store_id.clone(),
-                        region: target.region.clone(),
-                        connection_state: state.to_string(),
-                    }).await;
+                    run.audit
+                        .record(Event::StoreVerified {
+                            lockdown_id: run.lockdown_id.to_string(),
+                            key_store_id: found.custom_key_store_id.clone(),
+                            region: target.region.clone(),
+                            connection_state: state.to_string(),
+                        })
+                        .await;
                     self.note(store, target, ProgressStep::Verified);
                 }
                 // On its way (e.g. a Disconnect whose answer was lost): nothing to send.
@@ -851,18 +587,20 @@ impl<C: KeyStoreControl> Engine<C> {
         let Some(id) = store.custom_key_store_id.clone() else {
             return;
         };
-        let bucket = self.bucket(target, Operation::Disconnect);
-        if timeout_at(run.deadline, bucket.acquire()).await.is_err() {
+        let paced = self.pacer.acquire(target, Operation::Disconnect);
+        if timeout_at(run.deadline, paced).await.is_err() {
             return; // The deadline: verification reports the store with its last error.
         }
         store.attempts += 1;
-        run.audit.record(Event::DisconnectRequested {
-            lockdown_id: run.lockdown_id.to_string(),
-            key_store_id: id.clone(),
-            region: target.region.clone(),
-            account: self.known_account(target),
-            attempt: store.attempts,
-        }).await;
+        run.audit
+            .record(Event::DisconnectRequested {
+                lockdown_id: run.lockdown_id.to_string(),
+                key_store_id: id.clone(),
+                region: target.region.clone(),
+                account: self.known_account(target),
+                attempt: store.attempts,
+            })
+            .await;
         self.note(
             store,
             target,
@@ -891,15 +629,27 @@ impl<C: KeyStoreControl> Engine<C> {
                 Some(err.to_string()),
             ),
         };
-        run.audit.record(Event::DisconnectResult {
-            lockdown_id: run.lockdown_id.to_string(),
-            key_store_id: id.clone(),
-            region: target.region.clone(),
-            result: audit_result,
-            request_id: request_id.clone(),
-            error,
-        }).await;
+        run.audit
+            .record(Event::DisconnectResult {
+                lockdown_id: run.lockdown_id.to_string(),
+                key_store_id: id.clone(),
+                region: target.region.clone(),
+                result: audit_result,
+                request_id: request_id.clone(),
+                error,
+            })
+            .await;
         store.request_ids.extend(request_id);
+        self.take_disconnect_result(target, store, result);
+    }
+
+    /// Move the store on by KMS's answer to its Disconnect.
+    fn take_disconnect_result(
+        &self,
+        target: &Target,
+        store: &mut StoreState,
+        result: Result<DisconnectAccepted, AwsError>,
+    ) {
         match result {
             Ok(_) => {
                 store.phase = Phase::Requested;
@@ -931,128 +681,6 @@ impl<C: KeyStoreControl> Engine<C> {
         }
     }
 
-    /// One enforcement round for one target; its account is looked up alongside, for the
-    /// report only.
-    async fn enforce_target(
-        &self,
-        target: &Target,
-        stores: Vec<(usize, KeyStoreSpec)>,
-        run: &Run<'_>,
-    ) -> Vec<(usize, EnforcedStore)> {
-        let work = self.enforce_stores(target, stores, run);
-        let mut results = self
-            .alongside_account_lookup(target, run.deadline, work)
-            .await;
-        let account = self.known_account(target);
-        for (_, enforced) in &mut results {
-            enforced.account = account.clone();
-        }
-        results
-    }
-
-    async fn enforce_stores(
-        &self,
-        target: &Target,
-        stores: Vec<(usize, KeyStoreSpec)>,
-        run: &Run<'_>,
-    ) -> Vec<(usize, EnforcedStore)> {
-        let listed = match self.describe_all(target, run.deadline, run.deadline).await {
-            Ok(listed) => listed,
-            Err(err) => {
-                warn!(region = %target.region, cause = %err, "enforcement could not describe the key stores");
-                return stores
-                    .into_iter()
-                    .map(|(index, spec)| {
-                        let error = Some(aws_error(&spec, err.clone()).to_line());
-                        let enforced = EnforcedStore {
-                            spec,
-                            custom_key_store_id: None,
-                            account: None,
-                            connection_state: None,
-                            verified: false,
-                            drift: false,
-                            error,
-                        };
-                        (index, enforced)
-                    })
-                    .collect();
-            }
-        };
-        let mut results = Vec::with_capacity(stores.len());
-        let mut drifted = Vec::new();
-        for (index, spec) in stores {
-            let found = find(&listed, &spec.selector);
-            let mut enforced = EnforcedStore {
-                custom_key_store_id: found.map(|f| f.custom_key_store_id.clone()),
-                account: None,
-                connection_state: found.map(|f| f.connection_state.clone()),
-                verified: found
-                    .is_some_and(|f| f.connection_state == ConnectionState::Disconnected),
-                drift: false,
-                error: None,
-                spec,
-            };
-            match found {
-                None => {
-                    let account = self.known_account(target);
-                    enforced.error = Some(not_found(&enforced.spec, account.as_deref()).to_line());
-                }
-                Some(found) => {
-                    if let KeyStoreSelector::Name(name) = &enforced.spec.selector {
-                        self.remember_name(target, name, &found.custom_key_store_id);
-                    }
-                    if !matches!(
-                        found.connection_state,
-                        ConnectionState::Disconnected | ConnectionState::Disconnecting
-                    ) {
-                        enforced.drift = true;
-                        run.audit.record(Event::DriftDetected {
-                            key_store_id: found.custom_key_store_id.clone(),
-                            region: target.region.clone(),
-                            connection_state: found.connection_state.to_string(),
-                        }).await;
-                        warn!(key_store = %found.custom_key_store_id, region = %target.region, connection_state = %found.connection_state, "drift detected: disconnecting again");
-                        drifted.push((
-                            results.len(),
-                            StoreState {
-                                index,
-                                spec: enforced.spec.clone(),
-                                custom_key_store_id: Some(found.custom_key_store_id.clone()),
-                                phase: Phase::Pending,
-                                accepted_at: None,
-                                stale_id: None,
-                                connection_state: Some(found.connection_state.clone()),
-                                attempts: 0,
-                                request_ids: Vec::new(),
-                                error: None,
-                                finished_at: None,
-                            },
-                        ));
-                    }
-                }
-            }
-            results.push((index, enforced));
-        }
-        let again = drifted
-            .iter_mut()
-            .map(|(_, store)| self.disconnect(target, store, run));
-        join_all(again).await;
-        for (position, store) in drifted {
-            if store.phase != Phase::Requested {
-                let error = match &store.error {
-                    Some(error) => error.to_line(),
-                    None => format!(
-                        "custom key store {} in {}: disconnect not accepted",
-                        store.label(),
-                        target.region
-                    ),
-                };
-                results[position].1.error = Some(error);
-            }
-        }
-        results
-    }
-
     /// Every store of the target's account and region: one paginated, paced Describe, retrying
     /// throttling and transient errors while a retry can start before `retry_until`; the whole
     /// call ends at `deadline`.
@@ -1062,13 +690,12 @@ impl<C: KeyStoreControl> Engine<C> {
         deadline: Instant,
         retry_until: Instant,
     ) -> Result<Vec<KeyStore>, AwsError> {
-        let bucket = self.bucket(target, Operation::Describe);
         let mut listed = Vec::new();
         let mut marker: Option<String> = None;
         let mut retries = 0u32;
         loop {
             let page = timeout_at(deadline, async {
-                bucket.acquire().await;
+                self.pacer.acquire(target, Operation::Describe).await;
                 self.control.describe_page(target, marker.as_deref()).await
             })
             .await
@@ -1092,87 +719,6 @@ impl<C: KeyStoreControl> Engine<C> {
                 Err(err) => return Err(err),
             }
         }
-    }
-
-    /// The target's account, retrying transient errors until the deadline.
-    async fn account(&self, target: &Target, deadline: Instant) -> Result<String, AwsError> {
-        let mut retries = 0u32;
-        loop {
-            let result = timeout_at(deadline, self.control.account(target))
-                .await
-                .unwrap_or_else(|_| Err(deadline_error("GetCallerIdentity", target)));
-            match result {
-                Err(err) if err.kind.is_retryable() => {
-                    let pause = backoff(retries);
-                    retries += 1;
-                    if Instant::now() + pause >= deadline {
-                        return Err(err);
-                    }
-                    tokio::time::sleep(pause).await;
-                }
-                other => return other,
-            }
-        }
-    }
-
-    /// The target's account if known without a call: from its role ARN, or from an earlier
-    /// GetCallerIdentity.
-    fn known_account(&self, target: &Target) -> Option<String> {
-        target.role_account().map(str::to_string).or_else(|| {
-            let accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
-            accounts.get(target).cloned()
-        })
-    }
-
-    /// Learn the target's account if it is not known yet. Best effort: the account only names
-    /// things in reports and the audit log, so a failure is logged and nothing else.
-    async fn learn_account(&self, target: &Target, deadline: Instant) {
-        if self.known_account(target).is_some() {
-            return;
-        }
-        match self.account(target, deadline).await {
-            Ok(account) => {
-                let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
-                accounts.insert(target.clone(), account);
-            }
-            Err(err) => {
-                warn!(region = %target.region, cause = %err, "account unknown; key stores are handled without it")
-            }
-        }
-    }
-
-    /// Run `work` while the target's account is looked up alongside; once `work` is done the
-    /// lookup gets at most [`ACCOUNT_LOOKUP_GRACE`] more, so an unreachable STS never stops a
-    /// lockdown and hardly delays its report.
-    async fn alongside_account_lookup<T>(
-        &self,
-        target: &Target,
-        deadline: Instant,
-        work: impl Future<Output = T>,
-    ) -> T {
-        let work = pin!(work);
-        let lookup = pin!(self.learn_account(target, deadline));
-        match select(work, lookup).await {
-            Either::Left((done, lookup)) => {
-                if tokio::time::timeout(ACCOUNT_LOOKUP_GRACE, lookup)
-                    .await
-                    .is_err()
-                {
-                    warn!(region = %target.region, "account lookup unfinished; reported without the account");
-                }
-                done
-            }
-            Either::Right(((), work)) => work.await,
-        }
-    }
-
-    fn bucket(&self, target: &Target, operation: Operation) -> Arc<TokenBucket> {
-        // A panic while holding this lock leaves only a map of buckets, still consistent.
-        let mut pacers = self.pacers.lock().unwrap_or_else(|p| p.into_inner());
-        pacers
-            .entry((PacerScope::of(target), operation))
-            .or_insert_with(|| Arc::new(TokenBucket::new(self.settings.rate_limit)))
-            .clone()
     }
 
     fn cached_name(&self, target: &Target, name: &str) -> Option<String> {
@@ -1241,6 +787,42 @@ impl<C: KeyStoreControl> Engine<C> {
             });
         }
     }
+}
+
+/// The audit record and log line that close a lockdown.
+async fn record_finished(report: &LockdownReport, audit: &dyn AuditSink) {
+    let failed: Vec<FailedStore> = report
+        .stores
+        .iter()
+        .filter(|s| !s.verified)
+        .map(|s| FailedStore {
+            key_store_id: s
+                .custom_key_store_id
+                .clone()
+                .unwrap_or_else(|| selector_text(&s.spec)),
+            region: s.spec.target.region.clone(),
+            connection_state: s.connection_state.as_ref().map(|c| c.to_string()),
+            error: s.error.as_ref().map(LockdownError::to_line),
+        })
+        .collect();
+    let verified = report.stores.iter().filter(|s| s.verified).count();
+    audit
+        .record(Event::LockdownFinished {
+            lockdown_id: report.lockdown_id.clone(),
+            outcome: report.outcome(),
+            verified,
+            failed,
+            elapsed_ms: u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX),
+        })
+        .await;
+    info!(
+        lockdown_id = %report.lockdown_id,
+        outcome = ?report.outcome(),
+        verified,
+        total = report.stores.len(),
+        elapsed_ms = report.elapsed.as_millis() as u64,
+        "lockdown finished"
+    );
 }
 
 /// Jittered exponential backoff: half the doubled delay fixed, half random.
@@ -1331,7 +913,7 @@ fn outcome(store: StoreState, account: Option<String>, started: Instant) -> Stor
         account,
         connection_state: store.connection_state,
         verified: store.phase == Phase::Verified,
-        error: store.error.map(|e| e.to_line()),
+        error: store.error,
         attempts: store.attempts,
         request_ids: store.request_ids,
         stale_id: store.stale_id,
@@ -1345,279 +927,13 @@ mod tests {
     //! The engine against an in-memory KMS on tokio's paused clock: time only moves when every
     //! task waits, so pacing, backoff and deadlines are exact and instant.
 
-    use std::collections::{HashSet, VecDeque};
+    use std::collections::HashSet;
 
     use super::*;
-    use crate::aws::DisconnectAccepted;
+    use crate::audit::LockdownOutcome;
+    use crate::aws::fake::{DEFAULT_ACCOUNT, FakeAws, Op, REGION, Request};
 
-    const DEFAULT_ACCOUNT: &str = "111111111111";
-    const REGION: &str = "eu-west-1";
     const ROLE_B: &str = "arn:aws:iam::222222222222:role/kms-killswitch";
-
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    enum Op {
-        Disconnect,
-        Describe,
-    }
-
-    #[derive(Debug, Clone)]
-    struct Request {
-        at: Instant,
-        op: Op,
-        account: String,
-        region: String,
-        custom_key_store_id: Option<String>,
-    }
-
-    struct FakeStore {
-        id: String,
-        name: String,
-        account: String,
-        region: String,
-        state: ConnectionState,
-        /// When an accepted Disconnect happened, and the state before it.
-        disconnected_at: Option<(Instant, ConnectionState)>,
-        /// Never leaves DISCONNECTING.
-        stuck: bool,
-    }
-
-    #[derive(Default)]
-    struct FakeState {
-        stores: Vec<FakeStore>,
-        requests: Vec<Request>,
-        /// Errors to return, in order, for the next calls of an operation (any store).
-        scripted: HashMap<String, VecDeque<ErrorKind>>,
-        /// Accounts that refuse everything.
-        denied_accounts: HashSet<String>,
-        /// Stores whose every Disconnect fails with KMSInternalException.
-        failing_disconnects: HashSet<String>,
-        /// GetCallerIdentity fails (e.g. only a KMS VPC endpoint is reachable).
-        sts_unreachable: bool,
-        /// GetCallerIdentity answers after this long.
-        sts_latency: Duration,
-        /// DISCONNECTING → DISCONNECTED after this long.
-        transition: Duration,
-        /// Describe shows the state before a Disconnect for this long after it.
-        consistency_lag: Duration,
-    }
-
-    /// An in-memory KMS with the real state machine, quota-free, recording every request.
-    #[derive(Default)]
-    struct FakeKms {
-        state: Mutex<FakeState>,
-    }
-
-    fn error(operation: &'static str, kind: ErrorKind) -> AwsError {
-        AwsError {
-            operation,
-            region: REGION.to_string(),
-            kind,
-            code: format!("{kind:?}Exception"),
-            message: "fake".to_string(),
-            request_id: Some("rid-error".to_string()),
-        }
-    }
-
-    fn account_of(target: &Target) -> String {
-        match &target.role_arn {
-            Some(arn) => arn.split(':').nth(4).unwrap_or_default().to_string(),
-            None => DEFAULT_ACCOUNT.to_string(),
-        }
-    }
-
-    impl FakeKms {
-        fn new(transition: Duration) -> Self {
-            let fake = FakeKms::default();
-            fake.with(|s| s.transition = transition);
-            fake
-        }
-
-        fn with<T>(&self, f: impl FnOnce(&mut FakeState) -> T) -> T {
-            f(&mut self.state.lock().unwrap())
-        }
-
-        fn add(&self, id: &str, account: &str, state: ConnectionState) {
-            self.with(|s| {
-                s.stores.push(FakeStore {
-                    id: id.to_string(),
-                    name: format!("name-{id}"),
-                    account: account.to_string(),
-                    region: REGION.to_string(),
-                    state,
-                    disconnected_at: None,
-                    stuck: false,
-                })
-            });
-        }
-
-        fn script(&self, op: &str, errors: &[ErrorKind]) {
-            self.with(|s| {
-                s.scripted
-                    .entry(op.to_string())
-                    .or_default()
-                    .extend(errors.iter().copied())
-            });
-        }
-
-        fn requests(&self, op: Op) -> Vec<Request> {
-            self.with(|s| s.requests.iter().filter(|r| r.op == op).cloned().collect())
-        }
-
-        /// The state KMS really has now, and the one Describe shows.
-        fn states(
-            s: &FakeState,
-            store: &FakeStore,
-            now: Instant,
-        ) -> (ConnectionState, ConnectionState) {
-            match &store.disconnected_at {
-                None => (store.state.clone(), store.state.clone()),
-                Some((at, before)) => {
-                    let real = if store.stuck || now < *at + s.transition {
-                        ConnectionState::Disconnecting
-                    } else {
-                        ConnectionState::Disconnected
-                    };
-                    let seen = if now < *at + s.consistency_lag {
-                        before.clone()
-                    } else {
-                        real.clone()
-                    };
-                    (real, seen)
-                }
-            }
-        }
-
-        /// What Describe would show for one store now.
-        fn seen(&self, id: &str) -> ConnectionState {
-            self.with(|s| {
-                let store = s
-                    .stores
-                    .iter()
-                    .find(|st| st.id == id)
-                    .expect("test store exists");
-                FakeKms::states(s, store, Instant::now()).1
-            })
-        }
-
-        /// Someone reconnects a store behind the switch's back.
-        fn reconnect(&self, id: &str) {
-            self.with(|s| {
-                let store = s
-                    .stores
-                    .iter_mut()
-                    .find(|st| st.id == id)
-                    .expect("test store exists");
-                store.state = ConnectionState::Connected;
-                store.disconnected_at = None;
-            });
-        }
-    }
-
-    impl KeyStoreControl for FakeKms {
-        async fn disconnect(
-            &self,
-            target: &Target,
-            custom_key_store_id: &str,
-        ) -> Result<DisconnectAccepted, AwsError> {
-            let now = Instant::now();
-            let account = account_of(target);
-            self.with(|s| {
-                s.requests.push(Request {
-                    at: now,
-                    op: Op::Disconnect,
-                    account: account.clone(),
-                    region: target.region.clone(),
-                    custom_key_store_id: Some(custom_key_store_id.to_string()),
-                });
-                if s.denied_accounts.contains(&account) {
-                    return Err(error("DisconnectCustomKeyStore", ErrorKind::AccessDenied));
-                }
-                if s.failing_disconnects.contains(custom_key_store_id) {
-                    return Err(error("DisconnectCustomKeyStore", ErrorKind::Transient));
-                }
-                if let Some(kind) = s
-                    .scripted
-                    .get_mut("DisconnectCustomKeyStore")
-                    .and_then(VecDeque::pop_front)
-                {
-                    return Err(error("DisconnectCustomKeyStore", kind));
-                }
-                let position = s.stores.iter().position(|st| {
-                    st.id == custom_key_store_id
-                        && st.account == account
-                        && st.region == target.region
-                });
-                let Some(position) = position else {
-                    return Err(error("DisconnectCustomKeyStore", ErrorKind::NotFound));
-                };
-                let (real, _) = FakeKms::states(s, &s.stores[position], now);
-                if matches!(
-                    real,
-                    ConnectionState::Disconnected | ConnectionState::Disconnecting
-                ) {
-                    return Err(error("DisconnectCustomKeyStore", ErrorKind::InvalidState));
-                }
-                let store = &mut s.stores[position];
-                store.disconnected_at = Some((now, real));
-                Ok(DisconnectAccepted {
-                    request_id: Some(format!("rid-{}", s.requests.len())),
-                })
-            })
-        }
-
-        async fn describe_page(
-            &self,
-            target: &Target,
-            marker: Option<&str>,
-        ) -> Result<(Vec<KeyStore>, Option<String>), AwsError> {
-            let now = Instant::now();
-            let account = account_of(target);
-            self.with(|s| {
-                s.requests.push(Request {
-                    at: now,
-                    op: Op::Describe,
-                    account: account.clone(),
-                    region: target.region.clone(),
-                    custom_key_store_id: None,
-                });
-                if s.denied_accounts.contains(&account) {
-                    return Err(error("DescribeCustomKeyStores", ErrorKind::AccessDenied));
-                }
-                if let Some(kind) = s
-                    .scripted
-                    .get_mut("DescribeCustomKeyStores")
-                    .and_then(VecDeque::pop_front)
-                {
-                    return Err(error("DescribeCustomKeyStores", kind));
-                }
-                // Pages of two stores, to exercise the markers.
-                let all: Vec<KeyStore> = s
-                    .stores
-                    .iter()
-                    .filter(|st| st.account == account && st.region == target.region)
-                    .map(|st| KeyStore {
-                        custom_key_store_id: st.id.clone(),
-                        custom_key_store_name: Some(st.name.clone()),
-                        custom_key_store_type: Some("EXTERNAL_KEY_STORE".to_string()),
-                        connection_state: FakeKms::states(s, st, now).1,
-                        connection_error_code: None,
-                    })
-                    .collect();
-                let start: usize = marker.map_or(0, |m| m.parse().unwrap_or(0));
-                let end = (start + 2).min(all.len());
-                let next = (end < all.len()).then(|| end.to_string());
-                Ok((all[start..end].to_vec(), next))
-            })
-        }
-
-        async fn account(&self, target: &Target) -> Result<String, AwsError> {
-            tokio::time::sleep(self.with(|s| s.sts_latency)).await;
-            if self.with(|s| s.sts_unreachable) {
-                return Err(error("GetCallerIdentity", ErrorKind::Transient));
-            }
-            Ok(account_of(target))
-        }
-    }
 
     /// A Vec-backed audit sink.
     #[derive(Default)]
@@ -1662,7 +978,7 @@ mod tests {
         }
     }
 
-    fn engine(fake: &Arc<FakeKms>, verify_timeout: Duration) -> Engine<FakeKms> {
+    fn engine(fake: &Arc<FakeAws>, verify_timeout: Duration) -> Engine<FakeAws> {
         Engine::new(fake.clone(), settings(verify_timeout))
     }
 
@@ -1670,7 +986,7 @@ mod tests {
         format!("cks-{n:017x}")
     }
 
-    fn ten_connected_stores(fake: &FakeKms) -> Vec<KeyStoreSpec> {
+    fn ten_connected_stores(fake: &FakeAws) -> Vec<KeyStoreSpec> {
         (0..10)
             .map(|n| {
                 fake.add(&store_id(n), DEFAULT_ACCOUNT, ConnectionState::Connected);
@@ -1698,7 +1014,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn paces_disconnects_under_the_rate_limit_and_verifies_all() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         let specs = ten_connected_stores(&fake);
         let audit = Recorded::default();
         let report = engine(&fake, Duration::from_secs(60))
@@ -1747,7 +1063,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn verifies_with_one_paginated_describe_per_round_not_per_store() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(100)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(100)));
         let specs = ten_connected_stores(&fake);
         let report = engine(&fake, Duration::from_secs(60))
             .lockdown(&request(specs), &Recorded::default())
@@ -1765,7 +1081,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn retries_throttled_disconnect_until_accepted() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
         fake.script(
             "DisconnectCustomKeyStore",
@@ -1805,7 +1121,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn retries_throttled_disconnect_until_deadline() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
         fake.script("DisconnectCustomKeyStore", &[ErrorKind::Throttled; 1000]);
         let verify_timeout = Duration::from_secs(10);
@@ -1825,7 +1141,11 @@ mod tests {
             "kept retrying: {} attempts",
             store.attempts
         );
-        let error = store.error.as_deref().unwrap_or_default();
+        let error = store
+            .error
+            .as_ref()
+            .map(LockdownError::to_line)
+            .unwrap_or_default();
         assert!(
             error.contains("not DISCONNECTED within") && error.contains("Throttled"),
             "{error}"
@@ -1844,7 +1164,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn already_disconnected_store_is_success_not_error() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Disconnected);
         let audit = Recorded::default();
         let report = engine(&fake, Duration::from_secs(30))
@@ -1864,7 +1184,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn disconnects_failed_and_connecting_stores() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Failed);
         fake.add(&store_id(2), DEFAULT_ACCOUNT, ConnectionState::Connecting);
         let specs = vec![id_spec(&store_id(1), None), id_spec(&store_id(2), None)];
@@ -1880,7 +1200,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn tolerates_eventual_consistency_without_redundant_disconnects() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.with(|s| s.consistency_lag = Duration::from_millis(1500));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
         let report = engine(&fake, Duration::from_secs(30))
@@ -1898,7 +1218,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn disconnects_again_a_store_that_stays_connected() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
         let engine = engine(&fake, Duration::from_secs(30));
         let fake_for_attacker = fake.clone();
@@ -1906,7 +1226,7 @@ mod tests {
         // verified: Describe keeps saying CONNECTED past the consistency grace.
         let attacker = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            fake_for_attacker.reconnect(&store_id(1));
+            fake_for_attacker.set(&store_id(1), ConnectionState::Connected);
         });
         let report = engine
             .lockdown(
@@ -1923,7 +1243,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn access_denied_in_one_account_does_not_stop_the_others() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
         fake.add(&store_id(2), "222222222222", ConnectionState::Connected);
         fake.with(|s| s.denied_accounts.insert("222222222222".to_string()));
@@ -1943,7 +1263,8 @@ mod tests {
         assert!(
             report.stores[1]
                 .error
-                .as_deref()
+                .as_ref()
+                .map(LockdownError::to_line)
                 .unwrap_or_default()
                 .contains("AccessDenied")
         );
@@ -1956,7 +1277,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn unknown_store_id_fails_alone() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
         let specs = vec![id_spec(&store_id(1), None), id_spec(&store_id(9), None)];
         let report = engine(&fake, Duration::from_secs(30))
@@ -1968,7 +1289,8 @@ mod tests {
         assert!(
             report.stores[1]
                 .error
-                .as_deref()
+                .as_ref()
+                .map(LockdownError::to_line)
                 .unwrap_or_default()
                 .contains("NotFound")
         );
@@ -1976,7 +1298,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn unknown_store_name_fails_and_known_name_is_resolved_once() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
         let by_name = |name: &str| KeyStoreSpec {
             selector: KeyStoreSelector::Name(name.to_string()),
@@ -2002,7 +1324,8 @@ mod tests {
         assert!(
             report.stores[1]
                 .error
-                .as_deref()
+                .as_ref()
+                .map(LockdownError::to_line)
                 .unwrap_or_default()
                 .contains("not found")
         );
@@ -2025,7 +1348,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn store_stuck_disconnecting_fails_at_the_deadline() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
         fake.with(|s| s.stores[0].stuck = true);
         let verify_timeout = Duration::from_secs(20);
@@ -2045,7 +1368,8 @@ mod tests {
         assert!(
             report.stores[0]
                 .error
-                .as_deref()
+                .as_ref()
+                .map(LockdownError::to_line)
                 .unwrap_or_default()
                 .contains("last state DISCONNECTING")
         );
@@ -2057,7 +1381,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn retries_transient_describe_errors_during_verification() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
         fake.script(
             "DescribeCustomKeyStores",
@@ -2074,7 +1398,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn dry_run_describes_and_sends_no_disconnect() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
         fake.add(&store_id(2), DEFAULT_ACCOUNT, ConnectionState::Disconnected);
         let mut dry = request(vec![
@@ -2106,7 +1430,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn enforce_disconnects_drifted_stores_and_records_drift() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Disconnected);
         fake.add(&store_id(2), DEFAULT_ACCOUNT, ConnectionState::Connected);
         fake.add(&store_id(3), DEFAULT_ACCOUNT, ConnectionState::Connecting);
@@ -2140,7 +1464,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn describe_reports_state_and_missing_stores_without_disconnecting() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Failed);
         let specs = vec![id_spec(&store_id(1), None), id_spec(&store_id(2), None)];
         let statuses = engine(&fake, Duration::from_secs(30))
@@ -2163,7 +1487,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn store_failing_every_disconnect_does_not_stop_verifying_the_others() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
         fake.add(&store_id(2), DEFAULT_ACCOUNT, ConnectionState::Connected);
         fake.with(|s| s.failing_disconnects.insert(store_id(1)));
@@ -2193,7 +1517,11 @@ mod tests {
             "{} attempts",
             report.stores[0].attempts
         );
-        let error = report.stores[0].error.as_deref().unwrap_or_default();
+        let error = report.stores[0]
+            .error
+            .as_ref()
+            .map(LockdownError::to_line)
+            .unwrap_or_default();
         assert!(
             error.contains("not DISCONNECTED within") && error.contains("Transient"),
             "{error}"
@@ -2204,7 +1532,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn verifies_at_the_deadline_a_store_that_disconnects_after_the_last_regular_poll() {
         // DISCONNECTED 9.5 s after the Disconnect: after the poll at ~9.2 s, before the deadline.
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(9500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(9500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
         let verify_timeout = Duration::from_secs(10);
         let started = Instant::now();
@@ -2229,7 +1557,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn short_verify_timeout_still_verifies_an_already_disconnected_store() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Disconnected);
         let report = engine(&fake, Duration::from_millis(200))
             .lockdown(
@@ -2244,7 +1572,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn unreachable_sts_does_not_stop_disconnects_or_pacing() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.with(|s| s.sts_unreachable = true);
         let mut specs = ten_connected_stores(&fake);
         fake.add(&store_id(10), "222222222222", ConnectionState::Connected);
@@ -2275,7 +1603,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn failing_describes_do_not_stop_sending_a_refused_disconnect_again() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
         fake.script("DisconnectCustomKeyStore", &[ErrorKind::Transient]);
         fake.script("DescribeCustomKeyStores", &[ErrorKind::Transient; 1000]);
@@ -2297,7 +1625,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn describe_reports_the_account_when_sts_answers_after_kms() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
         fake.with(|s| s.sts_latency = Duration::from_millis(300));
         let statuses = engine(&fake, Duration::from_secs(30))
@@ -2319,7 +1647,7 @@ mod tests {
         }
     }
 
-    fn rename(fake: &FakeKms, id: &str, name: &str) {
+    fn rename(fake: &FakeAws, id: &str, name: &str) {
         fake.with(|s| {
             if let Some(store) = s.stores.iter_mut().find(|st| st.id == id) {
                 store.name = name.to_string();
@@ -2329,7 +1657,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn renamed_store_is_followed_by_name_not_by_cached_id() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         let name = format!("name-{}", store_id(1));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Disconnected);
         let spec = name_spec(&name);
@@ -2380,7 +1708,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn cached_name_that_no_store_carries_any_more_is_not_found() {
-        let fake = Arc::new(FakeKms::new(Duration::from_millis(500)));
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(500)));
         let name = format!("name-{}", store_id(1));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
         let spec = name_spec(&name);
@@ -2396,7 +1724,8 @@ mod tests {
         assert!(
             report.stores[0]
                 .error
-                .as_deref()
+                .as_ref()
+                .map(LockdownError::to_line)
                 .unwrap_or_default()
                 .contains("not found"),
             "{report:#?}"
