@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use kms_killswitch::audit::{AuditLog, AuditSink, Event};
+use kms_killswitch::audit::{AuditLog, Event};
 
 /// Enough records for a stable p99.
 const RECORDS: usize = 1000;
@@ -25,7 +25,7 @@ fn main() {
                 connection_state: "CONNECTED".into(),
             };
             let started = Instant::now();
-            log.record(event);
+            log.record_blocking(event);
             started.elapsed()
         })
         .collect();

@@ -388,11 +388,13 @@ fn child(endpoint: &str, scenario: Scenario, delay: Duration) {
     latch::write_with(&dir.path().join("state/latch.json"), &latch_value, &*disk)
         .expect("the latch is written");
     let report = runtime.block_on(async {
-        audit.record(Event::TriggerFired {
-            source: TriggerSource::Cli,
-            detail: json!({"user": "bench", "reason": "bench"}),
-            latched: false,
-        });
+        audit
+            .record(Event::TriggerFired {
+                source: TriggerSource::Cli,
+                detail: json!({"user": "bench", "reason": "bench"}),
+                latched: false,
+            })
+            .queued();
         let sink: &dyn AuditSink = &audit;
         engine.lockdown(&request, sink).await
     });
@@ -539,8 +541,8 @@ fn cli_loop(sim: &SimHandle, aws: &Path) -> Duration {
     let dir = tempfile::tempdir().expect("tempdir");
     let ids: Vec<&str> = stores.iter().map(|s| s.2.as_str()).collect();
     let script = format!(
-        "set -e\nfor id in {}; do\n  aws kms disconnect-custom-key-store --custom-key-store-id \"$id\" >/dev/null\n  \
-         while sleep 1; do\n    state=$(aws kms describe-custom-key-stores --custom-key-store-id \"$id\" --query 'CustomKeyStores[0].ConnectionState' --output text)\n    \
+        "set -e\nfor id in {}; do\n  aws kms disconnect-custom-key-store --custom-key-store-id \"$id\" --endpoint-url \"$EP\" >/dev/null\n  \
+         while sleep 1; do\n    state=$(aws kms describe-custom-key-stores --custom-key-store-id \"$id\" --endpoint-url \"$EP\" --query 'CustomKeyStores[0].ConnectionState' --output text)\n    \
          [ \"$state\" = DISCONNECTED ] && break\n  done\ndone\n",
         ids.join(" ")
     );
@@ -572,7 +574,8 @@ fn cli_loop(sim: &SimHandle, aws: &Path) -> Duration {
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", SECRET)
         .env("AWS_REGION", REGIONS[0])
-        .env("AWS_ENDPOINT_URL", sim.endpoint_url());
+        .env("AWS_DEFAULT_REGION", REGIONS[0])
+        .env("EP", sim.endpoint_url());
     std::thread::sleep(SETTLE);
     let started = Instant::now();
     let status = cmd.status().expect("sh runs");

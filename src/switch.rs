@@ -95,11 +95,13 @@ pub fn fire(
         },
         Err(err) => Latching::Unwritten(err),
     };
-    audit.record(Event::TriggerFired {
-        source,
-        detail,
-        latched: matches!(latching, Latching::AlreadyLatched(_)),
-    });
+    audit
+        .record(Event::TriggerFired {
+            source,
+            detail,
+            latched: matches!(latching, Latching::AlreadyLatched(_)),
+        })
+        .queued();
     Fired { latch, latching }
 }
 
@@ -150,11 +152,13 @@ pub fn resume(state_file: &Path, audit: &dyn AuditSink) -> Option<Resumed> {
     };
     tracing::warn!(lockdown_id = %latch.lockdown_id, fired_at = %latch.fired_at, "latch set at start; resuming the lockdown");
     let lockdown_id = LockdownId::new();
-    audit.record(Event::TriggerFired {
-        source: TriggerSource::Resume,
-        detail,
-        latched: false,
-    });
+    audit
+        .record(Event::TriggerFired {
+            source: TriggerSource::Resume,
+            detail,
+            latched: false,
+        })
+        .queued();
     Some(Resumed { latch, lockdown_id })
 }
 
@@ -223,10 +227,12 @@ pub fn rearm(
         },
     )?;
     latch::clear(state_file)?;
-    audit.record(Event::Rearmed {
-        reason: reason.to_string(),
-        by: by.to_string(),
-    });
+    audit
+        .record(Event::Rearmed {
+            reason: reason.to_string(),
+            by: by.to_string(),
+        })
+        .queued();
     Ok(())
 }
 

@@ -379,7 +379,7 @@ mod tests {
     use super::super::test_support::{
         POLICY, broken_line, events, lines, sample_log, verify_bytes,
     };
-    use super::super::{AuditLog, AuditSink, verify};
+    use super::super::{AuditLog, verify};
     use super::*;
 
     #[test]
@@ -462,7 +462,7 @@ mod tests {
 
         let log = AuditLog::open(&path, POLICY);
         assert!(log.healthy());
-        log.record(Event::DaemonStarted);
+        log.record_blocking(Event::DaemonStarted);
         drop(log);
 
         let after = std::fs::read(&path).unwrap();
@@ -486,7 +486,7 @@ mod tests {
         let path = dir.path().join("audit.jsonl");
         std::fs::write(&path, b"{\"seq\":1,\"ts\":").unwrap();
         let log = AuditLog::open(&path, POLICY);
-        log.record(Event::DaemonStarted);
+        log.record_blocking(Event::DaemonStarted);
         assert_eq!(events(&path), ["audit_recovered", "daemon_started"]);
         assert_eq!(verify(&path).unwrap().records, 2);
     }
@@ -496,12 +496,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let log = AuditLog::open(&path, POLICY);
-        log.record(Event::DaemonStarted);
+        log.record_blocking(Event::DaemonStarted);
         // Another process crashed in mid-append after our record.
         let mut file = OpenOptions::new().append(true).open(&path).unwrap();
         file.write_all(b"{\"seq\":2,\"ts\":\"20").unwrap();
         drop(file);
-        log.record(Event::DaemonStopped);
+        log.record_blocking(Event::DaemonStopped);
         assert_eq!(
             events(&path),
             ["daemon_started", "audit_recovered", "daemon_stopped"]
@@ -519,7 +519,7 @@ mod tests {
             let path = dir.path().join("audit.jsonl");
             std::fs::write(&path, content).unwrap();
             let log = AuditLog::open(&path, POLICY);
-            log.record(Event::DaemonStarted);
+            log.record_blocking(Event::DaemonStarted);
             assert!(!log.healthy());
             assert_eq!(log.unflushed(), 1);
             assert_eq!(

@@ -166,11 +166,56 @@ pub enum Event {
 }
 
 /// Where the daemon and the engine send events. The writer implements it; tests use a
-/// `Vec`-backed fake. `record` returns once the record is durable (fsync'd) or, if the log
-/// cannot be written, once it is queued in memory and the failure reported: a kill switch is
-/// never stopped by its own logging.
+/// `Vec`-backed fake. `record` queues the event at once (records are written in the order they
+/// are recorded) and returns a [`Recorded`] future that resolves once the record is durable
+/// (fsync'd) or, if the log cannot be written, once it is held in memory and the failure
+/// reported: a kill switch is never stopped by its own logging.
 pub trait AuditSink: Send + Sync {
-    fn record(&self, event: Event);
+    fn record(&self, event: Event) -> Recorded;
+}
+
+/// The acknowledgement of one record: a future that resolves once the record is durable or
+/// held in memory. Dropping it (or [`Recorded::queued`]) does not withdraw the record: it is
+/// written in order with the others, so once a later record is durable, this one is too.
+#[must_use = "await it for durability, or call `.queued()` to go on without waiting"]
+#[derive(Debug)]
+pub struct Recorded(Option<tokio::sync::oneshot::Receiver<()>>);
+
+impl Recorded {
+    /// Already durable (or a sink that keeps nothing on disk).
+    pub fn done() -> Recorded {
+        Recorded(None)
+    }
+
+    pub(crate) fn pending(ack: tokio::sync::oneshot::Receiver<()>) -> Recorded {
+        Recorded(Some(ack))
+    }
+
+    /// Go on without waiting: the record is queued and written in order.
+    pub fn queued(self) {}
+
+    /// Block the calling thread until the record is durable or held. Outside async code only
+    /// (the CLI, tests): async code awaits instead.
+    pub fn wait(self) {
+        if let Some(ack) = self.0 {
+            let _ = ack.blocking_recv();
+        }
+    }
+}
+
+impl std::future::Future for Recorded {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        match self.0.as_mut() {
+            None => std::task::Poll::Ready(()),
+            // A writer gone (its thread ended) acknowledges too: nothing more will happen.
+            Some(ack) => std::pin::Pin::new(ack).poll(cx).map(|_| ()),
+        }
+    }
 }
 
 /// Why the audit log could not be written or verified.

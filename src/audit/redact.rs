@@ -109,7 +109,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::super::test_support::{CHILD_LOG, POLICY};
-    use super::super::{AuditLog, AuditSink, DisconnectResult, Event, TriggerSource, verify};
+    use super::super::{AuditLog, DisconnectResult, Event, TriggerSource, verify};
     use super::*;
 
     /// Test credentials, in the shapes AWS uses, that must never be written anywhere.
@@ -171,7 +171,7 @@ mod tests {
         // Once written, once held in memory: both paths print the record.
         for path in [path, unwritable] {
             let log = AuditLog::open(&path, POLICY);
-            log.record(Event::DisconnectResult {
+            log.record_blocking(Event::DisconnectResult {
                 lockdown_id: "ld-1".into(),
                 key_store_id: "cks-1234567890abcdef0".into(),
                 region: "eu-west-1".into(),
@@ -182,10 +182,10 @@ mod tests {
                      credential {ACCESS_KEY_ID}/20261129/eu-west-1/kms"
                 )),
             });
-            log.record(Event::PolicyRejected {
+            log.record_blocking(Event::PolicyRejected {
                 error: format!("aws_secret_access_key = {SECRET}"),
             });
-            log.record(Event::TriggerFired {
+            log.record_blocking(Event::TriggerFired {
                 source: TriggerSource::Alarm,
                 detail: serde_json::json!({"state_reason": [format!("SessionToken={SESSION_TOKEN}&x=1")]}),
                 latched: false,

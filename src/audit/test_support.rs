@@ -8,8 +8,7 @@ use serde_json::{Map, Value};
 
 use super::verify::verify_from;
 use super::{
-    AuditError, AuditLog, AuditSink, DisconnectResult, Event, LockdownOutcome, TriggerSource,
-    VerifySummary,
+    AuditError, AuditLog, DisconnectResult, Event, LockdownOutcome, TriggerSource, VerifySummary,
 };
 
 pub(super) const POLICY: &str = "1111111111111111111111111111111111111111111111111111111111111111";
@@ -55,17 +54,17 @@ pub(super) fn broken_line(result: Result<VerifySummary, AuditError>) -> (u64, St
 pub(super) fn sample_log(dir: &Path) -> Vec<u8> {
     let path = dir.join("sample.jsonl");
     let log = AuditLog::open(&path, POLICY);
-    log.record(Event::TriggerFired {
+    log.record_blocking(Event::TriggerFired {
         source: TriggerSource::Cli,
         detail: serde_json::json!({"user": "root", "reason": "drill"}),
         latched: false,
     });
-    log.record(Event::LockdownStarted {
+    log.record_blocking(Event::LockdownStarted {
         lockdown_id: "ld-1".into(),
         key_stores: vec![serde_json::json!({"id": "cks-1234567890abcdef0"})],
         dry_run: false,
     });
-    log.record(Event::DisconnectResult {
+    log.record_blocking(Event::DisconnectResult {
         lockdown_id: "ld-1".into(),
         key_store_id: "cks-1234567890abcdef0".into(),
         region: "eu-west-1".into(),
@@ -73,7 +72,7 @@ pub(super) fn sample_log(dir: &Path) -> Vec<u8> {
         request_id: Some("8f0e-11".into()),
         error: None,
     });
-    log.record(Event::LockdownFinished {
+    log.record_blocking(Event::LockdownFinished {
         lockdown_id: "ld-1".into(),
         outcome: LockdownOutcome::Complete,
         verified: 1,

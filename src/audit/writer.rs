@@ -16,12 +16,12 @@ use std::fs::{DirBuilder, File, Metadata, OpenOptions, TryLockError};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
 use super::chain::{self, Batch, ChainTail, Origin, Pending};
-use super::{AuditError, AuditSink, Event, event_fields};
+use super::{AuditError, AuditSink, Event, Recorded, event_fields};
 use crate::error_chain;
 
 /// How long `record` waits for another writer's `flock` before it keeps the record in memory.
@@ -70,11 +70,10 @@ struct ReplacedChain {
     previous_line_sha256: String,
 }
 
-/// The mutable part of the log, behind one mutex.
+/// The mutable part of the log: only the owner thread touches it (and `open` and `Drop`, while
+/// the thread does not run).
 #[derive(Debug)]
 struct State {
-    /// Recorded at reload (`set_policy_sha256`); stamped on each record when it is recorded.
-    policy_sha256: String,
     /// Records not yet durable, oldest first.
     pending: VecDeque<Pending>,
     /// Records dropped because `pending` was full, not yet reported in the file.
@@ -85,25 +84,71 @@ struct State {
     failure: Option<String>,
 }
 
-/// The hash-chained JSON Lines writer. Thread-safe: `record` takes `&self`.
+/// What `healthy` and `unflushed` read without waiting for the owner thread.
+#[derive(Debug, Default)]
+struct Status {
+    /// Records recorded and not yet acknowledged by the owner thread.
+    in_flight: AtomicUsize,
+    /// `pending.len()` after the owner's last batch.
+    held: AtomicUsize,
+    /// `lost > 0 || failure.is_some()` after the owner's last batch.
+    failed: AtomicBool,
+}
+
+/// What the owner thread is asked to do.
+enum Request {
+    /// Append this record, then acknowledge.
+    Record(Pending, tokio::sync::oneshot::Sender<()>),
+    /// Retry the records held in memory, then acknowledge (if anyone waits).
+    Flush(Option<tokio::sync::oneshot::Sender<()>>),
+}
+
+/// Everything the handle and the owner thread share.
 #[derive(Debug)]
-pub struct AuditLog {
+struct Shared {
     path: PathBuf,
     /// The `host` and `pid` of every line this log writes.
     origin: Origin,
-    lock_wait: Duration,
+    /// How long the owner waits for another writer's lock, in ms (`with_lock_wait`).
+    lock_wait_ms: AtomicU64,
     /// The last attempt gave up waiting for another writer's lock: until a lock is taken again,
-    /// later records try once without waiting, so a stuck writer costs a lockdown one
-    /// `lock_wait` in all rather than one per record.
+    /// later batches try once without waiting, so a stuck writer costs one `lock_wait` in all
+    /// rather than one per batch.
     lock_contended: AtomicBool,
     /// How the file is made durable: the OS's calls (the benchmark slows them down).
-    durability: std::sync::Arc<dyn crate::durability::Durability>,
+    durability: Arc<dyn crate::durability::Durability>,
+    /// Stamped on each record when it is recorded (`set_policy_sha256` swaps it on reload).
+    policy_sha256: Mutex<String>,
+    status: Status,
     state: Mutex<State>,
 }
 
+/// The hash-chained JSON Lines writer with group commit. `record` (any thread, any task) stamps
+/// the record and hands it to the log's one owner thread, which appends every record queued at
+/// that moment with one `write_all` and one `fdatasync` under the `flock`, then acknowledges
+/// each: no file I/O, lock wait or fsync ever runs on the caller (a tokio worker, the daemon's
+/// main loop). Records are written in the order they are recorded.
+#[derive(Debug)]
+pub struct AuditLog {
+    shared: Arc<Shared>,
+    /// `None` once dropped (closing the channel ends the owner thread).
+    requests: Option<mpsc::Sender<Request>>,
+    owner: Option<std::thread::JoinHandle<()>>,
+}
+
+/// While another writer holds the `flock`, waiting records are acknowledged as held in memory
+/// after this long (the owner keeps waiting for the lock up to `lock_wait` and writes them then):
+/// a healthy writer holds the lock for one append + fdatasync, and no Disconnect may wait for a
+/// stuck one (issue 10 item 11).
+const HELD_ACK_AFTER: Duration = Duration::from_millis(50);
+
+/// While records are held in memory, the owner retries this often by itself.
+const HELD_RETRY: Duration = Duration::from_secs(1);
+
 impl AuditLog {
     /// Open (or create, 0600 in a 0700 directory) the log at `path` and continue its chain. A torn
-    /// last line left by a crash is cut off and recorded as `audit_recovered`.
+    /// last line left by a crash is cut off and recorded as `audit_recovered`. Starts the log's
+    /// owner thread.
     ///
     /// Never fails because of the file: if it cannot be created, read, locked or written, or if its
     /// last line is not an audit record (then it is left untouched: it is evidence, or someone
@@ -120,102 +165,304 @@ impl AuditLog {
     pub fn open_with(
         path: &Path,
         policy_sha256: &str,
-        durability: std::sync::Arc<dyn crate::durability::Durability>,
+        durability: Arc<dyn crate::durability::Durability>,
     ) -> AuditLog {
-        let log = AuditLog {
-            durability,
+        let shared = Arc::new(Shared {
             path: path.to_path_buf(),
             origin: Origin::this_process(),
-            lock_wait: LOCK_WAIT,
+            lock_wait_ms: AtomicU64::new(LOCK_WAIT.as_millis() as u64),
             lock_contended: AtomicBool::new(false),
+            durability,
+            policy_sha256: Mutex::new(policy_sha256.to_owned()),
+            status: Status::default(),
             state: Mutex::new(State {
-                policy_sha256: policy_sha256.to_owned(),
                 pending: VecDeque::new(),
                 lost: 0,
                 known: None,
                 failure: None,
             }),
-        };
+        });
         // Create the file and recover a torn tail now, at start, not at the first record.
-        let mut state = log.lock_state();
-        let _ = log.flush_locked(&mut state);
-        drop(state);
-        log
+        {
+            let mut state = shared.lock_state();
+            let _ = shared.flush_locked(&mut state, &mut |_, _| {});
+            shared.publish(&state);
+        }
+        let (requests, queue) = mpsc::channel();
+        let owner = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("audit-writer".into())
+                .spawn(move || shared.own(&queue))
+        };
+        let owner = match owner {
+            Ok(owner) => Some(owner),
+            Err(err) => {
+                // No thread: `record` then writes on the caller (as before group commit).
+                tracing::error!(cause = %err, "cannot start the audit writer thread; records are written by their callers");
+                None
+            }
+        };
+        AuditLog {
+            requests: owner.as_ref().map(|_| requests),
+            shared,
+            owner,
+        }
     }
 
-    /// How long `record` waits for another writer's lock before keeping the record in memory
-    /// (default 2 s).
-    pub fn with_lock_wait(mut self, wait: Duration) -> AuditLog {
-        self.lock_wait = wait;
+    /// How long the writer waits for another writer's lock before keeping records in memory
+    /// (default 2 s). Records waiting for it are acknowledged as held after 50 ms.
+    pub fn with_lock_wait(self, wait: Duration) -> AuditLog {
+        self.shared
+            .lock_wait_ms
+            .store(wait.as_millis() as u64, Ordering::Relaxed);
         self
     }
 
     /// The file this log writes to.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.shared.path
     }
 
     /// Stamp later records with a reloaded policy's SHA-256.
     pub fn set_policy_sha256(&self, policy_sha256: &str) {
-        self.lock_state().policy_sha256 = policy_sha256.to_owned();
+        *self.shared.policy() = policy_sha256.to_owned();
     }
 
     /// True when every record is durable in the file and the last attempt to reach it succeeded.
+    /// Never waits for the writer.
     pub fn healthy(&self) -> bool {
-        let state = self.lock_state();
-        state.pending.is_empty() && state.lost == 0 && state.failure.is_none()
+        let status = &self.shared.status;
+        status.in_flight.load(Ordering::SeqCst) == 0
+            && status.held.load(Ordering::SeqCst) == 0
+            && !status.failed.load(Ordering::SeqCst)
     }
 
-    /// Records held in memory because the file could not be written.
+    /// Records held in memory because the file could not be written (as of the writer's last
+    /// batch).
     pub fn unflushed(&self) -> usize {
-        self.lock_state().pending.len()
+        self.shared.status.held.load(Ordering::SeqCst)
     }
 
-    /// Retry writing the records held in memory; true when none is left. `record` does this by
-    /// itself; call it before exiting, or periodically while [`AuditLog::healthy`] is false.
+    /// Retry writing the records held in memory and wait for the attempt; true when none is left.
+    /// The writer retries by itself every second while records are held; call this before
+    /// exiting. Blocks the calling thread: not for async code (see [`AuditLog::flush_soon`]).
     pub fn flush(&self) -> bool {
-        let mut state = self.lock_state();
-        let _ = self.flush_locked(&mut state);
-        state.pending.is_empty() && state.lost == 0
+        let (ack, acked) = tokio::sync::oneshot::channel();
+        match &self.requests {
+            Some(requests) if requests.send(Request::Flush(Some(ack))).is_ok() => {
+                let _ = acked.blocking_recv();
+            }
+            _ => {
+                let mut state = self.shared.lock_state();
+                let _ = self.shared.flush_locked(&mut state, &mut |_, _| {});
+                self.shared.publish(&state);
+            }
+        }
+        let status = &self.shared.status;
+        status.held.load(Ordering::SeqCst) == 0 && !status.failed.load(Ordering::SeqCst)
     }
 
+    /// [`AuditLog::flush`] for async code: awaits the writer's attempt instead of blocking.
+    pub async fn flushed(&self) -> bool {
+        let (ack, acked) = tokio::sync::oneshot::channel();
+        match &self.requests {
+            Some(requests) if requests.send(Request::Flush(Some(ack))).is_ok() => {
+                let _ = acked.await;
+            }
+            _ => return self.flush(),
+        }
+        let status = &self.shared.status;
+        status.held.load(Ordering::SeqCst) == 0 && !status.failed.load(Ordering::SeqCst)
+    }
+
+    /// Ask the writer to retry the records held in memory, without waiting for it.
+    pub fn flush_soon(&self) {
+        if let Some(requests) = &self.requests {
+            let _ = requests.send(Request::Flush(None));
+        }
+    }
+
+    /// Record `event` and block the calling thread until it is durable or held (the CLI, tests).
+    pub fn record_blocking(&self, event: Event) {
+        self.record(event).wait();
+    }
+}
+
+impl AuditSink for AuditLog {
+    fn record(&self, event: Event) -> Recorded {
+        let pending = self.shared.stamp(&event);
+        let (ack, acked) = tokio::sync::oneshot::channel();
+        self.shared.status.in_flight.fetch_add(1, Ordering::SeqCst);
+        let refused = match &self.requests {
+            Some(requests) => requests.send(Request::Record(pending, ack)).err(),
+            None => Some(mpsc::SendError(Request::Record(pending, ack))),
+        };
+        if let Some(mpsc::SendError(Request::Record(pending, _))) = refused {
+            // No owner thread: write on the caller, as the writer did before group commit.
+            let mut state = self.shared.lock_state();
+            self.shared.take(&mut state, pending);
+            let _ = self.shared.flush_locked(&mut state, &mut |_, _| {});
+            self.shared.publish(&state);
+            self.shared.status.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return Recorded::done();
+        }
+        Recorded::pending(acked)
+    }
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        // Closing the channel ends the owner once it has written everything queued.
+        drop(self.requests.take());
+        if let Some(owner) = self.owner.take() {
+            let _ = owner.join();
+        }
+        let mut state = self.shared.lock_state();
+        if state.pending.is_empty() && state.lost == 0 {
+            return;
+        }
+        let _ = self.shared.flush_locked(&mut state, &mut |_, _| {});
+        if !state.pending.is_empty() {
+            tracing::error!(
+                path = %self.shared.path.display(),
+                records = state.pending.len(),
+                "audit records were never written to the audit log; they are only in this process's log output"
+            );
+        }
+    }
+}
+
+/// Acknowledgements of the records of the batch being written.
+type Waiters = Vec<tokio::sync::oneshot::Sender<()>>;
+
+impl Shared {
     fn lock_state(&self) -> MutexGuard<'_, State> {
         // A panic in another thread while it held the state leaves it consistent (pending is
         // only cleared after a successful write), so carry on rather than lose the audit trail.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queue `event` and write everything queued. Never fails: on failure the records stay queued.
-    fn record_locked(&self, state: &mut State, event: &Event) {
+    fn policy(&self) -> MutexGuard<'_, String> {
+        self.policy_sha256
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The record as it will be written, stamped now with the current policy hash.
+    fn stamp(&self, event: &Event) -> Pending {
         let (name, fields) = event_fields(event);
-        // A full queue first tries to empty itself into the file.
-        if state.pending.len() >= MAX_PENDING && !self.flush_locked(state) {
+        Pending::stamped_now(name, fields, &self.policy())
+    }
+
+    /// The owner thread: take every request queued, write them in one batch (one append, one
+    /// fdatasync), acknowledge each; repeat until the log is dropped. While records are held in
+    /// memory it retries every [`HELD_RETRY`] by itself.
+    fn own(&self, queue: &mpsc::Receiver<Request>) {
+        let mut waiters = Waiters::new();
+        loop {
+            let first = if self.status.held.load(Ordering::SeqCst) > 0 {
+                match queue.recv_timeout(HELD_RETRY) {
+                    Ok(request) => Some(request),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            } else {
+                match queue.recv() {
+                    Ok(request) => Some(request),
+                    Err(mpsc::RecvError) => return,
+                }
+            };
+            let mut state = self.lock_state();
+            let mut added = 0;
+            for request in first
+                .into_iter()
+                .chain(std::iter::from_fn(|| queue.try_recv().ok()))
+            {
+                added += self.enqueue(&mut state, request, &mut waiters);
+            }
+            let written = self.flush_locked(&mut state, &mut |state, waited| {
+                // Another writer holds the lock: take in what arrives meanwhile, and let no
+                // one wait on it past HELD_ACK_AFTER (the records stay queued for this append).
+                for request in std::iter::from_fn(|| queue.try_recv().ok()) {
+                    added += self.enqueue(state, request, &mut waiters);
+                }
+                if waited >= HELD_ACK_AFTER && !waiters.is_empty() {
+                    self.publish(state);
+                    self.acknowledge(&mut waiters);
+                }
+            });
+            if !written {
+                for record in state.pending.iter().rev().take(added) {
+                    tracing::error!(
+                        event = %record.event,
+                        ts = %record.ts,
+                        record = %serde_json::Value::Object(record.fields.clone()),
+                        "audit record held in memory"
+                    );
+                }
+            }
+            self.publish(&state);
+            drop(state);
+            self.acknowledge(&mut waiters);
+        }
+    }
+
+    /// Take one request into the batch; returns how many records it added to `pending`.
+    fn enqueue(&self, state: &mut State, request: Request, waiters: &mut Waiters) -> usize {
+        match request {
+            Request::Record(pending, ack) => {
+                waiters.push(ack);
+                usize::from(self.take(state, pending))
+            }
+            Request::Flush(ack) => {
+                if let Some(ack) = ack {
+                    // Balanced by `acknowledge`, like a record's.
+                    self.status.in_flight.fetch_add(1, Ordering::SeqCst);
+                    waiters.push(ack);
+                }
+                0
+            }
+        }
+    }
+
+    /// Queue one record for the next append; false when the queue is full (then it is counted
+    /// as lost and kept only in this log line).
+    fn take(&self, state: &mut State, pending: Pending) -> bool {
+        if state.pending.len() >= MAX_PENDING {
             state.lost += 1;
             tracing::error!(
                 path = %self.path.display(),
-                event = %name,
-                record = %serde_json::Value::Object(fields),
+                event = %pending.event,
+                record = %serde_json::Value::Object(pending.fields),
                 "audit log queue is full: this record is kept only in this log line"
             );
-            return;
+            return false;
         }
-        let pending = Pending::stamped_now(name, fields, &state.policy_sha256);
-        state.pending.push_back(pending.clone());
-        // A written record is logged by `append`; one that is not still reaches tracing now.
-        if !self.flush_locked(state) {
-            tracing::error!(
-                event = %pending.event,
-                ts = %pending.ts,
-                record = %serde_json::Value::Object(pending.fields),
-                "audit record held in memory"
-            );
+        state.pending.push_back(pending);
+        true
+    }
+
+    /// Make `healthy` and `unflushed` say what `state` says.
+    fn publish(&self, state: &State) {
+        let status = &self.status;
+        status.held.store(state.pending.len(), Ordering::SeqCst);
+        status
+            .failed
+            .store(state.lost > 0 || state.failure.is_some(), Ordering::SeqCst);
+    }
+
+    fn acknowledge(&self, waiters: &mut Waiters) {
+        for ack in waiters.drain(..) {
+            self.status.in_flight.fetch_sub(1, Ordering::SeqCst);
+            let _ = ack.send(());
         }
     }
 
     /// Write the queued records (and recover a torn tail); true on success. On failure they stay
     /// queued and the failure is logged.
-    fn flush_locked(&self, state: &mut State) -> bool {
-        match self.append(state) {
+    fn flush_locked(&self, state: &mut State, while_locked_out: &mut LockedOut<'_>) -> bool {
+        match self.append(state, while_locked_out) {
             Ok(()) => {
                 if state.failure.take().is_some() {
                     tracing::warn!(path = %self.path.display(), "audit log is writable again; every held record is now written");
@@ -238,15 +485,20 @@ impl AuditLog {
 
     /// One locked append of the replaced-file note and the torn-tail recovery (if any), the queued
     /// records, and a lost-records note (if any).
-    fn append(&self, state: &mut State) -> Result<(), AuditError> {
+    fn append(
+        &self,
+        state: &mut State,
+        while_locked_out: &mut LockedOut<'_>,
+    ) -> Result<(), AuditError> {
         let file = self.open_file()?;
-        self.lock_file(&file)?;
+        self.lock_file(&file, state, while_locked_out)?;
         let meta = file.metadata().map_err(|source| AuditError::Read {
             path: self.path.clone(),
             source,
         })?;
         let (tail, replaced) = self.current_tail(state.known.as_ref(), &file, &meta)?;
-        let (records, recovered) = self.records_to_write(state, &tail, replaced);
+        let policy_sha256 = self.policy().clone();
+        let (records, recovered) = self.records_to_write(state, &policy_sha256, &tail, replaced);
         if records.is_empty() {
             return Ok(());
         }
@@ -328,6 +580,7 @@ impl AuditLog {
     fn records_to_write(
         &self,
         state: &State,
+        policy_sha256: &str,
         tail: &ChainTail,
         replaced: Option<ReplacedChain>,
     ) -> (Vec<Pending>, Option<Pending>) {
@@ -342,7 +595,7 @@ impl AuditLog {
                 previous_seq,
                 previous_line_sha256,
             };
-            records.push(Pending::writer_record(&replaced, &state.policy_sha256));
+            records.push(Pending::writer_record(&replaced, policy_sha256));
         }
         let recovered = tail.recovered().map(|recovered| {
             tracing::error!(
@@ -350,13 +603,13 @@ impl AuditLog {
                 torn_len = tail.torn.len(),
                 "audit log ends in a torn line (a crash in mid-write); cutting it off and recording it as audit_recovered"
             );
-            Pending::writer_record(&recovered, &state.policy_sha256)
+            Pending::writer_record(&recovered, policy_sha256)
         });
         records.extend(recovered.clone());
         records.extend(state.pending.iter().cloned());
         if state.lost > 0 {
             let lost = Event::AuditRecordsLost { count: state.lost };
-            records.push(Pending::writer_record(&lost, &state.policy_sha256));
+            records.push(Pending::writer_record(&lost, policy_sha256));
         }
         (records, recovered)
     }
@@ -456,13 +709,20 @@ impl AuditLog {
     }
 
     /// Take the exclusive flock, waiting at most `lock_wait` (not at all while the previous
-    /// attempt timed out: see `lock_contended`).
-    fn lock_file(&self, file: &File) -> Result<(), AuditError> {
+    /// attempt timed out: see `lock_contended`). While it waits, `while_locked_out` is called
+    /// with the state and the time waited so far at every poll.
+    fn lock_file(
+        &self,
+        file: &File,
+        state: &mut State,
+        while_locked_out: &mut LockedOut<'_>,
+    ) -> Result<(), AuditError> {
         let started = Instant::now();
+        let lock_wait = Duration::from_millis(self.lock_wait_ms.load(Ordering::Relaxed));
         let wait = if self.lock_contended.load(Ordering::Relaxed) {
             Duration::ZERO
         } else {
-            self.lock_wait
+            lock_wait
         };
         loop {
             match file.try_lock() {
@@ -471,13 +731,14 @@ impl AuditLog {
                     return Ok(());
                 }
                 Err(TryLockError::WouldBlock) if started.elapsed() < wait => {
+                    while_locked_out(state, started.elapsed());
                     std::thread::sleep(LOCK_POLL)
                 }
                 Err(TryLockError::WouldBlock) => {
                     self.lock_contended.store(true, Ordering::Relaxed);
                     return Err(AuditError::LockTimeout {
                         path: self.path.clone(),
-                        waited: self.lock_wait,
+                        waited: lock_wait,
                     });
                 }
                 Err(TryLockError::Error(source)) => {
@@ -491,29 +752,8 @@ impl AuditLog {
     }
 }
 
-impl AuditSink for AuditLog {
-    fn record(&self, event: Event) {
-        let mut state = self.lock_state();
-        self.record_locked(&mut state, &event);
-    }
-}
-
-impl Drop for AuditLog {
-    fn drop(&mut self) {
-        let mut state = self.lock_state();
-        if state.pending.is_empty() && state.lost == 0 {
-            return;
-        }
-        let _ = self.flush_locked(&mut state);
-        if !state.pending.is_empty() {
-            tracing::error!(
-                path = %self.path.display(),
-                records = state.pending.len(),
-                "audit records were never written to the audit log; they are only in this process's log output"
-            );
-        }
-    }
-}
+/// Called while another writer holds the lock, with the time waited so far.
+type LockedOut<'a> = dyn FnMut(&mut State, Duration) + 'a;
 
 /// Log each line of a durable append to tracing (journald under systemd) with its `seq` and
 /// SHA-256: the anchor outside the file that shows lines removed from its end.
@@ -571,13 +811,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let log = AuditLog::open(&path, POLICY);
-        log.record(Event::DaemonStarted);
-        log.record(Event::PolicyLoaded);
+        log.record_blocking(Event::DaemonStarted);
+        log.record_blocking(Event::PolicyLoaded);
         drop(log);
         let log = AuditLog::open(&path, POLICY);
-        log.record(Event::DaemonStarted);
+        log.record_blocking(Event::DaemonStarted);
         log.set_policy_sha256(RELOADED);
-        log.record(Event::PolicyLoaded);
+        log.record_blocking(Event::PolicyLoaded);
         drop(log);
 
         let records = lines(&path);
@@ -603,7 +843,7 @@ mod tests {
                 let log = Arc::clone(&logs[t % 2]);
                 std::thread::spawn(move || {
                     for i in 0..25 {
-                        log.record(drift(&format!("cks-{t}-{i}")));
+                        log.record_blocking(drift(&format!("cks-{t}-{i}")));
                     }
                 })
             })
@@ -647,7 +887,7 @@ mod tests {
             .collect();
         let log = AuditLog::open(&path, POLICY);
         for i in 0..CHILD_RECORDS {
-            log.record(drift(&format!("cks-parent-{i}")));
+            log.record_blocking(drift(&format!("cks-parent-{i}")));
         }
         for child in children {
             let output = child.wait_with_output().unwrap();
@@ -677,7 +917,7 @@ mod tests {
         let tag = std::env::var(CHILD_TAG).expect("run by the multi-process test");
         let log = AuditLog::open(&path, POLICY);
         for i in 0..CHILD_RECORDS {
-            log.record(drift(&format!("cks-{tag}-{i}")));
+            log.record_blocking(drift(&format!("cks-{tag}-{i}")));
         }
         assert!(log.healthy());
     }
@@ -691,17 +931,17 @@ mod tests {
         let path = parent.join("audit.jsonl");
         let log = AuditLog::open(&path, POLICY);
         assert!(!log.healthy(), "the failure to create the file is reported");
-        log.record(Event::TriggerFired {
+        log.record_blocking(Event::TriggerFired {
             source: TriggerSource::Signal,
             detail: serde_json::json!({}),
             latched: false,
         });
-        log.record(drift("cks-1"));
+        log.record_blocking(drift("cks-1"));
         assert!(!log.healthy());
         assert_eq!(log.unflushed(), 2);
 
         std::fs::remove_file(&parent).unwrap();
-        log.record(Event::DaemonStopped);
+        log.record_blocking(Event::DaemonStopped);
         assert!(log.healthy());
         assert_eq!(log.unflushed(), 0);
         assert_eq!(
@@ -722,7 +962,7 @@ mod tests {
         let path = dir.path().join("audit.jsonl");
         std::fs::create_dir(&path).unwrap();
         let log = AuditLog::open(&path, POLICY);
-        log.record(Event::DaemonStarted);
+        log.record_blocking(Event::DaemonStarted);
         assert!(!log.flush());
         assert!(!log.healthy());
         std::fs::remove_dir(&path).unwrap();
@@ -737,7 +977,7 @@ mod tests {
         let path = dir.path().join("audit.jsonl");
         std::fs::create_dir(&path).unwrap();
         let log = AuditLog::open(&path, POLICY);
-        log.record(Event::DaemonStarted);
+        log.record_blocking(Event::DaemonStarted);
         std::fs::remove_dir(&path).unwrap();
         drop(log);
         assert_eq!(events(&path), ["daemon_started"]);
@@ -750,22 +990,101 @@ mod tests {
         let log = AuditLog::open(&path, POLICY).with_lock_wait(Duration::ZERO);
         let stuck_writer = File::open(&path).unwrap();
         stuck_writer.lock().unwrap();
-        log.record(Event::DaemonStarted);
+        log.record_blocking(Event::DaemonStarted);
         assert!(!log.healthy());
         assert_eq!(log.unflushed(), 1);
         assert!(
-            log.lock_contended
+            log.shared
+                .lock_contended
                 .load(std::sync::atomic::Ordering::Relaxed),
             "later records do not wait for the stuck writer again"
         );
         stuck_writer.unlock().unwrap();
-        log.record(Event::DaemonStopped);
+        log.record_blocking(Event::DaemonStopped);
         assert!(log.healthy());
         assert!(
-            !log.lock_contended
+            !log.shared
+                .lock_contended
                 .load(std::sync::atomic::Ordering::Relaxed),
             "once the lock is taken again, a busy lock is waited for as usual"
         );
         assert_eq!(events(&path), ["daemon_started", "daemon_stopped"]);
+    }
+
+    #[test]
+    fn a_foreign_lock_does_not_hold_up_a_record() {
+        // Issue 10 item 11: the wait for another writer's flock happens on the owner thread, and
+        // no recorder waits on it for long. With an hour's lock wait, a record that waited for
+        // the lock would hang this test.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path, POLICY).with_lock_wait(Duration::from_secs(3600));
+        let foreign = File::open(&path).unwrap();
+        foreign.lock().unwrap();
+        log.record_blocking(Event::DaemonStarted);
+        assert!(!log.healthy(), "the record is held in memory, not durable");
+        assert_eq!(log.unflushed(), 1);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        foreign.unlock().unwrap();
+        // The owner was still waiting for the lock: it writes the held record now.
+        assert!(log.flush());
+        assert!(log.healthy());
+        assert_eq!(events(&path), ["daemon_started"]);
+    }
+
+    /// Counts fdatasyncs; the first one waits until the test lets it go.
+    #[derive(Debug)]
+    struct GatedDisk {
+        syncs: AtomicUsize,
+        entered: Mutex<Option<mpsc::Sender<()>>>,
+        release: Mutex<Option<mpsc::Receiver<()>>>,
+    }
+
+    impl crate::durability::Durability for GatedDisk {
+        fn sync_data(&self, file: &File) -> std::io::Result<()> {
+            if self.syncs.fetch_add(1, Ordering::SeqCst) == 0 {
+                if let Some(entered) = self.entered.lock().unwrap().take() {
+                    entered.send(()).unwrap();
+                }
+                if let Some(release) = self.release.lock().unwrap().take() {
+                    release.recv().unwrap();
+                }
+            }
+            file.sync_data()
+        }
+
+        fn sync_all(&self, file: &File) -> std::io::Result<()> {
+            file.sync_all()
+        }
+    }
+
+    #[test]
+    fn records_queued_during_an_fdatasync_share_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (entered_tx, entered) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        let disk = Arc::new(GatedDisk {
+            syncs: AtomicUsize::new(0),
+            entered: Mutex::new(Some(entered_tx)),
+            release: Mutex::new(Some(release_rx)),
+        });
+        let log = AuditLog::open_with(&path, POLICY, disk.clone());
+        let first = log.record(Event::DaemonStarted);
+        entered.recv().unwrap();
+        // The owner is inside the first record's fdatasync: these 50 queue behind it.
+        let rest: Vec<Recorded> = (0..50)
+            .map(|i| log.record(drift(&format!("cks-{i}"))))
+            .collect();
+        release.send(()).unwrap();
+        first.wait();
+        rest.into_iter().for_each(Recorded::wait);
+        assert_eq!(
+            disk.syncs.load(Ordering::SeqCst),
+            2,
+            "one batch, one fdatasync"
+        );
+        assert!(log.healthy());
+        assert_eq!(verify(&path).unwrap().records, 51);
     }
 }

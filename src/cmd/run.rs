@@ -76,7 +76,7 @@ async fn run_daemon(ctx: &Context, policy: Policy) -> anyhow::Result<Exit> {
     };
     match daemon.run(shutdown, hangup).await {
         // Issue 5: a record that never reached the audit log shows in the exit status.
-        Ok(()) if !audit.flush() => {
+        Ok(()) if !audit.flushed().await => {
             eprintln!(
                 "kms-killswitch: error: {} audit records could not be written to {}; they are lost with this process",
                 audit.unflushed(),

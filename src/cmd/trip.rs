@@ -14,7 +14,7 @@ use std::sync::Arc;
 use clap::Args;
 use serde_json::json;
 
-use crate::audit::{AuditLog, AuditSink, Event};
+use crate::audit::{AuditLog, Event};
 use crate::cmd::{Context, Exit, engine, runtime, table};
 use crate::latch::{self, Latch};
 use crate::lockdown::{LockdownError, LockdownReport, ProgressEvent, ProgressStep};
@@ -126,7 +126,7 @@ fn dry_run_trip(policy: &Policy, audit: &AuditLog, args: &TripArgs) -> Trip {
             true
         }
     };
-    audit.record(Event::TriggerFired {
+    audit.record_blocking(Event::TriggerFired {
         source: TriggerSource::Cli,
         detail: trigger_detail(args, &switch::operator()),
         latched,

@@ -104,8 +104,10 @@ impl DaemonAudit for AuditLog {
         AuditLog::healthy(self)
     }
 
+    /// Never waits on the main loop: asks the writer to retry and says how things stand now.
     fn flush(&self) -> bool {
-        AuditLog::flush(self)
+        self.flush_soon();
+        self.unflushed() == 0
     }
 }
 
@@ -278,8 +280,8 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
         // Triggers first: a start refused for an untrusted flag directory must not leave a
         // resumed lockdown behind. A flag seen now is queued and handled by the loop below.
         let prepared = self.prepare_triggers(&self.policy.clone()).await?;
-        self.audit.record(Event::DaemonStarted);
-        self.audit.record(Event::PolicyLoaded);
+        self.audit.record(Event::DaemonStarted).queued();
+        self.audit.record(Event::PolicyLoaded).queued();
         self.resume_if_latched();
         let alarms_started = self.install_triggers(prepared);
         if let Some(started) = alarms_started {
@@ -395,11 +397,13 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                 }
                 if self.state.is_latched() {
                     tracing::info!(?source, %detail, "trigger fired while latched; no second lockdown");
-                    self.audit.record(Event::TriggerFired {
-                        source,
-                        detail,
-                        latched: true,
-                    });
+                    self.audit
+                        .record(Event::TriggerFired {
+                            source,
+                            detail,
+                            latched: true,
+                        })
+                        .queued();
                 } else {
                     self.fire(source, detail);
                 }
@@ -416,7 +420,9 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                     self.flag_rejected = Some(reason.clone());
                     self.notify_status();
                 }
-                self.audit.record(Event::TriggerRejected { source, reason });
+                self.audit
+                    .record(Event::TriggerRejected { source, reason })
+                    .queued();
             }
             TriggerEvent::AlarmPollFailed {
                 alarm_names,
@@ -425,11 +431,13 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
             } => {
                 self.unreadable_alarms
                     .insert(region.clone(), alarm_names.clone());
-                self.audit.record(Event::AlarmPollFailed {
-                    alarm_names,
-                    region,
-                    error,
-                });
+                self.audit
+                    .record(Event::AlarmPollFailed {
+                        alarm_names,
+                        region,
+                        error,
+                    })
+                    .queued();
                 self.notify_status();
             }
             TriggerEvent::AlarmPollRecovered { region, .. } => {
@@ -640,7 +648,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                 );
                 tracing::error!(path = %state_file.display(), lockdown_id = %latched.latch.lockdown_id, "latch file vanished without a rearm; writing it back and enforcing");
                 latched.persisted = write_latch(&state_file, &latched.latch);
-                self.audit.record(Event::LatchTampered { detail });
+                self.audit.record(Event::LatchTampered { detail }).queued();
             }
             (State::Latched { latched, .. }, None) => {
                 tracing::warn!(lockdown_id = %latched.latch.lockdown_id, "latch cleared (rearm); the switch is armed again");
@@ -677,7 +685,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
             }
             Err(error) => {
                 tracing::error!(cause = %error, "new policy rejected; the old one stays in force");
-                self.audit.record(Event::PolicyRejected { error });
+                self.audit.record(Event::PolicyRejected { error }).queued();
             }
         }
         let status = self.status_line();
@@ -721,7 +729,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
         }
         self.policy = new;
         self.audit.set_policy_sha256(&self.policy.sha256);
-        self.audit.record(Event::PolicyLoaded);
+        self.audit.record(Event::PolicyLoaded).queued();
         // The first poll of new alarms starts on its own; READY does not wait for it on reload.
         drop(self.install_triggers(prepared));
         if let State::Latched {
@@ -781,7 +789,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                 unpersisted = Some(latched.latch.lockdown_id.clone());
             }
         }
-        self.audit.record(Event::DaemonStopped);
+        self.audit.record(Event::DaemonStopped).queued();
         tracing::info!("stopped");
         match unpersisted {
             Some(lockdown_id) => Err(DaemonError::LatchNotPersisted {
@@ -864,14 +872,16 @@ fn record_enforcement_failures(
                     KeyStoreSelector::Name(name) => format!("name:{name}"),
                 });
         tracing::warn!(key_store = %key_store_id, region = %store.spec.target.region, cause = %error, "enforcement round failed for a key store");
-        audit.record(Event::EnforcementFailed {
-            lockdown_id: lockdown_id.to_string(),
-            key_store_id,
-            region: store.spec.target.region.clone(),
-            account: store.account.clone(),
-            connection_state: store.connection_state.as_ref().map(|s| s.to_string()),
-            error: error.clone(),
-        });
+        audit
+            .record(Event::EnforcementFailed {
+                lockdown_id: lockdown_id.to_string(),
+                key_store_id,
+                region: store.spec.target.region.clone(),
+                account: store.account.clone(),
+                connection_state: store.connection_state.as_ref().map(|s| s.to_string()),
+                error: error.clone(),
+            })
+            .queued();
     }
 }
 

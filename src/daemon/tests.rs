@@ -20,8 +20,9 @@ struct FakeAudit {
 }
 
 impl AuditSink for FakeAudit {
-    fn record(&self, event: Event) {
+    fn record(&self, event: Event) -> crate::audit::Recorded {
         self.events.lock().unwrap().push(event);
+        crate::audit::Recorded::done()
     }
 }
 

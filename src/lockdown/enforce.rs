@@ -137,11 +137,13 @@ impl<C: KeyStoreControl> Engine<C> {
             return (enforced, None);
         }
         enforced.drift = true;
-        run.audit.record(Event::DriftDetected {
-            key_store_id: found.custom_key_store_id.clone(),
-            region: target.region.clone(),
-            connection_state: found.connection_state.to_string(),
-        });
+        run.audit
+            .record(Event::DriftDetected {
+                key_store_id: found.custom_key_store_id.clone(),
+                region: target.region.clone(),
+                connection_state: found.connection_state.to_string(),
+            })
+            .queued();
         warn!(key_store = %found.custom_key_store_id, region = %target.region, connection_state = %found.connection_state, "drift detected: disconnecting again");
         let mut again = StoreState::new(index, enforced.spec.clone());
         again.custom_key_store_id = Some(found.custom_key_store_id.clone());

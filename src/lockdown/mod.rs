@@ -183,11 +183,13 @@ impl<C: KeyStoreControl> Engine<C> {
             deadline: started + self.settings.verify_timeout,
             audit,
         };
-        audit.record(Event::LockdownStarted {
-            lockdown_id: request.lockdown_id.clone(),
-            key_stores: request.key_stores.iter().map(spec_json).collect(),
-            dry_run: request.dry_run,
-        });
+        audit
+            .record(Event::LockdownStarted {
+                lockdown_id: request.lockdown_id.clone(),
+                key_stores: request.key_stores.iter().map(spec_json).collect(),
+                dry_run: request.dry_run,
+            })
+            .await;
         info!(lockdown_id = %request.lockdown_id, key_stores = request.key_stores.len(), dry_run = request.dry_run, "lockdown started");
 
         let groups = group_by_target(&request.key_stores);
@@ -218,7 +220,7 @@ impl<C: KeyStoreControl> Engine<C> {
             stores: outcomes.into_iter().map(|(_, o)| o).collect(),
             elapsed: started.elapsed(),
         };
-        record_finished(&report, audit);
+        record_finished(&report, audit).await;
         report
     }
 
@@ -419,7 +421,7 @@ impl<C: KeyStoreControl> Engine<C> {
                 .describe_all(target, describe_deadline, retry_until)
                 .await
             {
-                Ok(listed) => self.record_states(target, stores, &listed, run),
+                Ok(listed) => self.record_states(target, stores, &listed, run).await,
                 Err(err) if err.kind.is_retryable() => {
                     // Kept for the report; the next round describes again.
                     for store in stores.iter_mut().filter(|s| !s.is_final()) {
@@ -466,7 +468,7 @@ impl<C: KeyStoreControl> Engine<C> {
     /// Take in one verification Describe: verify the DISCONNECTED stores, mark Pending those
     /// that need a Disconnect (again), fail those that are gone. A store listed by name is
     /// looked up by that name, so a cached id the name no longer belongs to is not verified.
-    fn record_states(
+    async fn record_states(
         &self,
         target: &Target,
         stores: &mut [StoreState],
@@ -499,12 +501,14 @@ impl<C: KeyStoreControl> Engine<C> {
                     store.phase = Phase::Verified;
                     store.error = None;
                     store.finished_at = Some(now);
-                    run.audit.record(Event::StoreVerified {
-                        lockdown_id: run.lockdown_id.to_string(),
-                        key_store_id: found.custom_key_store_id.clone(),
-                        region: target.region.clone(),
-                        connection_state: state.to_string(),
-                    });
+                    run.audit
+                        .record(Event::StoreVerified {
+                            lockdown_id: run.lockdown_id.to_string(),
+                            key_store_id: found.custom_key_store_id.clone(),
+                            region: target.region.clone(),
+                            connection_state: state.to_string(),
+                        })
+                        .await;
                     self.note(store, target, ProgressStep::Verified);
                 }
                 // On its way (e.g. a Disconnect whose answer was lost): nothing to send.
@@ -588,13 +592,15 @@ impl<C: KeyStoreControl> Engine<C> {
             return; // The deadline: verification reports the store with its last error.
         }
         store.attempts += 1;
-        run.audit.record(Event::DisconnectRequested {
-            lockdown_id: run.lockdown_id.to_string(),
-            key_store_id: id.clone(),
-            region: target.region.clone(),
-            account: self.known_account(target),
-            attempt: store.attempts,
-        });
+        run.audit
+            .record(Event::DisconnectRequested {
+                lockdown_id: run.lockdown_id.to_string(),
+                key_store_id: id.clone(),
+                region: target.region.clone(),
+                account: self.known_account(target),
+                attempt: store.attempts,
+            })
+            .await;
         self.note(
             store,
             target,
@@ -623,14 +629,16 @@ impl<C: KeyStoreControl> Engine<C> {
                 Some(err.to_string()),
             ),
         };
-        run.audit.record(Event::DisconnectResult {
-            lockdown_id: run.lockdown_id.to_string(),
-            key_store_id: id.clone(),
-            region: target.region.clone(),
-            result: audit_result,
-            request_id: request_id.clone(),
-            error,
-        });
+        run.audit
+            .record(Event::DisconnectResult {
+                lockdown_id: run.lockdown_id.to_string(),
+                key_store_id: id.clone(),
+                region: target.region.clone(),
+                result: audit_result,
+                request_id: request_id.clone(),
+                error,
+            })
+            .await;
         store.request_ids.extend(request_id);
         self.take_disconnect_result(target, store, result);
     }
@@ -782,7 +790,7 @@ impl<C: KeyStoreControl> Engine<C> {
 }
 
 /// The audit record and log line that close a lockdown.
-fn record_finished(report: &LockdownReport, audit: &dyn AuditSink) {
+async fn record_finished(report: &LockdownReport, audit: &dyn AuditSink) {
     let failed: Vec<FailedStore> = report
         .stores
         .iter()
@@ -798,13 +806,15 @@ fn record_finished(report: &LockdownReport, audit: &dyn AuditSink) {
         })
         .collect();
     let verified = report.stores.iter().filter(|s| s.verified).count();
-    audit.record(Event::LockdownFinished {
-        lockdown_id: report.lockdown_id.clone(),
-        outcome: report.outcome(),
-        verified,
-        failed,
-        elapsed_ms: u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX),
-    });
+    audit
+        .record(Event::LockdownFinished {
+            lockdown_id: report.lockdown_id.clone(),
+            outcome: report.outcome(),
+            verified,
+            failed,
+            elapsed_ms: u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX),
+        })
+        .await;
     info!(
         lockdown_id = %report.lockdown_id,
         outcome = ?report.outcome(),
@@ -930,8 +940,9 @@ mod tests {
     struct Recorded(Mutex<Vec<Event>>);
 
     impl AuditSink for Recorded {
-        fn record(&self, event: Event) {
+        fn record(&self, event: Event) -> crate::audit::Recorded {
             self.0.lock().unwrap().push(event);
+            crate::audit::Recorded::done()
         }
     }
 

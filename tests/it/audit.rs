@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use kms_killswitch::audit::{AuditLog, AuditSink, DisconnectResult, Event, LockdownOutcome};
+use kms_killswitch::audit::{AuditLog, DisconnectResult, Event, LockdownOutcome};
 use kms_killswitch::model::TriggerSource;
 
 use crate::support;
@@ -19,13 +19,13 @@ const POLICY_SHA256: &str = "333333333333333333333333333333333333333333333333333
 /// A log of one lockdown (and one dry run, which is not counted as a lockdown).
 fn write_log(path: &Path) {
     let log = AuditLog::open(path, POLICY_SHA256);
-    log.record(Event::TriggerFired {
+    log.record_blocking(Event::TriggerFired {
         source: TriggerSource::Cli,
         detail: serde_json::json!({"user": "root", "reason": "integration test"}),
         latched: false,
     });
     for (lockdown_id, dry_run) in [("ld-dry", true), ("ld-1", false)] {
-        log.record(Event::LockdownStarted {
+        log.record_blocking(Event::LockdownStarted {
             lockdown_id: lockdown_id.into(),
             key_stores: vec![
                 serde_json::json!({"id": "cks-1234567890abcdef0", "region": "eu-west-1"}),
@@ -33,7 +33,7 @@ fn write_log(path: &Path) {
             dry_run,
         });
     }
-    log.record(Event::DisconnectResult {
+    log.record_blocking(Event::DisconnectResult {
         lockdown_id: "ld-1".into(),
         key_store_id: "cks-1234567890abcdef0".into(),
         region: "eu-west-1".into(),
@@ -41,7 +41,7 @@ fn write_log(path: &Path) {
         request_id: Some("4c2f-aa".into()),
         error: None,
     });
-    log.record(Event::LockdownFinished {
+    log.record_blocking(Event::LockdownFinished {
         lockdown_id: "ld-1".into(),
         outcome: LockdownOutcome::Complete,
         verified: 1,
