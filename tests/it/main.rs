@@ -8,6 +8,7 @@ mod aws_failures;
 mod crash;
 mod daemon;
 mod fs_trust;
+mod fuzz;
 mod lockdown;
 mod policy_check;
 mod ship;
