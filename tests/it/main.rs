@@ -9,6 +9,7 @@ mod crash;
 mod daemon;
 mod fs_trust;
 mod fuzz;
+mod hostile;
 mod lockdown;
 mod policy_check;
 mod ship;
