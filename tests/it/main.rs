@@ -5,8 +5,11 @@ mod support;
 
 mod audit;
 mod aws_failures;
+mod crash;
 mod daemon;
 mod fs_trust;
+mod fuzz;
+mod hostile;
 mod lockdown;
 mod policy_check;
 mod ship;
