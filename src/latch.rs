@@ -122,7 +122,8 @@ pub fn write_tombstone(path: &Path, tombstone: &Tombstone) -> Result<(), LatchEr
         path: target.clone(),
         source,
     })?;
-    write_atomic(&target, &bytes).map_err(io_err("write", &target))
+    publish(&target, &bytes, Publish::Replace, &crate::durability::Os)
+        .map_err(io_err("write", &target))
 }
 
 /// The lockdown id of the last rearm's tombstone, if one can be read.
@@ -153,7 +154,36 @@ pub fn write_with(
         source,
     })?;
     bytes.push(b'\n');
-    // Unique per writer: two processes (or a daemon and a trip) may write at the same instant.
+    match publish(path, &bytes, Publish::CreateNew, durability) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(LatchError::AlreadyLatched {
+                path: path.to_path_buf(),
+            })
+        }
+        Err(e) => Err(io_err("write", path)(e)),
+    }
+}
+
+/// How [`publish`] puts the finished temp file in place.
+#[derive(Clone, Copy)]
+enum Publish {
+    /// link(2): fails with EEXIST instead of replacing (the latch: the first one wins, whole).
+    CreateNew,
+    /// rename(2): replaces what is there (the tombstone: the last rearm's word counts).
+    Replace,
+}
+
+/// Write `bytes` to a temp file unique to this writer in `path`'s directory (two processes, or a
+/// daemon and a trip, may write at the same instant), sync it, put it in place as `mode` says and
+/// sync the directory; the temp file never outlives the call.
+fn publish(
+    path: &Path,
+    bytes: &[u8],
+    mode: Publish,
+    durability: &dyn crate::durability::Durability,
+) -> std::io::Result<()> {
+    let dir = parent_dir(path);
     let tmp = dir.join(format!(
         ".{}.tmp.{}.{:08x}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("latch"),
@@ -162,27 +192,22 @@ pub fn write_with(
     ));
     let result = (|| {
         let mut file = private_file(&tmp)?;
-        file.write_all(&bytes)?;
+        file.write_all(bytes)?;
         durability.sync_all(&file)?;
-        // link(2) fails with EEXIST instead of replacing: the first latch wins, whole.
-        let linked = fs::hard_link(&tmp, path);
-        fs::remove_file(&tmp)?;
-        linked?;
+        match mode {
+            Publish::CreateNew => {
+                let linked = fs::hard_link(&tmp, path);
+                fs::remove_file(&tmp)?;
+                linked?;
+            }
+            Publish::Replace => fs::rename(&tmp, path)?,
+        }
         durability.sync_all(&fs::File::open(dir)?)
     })();
-    match result {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let _ = fs::remove_file(&tmp);
-            Err(LatchError::AlreadyLatched {
-                path: path.to_path_buf(),
-            })
-        }
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            Err(io_err("write", path)(e))
-        }
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
     }
+    result
 }
 
 /// How long a lockdown waits for a rearm that holds the disconnect lock (a rearm holds it only to
@@ -272,24 +297,6 @@ fn lock(
             }
         }
     }
-}
-
-/// Temp file in the same directory, fsync, rename, fsync the directory (the tombstone's write;
-/// the latch's own stays in [`write`], whose rules differ).
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = parent_dir(path);
-    let tmp = dir.join(format!(".tombstone.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut file = private_file(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        fsync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// Remove the latch durably. Removing a latch that is not there is not an error.
