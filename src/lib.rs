@@ -3,7 +3,7 @@
 //! Data flows one way, and no module reaches back up the chain:
 //!
 //! ```text
-//!   trigger::{file, signal, alarm} ──TriggerEvent──▶ daemon ──▶ switch ──▶ lockdown ──▶ aws
+//!   trigger::{file, signal, alarm, queue} ─TriggerEvent─▶ daemon ──▶ switch ──▶ lockdown ──▶ aws
 //!                                   cli ──▶ cmd::* ──┘           │            │
 //!                                                                ▼            ▼
 //!                                                              latch        audit  (hash-chained JSONL)
@@ -19,8 +19,9 @@
 //!   enforcement, shutdown, systemd.
 //! - [`switch`]: the switch's acts, once, for the daemon and the CLI: fire (id → latch →
 //!   `trigger_fired` → lockdown), resume, the rearm checks, the operator's identity.
-//! - [`trigger`]: file flag, signal and CloudWatch alarm watchers; each only sends
-//!   [`trigger::TriggerEvent`]s on a channel and never calls AWS for KMS or exits the process.
+//! - [`trigger`]: file flag, signal, CloudWatch alarm and SQS queue watchers (with the pure
+//!   queue-message classifier); each only sends [`trigger::TriggerEvent`]s on a channel and never
+//!   calls AWS for KMS or exits the process.
 //! - [`lockdown`]: the disconnect + verify engine (pacing, retries, deadlines, the report). It knows
 //!   nothing of triggers or file paths; it talks to AWS only through the traits of [`aws`].
 //! - [`aws`]: the only module that imports `aws_sdk_*`. Client construction per (region, role),

@@ -123,6 +123,8 @@ pub enum TriggerSource {
     Cli,
     /// The daemon started with the latch set and resumed the lockdown.
     Resume,
+    /// A message on a watched SQS queue (EventBridge, SNS, `aws sns publish`).
+    Queue,
 }
 
 impl TriggerSource {
@@ -134,6 +136,7 @@ impl TriggerSource {
             TriggerSource::Alarm => "alarm",
             TriggerSource::Cli => "cli",
             TriggerSource::Resume => "resume",
+            TriggerSource::Queue => "queue",
         }
     }
 }

@@ -18,7 +18,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::audit::{AuditSink, Event};
+use crate::audit::{AuditSink, Event, Recorded};
 use crate::aws::{AlarmSource, AlarmStateValue};
 use crate::latch::{self, Latch, LatchError};
 use crate::lockdown::LockdownRequest;
@@ -64,6 +64,9 @@ pub struct Fired {
     /// The latch this trigger wrote (or tried to); its `lockdown_id` names the lockdown.
     pub latch: Latch,
     pub latching: Latching,
+    /// The `trigger_fired` record's acknowledgement: resolves once it is durable (a queue
+    /// message is deleted only then). Dropping it withdraws nothing.
+    pub trigger_fired: Recorded,
 }
 
 impl Fired {
@@ -95,14 +98,16 @@ pub fn fire(
         },
         Err(err) => Latching::Unwritten(err),
     };
-    audit
-        .record(Event::TriggerFired {
-            source,
-            detail,
-            latched: matches!(latching, Latching::AlreadyLatched(_)),
-        })
-        .queued();
-    Fired { latch, latching }
+    let trigger_fired = audit.record(Event::TriggerFired {
+        source,
+        detail,
+        latched: matches!(latching, Latching::AlreadyLatched(_)),
+    });
+    Fired {
+        latch,
+        latching,
+        trigger_fired,
+    }
 }
 
 /// The lockdown a fired switch starts: every listed key store.

@@ -163,6 +163,16 @@ pub enum Event {
         connection_state: Option<String>,
         error: String,
     },
+    /// A queue message that does not match, is not JSON or is too big: deleted, never a trip.
+    TriggerIgnored {
+        source: TriggerSource,
+        reason: String,
+    },
+    /// A watched queue cannot be read (once per change; the watcher keeps retrying).
+    QueuePollFailed {
+        queue_url: String,
+        error: String,
+    },
 }
 
 /// Where the daemon and the engine send events. The writer implements it; tests use a
@@ -381,6 +391,14 @@ mod tests {
                 connection_state: None,
                 error: String::new(),
             },
+            Event::TriggerIgnored {
+                source: TriggerSource::Queue,
+                reason: String::new(),
+            },
+            Event::QueuePollFailed {
+                queue_url: String::new(),
+                error: String::new(),
+            },
         ];
         for event in &events {
             match event {
@@ -402,7 +420,9 @@ mod tests {
                 | Event::LatchTampered { .. }
                 | Event::AuditLogReplaced { .. }
                 | Event::AlarmPollFailed { .. }
-                | Event::EnforcementFailed { .. } => {}
+                | Event::EnforcementFailed { .. }
+                | Event::TriggerIgnored { .. }
+                | Event::QueuePollFailed { .. } => {}
             }
         }
         events

@@ -23,8 +23,8 @@ use tokio::sync::OnceCell;
 
 use super::classify::classify;
 use super::{
-    AlarmSource, AlarmState, AlarmStateValue, AwsError, DisconnectAccepted, ErrorKind, KeyStore,
-    KeyStoreControl,
+    AlarmSource, AlarmState, AlarmStateValue, AlarmTransition, AwsError, DisconnectAccepted,
+    ErrorKind, KeyStore, KeyStoreControl,
 };
 use crate::model::{ConnectionState, Target};
 use crate::policy::Endpoints;
@@ -52,9 +52,11 @@ const REFETCH_CREDENTIALS_MIN_INTERVAL: Duration = Duration::from_secs(2);
 const ROLE_SESSION_NAME: &str = "kms-killswitch";
 
 /// The SDK clients of one target, sharing one credentials cache.
-struct TargetClients {
+pub(super) struct TargetClients {
     kms: aws_sdk_kms::Client,
     cloudwatch: aws_sdk_cloudwatch::Client,
+    /// For the queue trigger (`super::queue`).
+    pub(super) sqs: aws_sdk_sqs::Client,
     sts: aws_sdk_sts::Client,
     /// The account the target's credentials act in; resolved once.
     account: OnceCell<String>,
@@ -149,7 +151,7 @@ impl AwsClients {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    async fn clients(&self, target: &Target) -> Arc<TargetClients> {
+    pub(super) async fn clients(&self, target: &Target) -> Arc<TargetClients> {
         if let Some(existing) = self.lock_targets().get(target)
             && !existing.stale.load(Ordering::SeqCst)
         {
@@ -214,9 +216,14 @@ impl AwsClients {
         {
             cloudwatch = cloudwatch.endpoint_url(url.clone());
         }
+        let mut sqs = aws_sdk_sqs::config::Builder::from(&config);
+        if let Some(url) = self.endpoints.all.as_ref() {
+            sqs = sqs.endpoint_url(url.clone());
+        }
         TargetClients {
             kms: aws_sdk_kms::Client::from_conf(kms.build()),
             cloudwatch: aws_sdk_cloudwatch::Client::from_conf(cloudwatch.build()),
+            sqs: aws_sdk_sqs::Client::from_conf(sqs.build()),
             sts: aws_sdk_sts::Client::new(&sts_config),
             account: OnceCell::new_with(target.role_account().map(str::to_string)),
             built_at: std::time::Instant::now(),
@@ -228,7 +235,12 @@ impl AwsClients {
     /// clients (their credentials cache with them) so the next call fetches new credentials
     /// (AssumeRole again for a role). Only the clients `used` are dropped, and only once per
     /// [`REFETCH_CREDENTIALS_MIN_INTERVAL`].
-    fn refused(&self, target: &Target, used: &Arc<TargetClients>, err: AwsError) -> AwsError {
+    pub(super) fn refused(
+        &self,
+        target: &Target,
+        used: &Arc<TargetClients>,
+        err: AwsError,
+    ) -> AwsError {
         if err.kind != ErrorKind::CredentialsRejected {
             return err;
         }
@@ -419,6 +431,77 @@ impl AlarmSource for AwsClients {
         }
         Ok(alarms)
     }
+
+    async fn alarm_transitions(
+        &self,
+        target: &Target,
+        alarm_names: &[String],
+        since: std::time::SystemTime,
+    ) -> Result<Vec<AlarmTransition>, AwsError> {
+        use aws_sdk_cloudwatch::types::{HistoryItemType, ScanBy};
+        const OPERATION: &str = "DescribeAlarmHistory";
+        let clients = self.clients(target).await;
+        let mut transitions = Vec::new();
+        let mut next_token: Option<String> = None;
+        loop {
+            // One request for every alarm of the account-region (AlarmName filters one alarm
+            // only); the names are kept below.
+            let output = clients
+                .cloudwatch
+                .describe_alarm_history()
+                .history_item_type(HistoryItemType::StateUpdate)
+                .alarm_types(AlarmType::MetricAlarm)
+                .alarm_types(AlarmType::CompositeAlarm)
+                .start_date(aws_sdk_cloudwatch::primitives::DateTime::from(since))
+                .scan_by(ScanBy::TimestampAscending)
+                .set_next_token(next_token.take())
+                .send()
+                .await
+                .map_err(|err| {
+                    self.refused(target, &clients, classify(OPERATION, &target.region, &err))
+                })?;
+            for item in output.alarm_history_items() {
+                let Some(name) = item
+                    .alarm_name()
+                    .filter(|n| alarm_names.iter().any(|a| a == n))
+                else {
+                    continue;
+                };
+                let Some(timestamp) = item
+                    .timestamp()
+                    .and_then(|t| std::time::SystemTime::try_from(*t).ok())
+                else {
+                    continue;
+                };
+                if let Some(reason) = transition_into_alarm(item.history_data()) {
+                    transitions.push(AlarmTransition {
+                        alarm_name: name.to_string(),
+                        timestamp,
+                        state_reason: reason,
+                    });
+                }
+            }
+            match output.next_token() {
+                Some(token) if !token.is_empty() => next_token = Some(token.to_string()),
+                _ => break,
+            }
+        }
+        Ok(transitions)
+    }
+}
+
+/// A StateUpdate's `HistoryData` (`{"oldState": {...}, "newState": {"stateValue", "stateReason"}}`):
+/// `Some(reason)` when it records a change into ALARM from another state.
+fn transition_into_alarm(history_data: Option<&str>) -> Option<Option<String>> {
+    let data: serde_json::Value = serde_json::from_str(history_data?).ok()?;
+    let new = data.get("newState")?;
+    let old = data.get("oldState").and_then(|o| o.get("stateValue"));
+    (new.get("stateValue")?.as_str()? == "ALARM" && old.and_then(|o| o.as_str()) != Some("ALARM"))
+        .then(|| {
+            new.get("stateReason")
+                .and_then(|r| r.as_str())
+                .map(|r| r.chars().take(256).collect())
+        })
 }
 
 /// An alarm entry in our types; an entry without a name cannot be matched and is skipped. An
@@ -510,6 +593,7 @@ mod tests {
         let replaced = TargetClients {
             kms: aws_sdk_kms::Client::from_conf(kms_config),
             cloudwatch: existing.cloudwatch.clone(),
+            sqs: existing.sqs.clone(),
             sts: existing.sts.clone(),
             account: OnceCell::new_with(Some("111111111111".to_string())),
             built_at: existing.built_at,
@@ -642,6 +726,7 @@ mod tests {
         let replaced = TargetClients {
             kms: existing.kms.clone(),
             cloudwatch: aws_sdk_cloudwatch::Client::from_conf(cloudwatch_config),
+            sqs: existing.sqs.clone(),
             sts: existing.sts.clone(),
             account: OnceCell::new_with(Some("111111111111".to_string())),
             built_at: existing.built_at,

@@ -89,6 +89,10 @@ pub(crate) struct FakeState {
     pub(crate) alarm_calls: Vec<(Target, Vec<String>)>,
     /// Regions whose DescribeAlarms answers (with no alarm) only after this long; `None`: never.
     pub(crate) slow_alarm_regions: Vec<(String, Option<Duration>)>,
+    /// Transitions into ALARM the history holds (every call answers those at or after `since`).
+    pub(crate) alarm_history: Vec<crate::aws::AlarmTransition>,
+    /// Every DescribeAlarmHistory: the target and the names asked for.
+    pub(crate) history_calls: Vec<(Target, Vec<String>)>,
 }
 
 /// An in-memory KMS (the real state machine, quota-free) and CloudWatch, recording every
@@ -406,5 +410,21 @@ impl AlarmSource for FakeAws {
                 alarm_type: "metric",
             })
             .collect())
+    }
+
+    async fn alarm_transitions(
+        &self,
+        target: &Target,
+        alarm_names: &[String],
+        since: std::time::SystemTime,
+    ) -> Result<Vec<crate::aws::AlarmTransition>, AwsError> {
+        Ok(self.with(|s| {
+            s.history_calls.push((target.clone(), alarm_names.to_vec()));
+            s.alarm_history
+                .iter()
+                .filter(|t| t.timestamp >= since && alarm_names.contains(&t.alarm_name))
+                .cloned()
+                .collect()
+        }))
     }
 }

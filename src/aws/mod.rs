@@ -1,6 +1,6 @@
 //! The only module that imports `aws_sdk_*`. It owns client construction per [`Target`]
-//! (region + role), credential warm-up, and the adapters behind two small traits in our own
-//! types, [`KeyStoreControl`] and [`AlarmSource`], so the engine and the daemon are testable with
+//! (region + role), credential warm-up, and the adapters behind small traits in our own
+//! types, [`KeyStoreControl`], [`AlarmSource`] and [`QueueSource`] (SQS, `queue.rs`), so the engine and the daemon are testable with
 //! the one in-memory fake of KMS and CloudWatch (`fake`, unit tests only). It knows nothing of
 //! policies' YAML, triggers, latches or the audit log.
 
@@ -13,8 +13,10 @@ mod classify;
 mod clients;
 #[cfg(test)]
 pub(crate) mod fake;
+mod queue;
 
 pub use clients::AwsClients;
+pub use queue::{BoxFuture, QueueMessage, QueueSource};
 
 /// One entry of DescribeCustomKeyStores, in our own types.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,7 +175,17 @@ pub struct AlarmState {
     pub alarm_type: &'static str,
 }
 
-/// CloudWatch DescribeAlarms for the alarm trigger.
+/// One transition into ALARM that an alarm's history records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlarmTransition {
+    pub alarm_name: String,
+    /// When CloudWatch recorded it (wall clock).
+    pub timestamp: std::time::SystemTime,
+    /// The new state's `stateReason`, when the history carries it.
+    pub state_reason: Option<String>,
+}
+
+/// CloudWatch DescribeAlarms (and DescribeAlarmHistory) for the alarm trigger.
 pub trait AlarmSource: Send + Sync + 'static {
     /// The named alarms (metric and composite) in the target: one DescribeAlarms per ≤ 100 names,
     /// following `NextToken`. An alarm that does not exist is simply absent from the result.
@@ -182,4 +194,14 @@ pub trait AlarmSource: Send + Sync + 'static {
         target: &Target,
         alarm_names: &[String],
     ) -> impl Future<Output = Result<Vec<AlarmState>, AwsError>> + Send;
+
+    /// DescribeAlarmHistory (`StateUpdate`, metric and composite) of the target's account and
+    /// region from `since`: the transitions into ALARM of the named alarms, oldest first. One
+    /// request per call (more only if CloudWatch paginates).
+    fn alarm_transitions(
+        &self,
+        target: &Target,
+        alarm_names: &[String],
+        since: std::time::SystemTime,
+    ) -> impl Future<Output = Result<Vec<AlarmTransition>, AwsError>> + Send;
 }

@@ -1,9 +1,10 @@
 //! `kms-killswitch check --online`: with a valid policy, confirm in AWS that the credentials work
 //! for every target (AssumeRole included), that every listed key store exists and can be
-//! described, and that every watched alarm exists and can be read. Reports each missing store,
+//! described, that every watched alarm exists and can be read, and that every watched queue
+//! exists and can be read (GetQueueAttributes). Reports each missing store,
 //! alarm or permission; exit 1 if any. Changes nothing in AWS.
 
-use crate::aws::{AlarmSource, ErrorKind};
+use crate::aws::{AlarmSource, ErrorKind, QueueSource};
 use crate::cmd::{Context, Exit, engine, runtime, status_table};
 use crate::model::Target;
 use crate::policy::Policy;
@@ -67,11 +68,32 @@ pub fn run(_ctx: &Context, policy: &Policy) -> anyhow::Result<Exit> {
                 }
             }
         }
+        for queue in &policy.triggers.queues {
+            match clients.queue_depth(&queue.target, &queue.url).await {
+                Ok(depth) => println!("queue {}: {depth} message(s) waiting", queue.url),
+                Err(err) => {
+                    let what = match err.kind {
+                        ErrorKind::AccessDenied => "missing permission",
+                        _ if err.code.contains("NonExistentQueue")
+                            || err.code.contains("QueueDoesNotExist") =>
+                        {
+                            "missing queue"
+                        }
+                        _ => "cannot check queue",
+                    };
+                    problems.push(format!(
+                        "{what}: queue {} in {}: {err}",
+                        queue.url,
+                        describe_target(&queue.target)
+                    ));
+                }
+            }
+        }
         problems
     });
 
     if problems.is_empty() {
-        println!("online check OK: every key store and alarm found and describable");
+        println!("online check OK: every key store, alarm and queue found and readable");
         return Ok(Exit::Success);
     }
     for problem in &problems {

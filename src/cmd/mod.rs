@@ -102,6 +102,7 @@ pub(crate) fn targets(policy: &Policy) -> Vec<Target> {
         .iter()
         .map(|s| s.target.clone())
         .chain(policy.triggers.alarms.iter().map(|a| a.target.clone()))
+        .chain(policy.triggers.queues.iter().map(|q| q.target.clone()))
         .collect();
     targets.sort();
     targets.dedup();

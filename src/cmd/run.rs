@@ -57,6 +57,7 @@ async fn run_daemon(ctx: &Context, policy: Policy) -> anyhow::Result<Exit> {
     let audit = Arc::new(audit);
     let keep_warm = keep_warm(aws.clone());
     let reload_ctx = ctx.clone();
+    let queues: Arc<dyn crate::aws::QueueSource> = aws.clone();
     let daemon = Daemon::new(DaemonConfig {
         policy,
         control: aws.clone(),
@@ -67,7 +68,8 @@ async fn run_daemon(ctx: &Context, policy: Policy) -> anyhow::Result<Exit> {
         watchdog: sd_notify::watchdog_enabled(),
         signal_watch,
         keep_warm: Some(keep_warm),
-    });
+    })
+    .with_queue_source(queues);
     let shutdown = async move {
         tokio::select! {
             _ = terminate.recv() => tracing::info!("SIGTERM received"),

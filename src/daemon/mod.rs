@@ -4,7 +4,8 @@
 //! ```text
 //!   FileWatch ─┐
 //!   SignalWatch├─ TriggerEvent ─▶ Daemon::run (one select! loop) ──▶ switch::fire ──▶ Engine::lockdown (task)
-//!   AlarmWatch ┘                    │  ▲                                  └────────▶ Engine::enforce (task, while latched)
+//!   AlarmWatch ┤                    │  ▲                                  └────────▶ Engine::enforce (task, while latched)
+//!   QueueWatch ┘ (ack ◀── once the latch and trigger_fired are durable)
 //!                                   │  └── shutdown future, reload requests (SIGHUP), latch poll, watchdog
 //!                                   └──▶ audit, sd_notify
 //! ```
@@ -47,8 +48,8 @@ use tokio_util::task::TaskTracker;
 pub use self::notify::{Notifier, SystemdNotifier};
 use self::state::{Activity, Latched, State, TaskEnded};
 use self::triggers::Running;
-use crate::audit::{AuditLog, AuditSink, Event};
-use crate::aws::{AlarmSource, KeyStoreControl};
+use crate::audit::{AuditLog, AuditSink, Event, Recorded};
+use crate::aws::{AlarmSource, KeyStoreControl, QueueSource};
 use crate::error_chain;
 use crate::latch::{self, Latch};
 use crate::lockdown::{Engine, LockdownReport};
@@ -57,10 +58,11 @@ use crate::policy::{FileTrigger, Policy, SignalTrigger};
 #[cfg(test)]
 use crate::switch::new_latch;
 use crate::switch::{self, Latching};
-use crate::trigger::TriggerEvent;
 use crate::trigger::alarm::AlarmConfig;
 use crate::trigger::file::FileTriggerError;
+use crate::trigger::queue::QueueConfig;
 use crate::trigger::signal::{SignalTriggerError, SignalWatch};
+use crate::trigger::{QueueAck, TriggerEvent};
 
 /// How often the latch file is re-read: `rearm` promises a running daemon is armed again
 /// "within a second", and one small read twice a second is free.
@@ -224,6 +226,15 @@ pub struct Daemon<C, A> {
     file: Option<Running<FileTrigger>>,
     signal: Option<Running<SignalTrigger>>,
     alarms: Option<Running<AlarmConfig>>,
+    queues: Option<Running<QueueConfig>>,
+    /// SQS, for the queue trigger (`None`: no queue can be watched; see
+    /// [`Daemon::with_queue_source`]).
+    queue_source: Option<Arc<dyn QueueSource>>,
+    /// Queues that cannot be read right now (for STATUS).
+    unreadable_queues: std::collections::BTreeSet<String>,
+    /// A queue message said a key store was reconnected: the next enforcement round is due
+    /// at once, not at `enforce_interval`.
+    enforce_now: bool,
     /// Armed or latched, and the lockdown or enforcement round in flight (see `state.rs`).
     state: State,
     /// Regions whose alarms cannot be read right now (for STATUS).
@@ -257,11 +268,21 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
             file: None,
             signal: None,
             alarms: None,
+            queues: None,
+            queue_source: None,
+            unreadable_queues: Default::default(),
+            enforce_now: false,
             state: State::ARMED,
             unreadable_alarms: Default::default(),
             latch_read_error: None,
             flag_rejected: None,
         }
+    }
+
+    /// SQS for the queue trigger (`triggers.queues`); without it, listed queues are not watched.
+    pub fn with_queue_source(mut self, source: Arc<dyn QueueSource>) -> Self {
+        self.queue_source = Some(source);
+        self
     }
 
     /// A sender into the trigger queue (tests inject events with it).
@@ -405,8 +426,30 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                         })
                         .queued();
                 } else {
-                    self.fire(source, detail);
+                    self.fire(source, detail).0.queued();
                 }
+            }
+            TriggerEvent::QueueFired {
+                detail,
+                ack,
+                key_store_event,
+            } => self.on_queue_fired(detail, ack, key_store_event),
+            TriggerEvent::Ignored { source, reason } => {
+                tracing::info!(?source, %reason, "message ignored");
+                self.audit
+                    .record(Event::TriggerIgnored { source, reason })
+                    .queued();
+            }
+            TriggerEvent::QueuePollFailed { queue_url, error } => {
+                self.unreadable_queues.insert(queue_url.clone());
+                self.audit
+                    .record(Event::QueuePollFailed { queue_url, error })
+                    .queued();
+                self.notify_status();
+            }
+            TriggerEvent::QueuePollRecovered { queue_url } => {
+                self.unreadable_queues.remove(&queue_url);
+                self.notify_status();
             }
             TriggerEvent::FlagRejectionCleared => {
                 self.flag_rejected = None;
@@ -447,10 +490,62 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
         }
     }
 
+    /// A queue message trips: as any trigger (latched → `latched: true`, no second lockdown),
+    /// and its ack completed once the latch and `trigger_fired` are durable. A CloudTrail
+    /// Connect/UpdateCustomKeyStore while latched also starts an enforcement round now.
+    fn on_queue_fired(&mut self, detail: serde_json::Value, ack: QueueAck, key_store_event: bool) {
+        const SOURCE: TriggerSource = TriggerSource::Queue;
+        if self.state.is_latched() {
+            // As for any trigger: a rearm that has just cleared the latch must not swallow it.
+            self.poll_latch();
+        }
+        let (recorded, latch_durable) = match self.state.latched() {
+            Some(latched) => {
+                let durable = latched.persisted;
+                tracing::info!(source = ?SOURCE, %detail, "trigger fired while latched; no second lockdown");
+                let recorded = self.audit.record(Event::TriggerFired {
+                    source: SOURCE,
+                    detail,
+                    latched: true,
+                });
+                if key_store_event {
+                    tracing::warn!(
+                        "a key store was connected or updated while latched; enforcing now"
+                    );
+                    self.enforce_soon();
+                }
+                (recorded, durable)
+            }
+            None => self.fire(SOURCE, detail),
+        };
+        if !latch_durable {
+            tracing::error!("the latch is not on disk; the queue message is kept for redelivery");
+            return;
+        }
+        let audit = self.audit.clone();
+        self.tracker.spawn(async move {
+            recorded.await;
+            // Held in memory after a write failure is not durable: keep the message.
+            if audit.healthy() {
+                ack.complete();
+            }
+        });
+    }
+
+    /// The next enforcement round starts now (or as soon as the task in flight ends).
+    fn enforce_soon(&mut self) {
+        self.enforce_now = true;
+        if let Activity::Idle { next_enforce } = self.state.activity_mut() {
+            *next_enforce = Some(Instant::now());
+            self.enforce_now = false;
+        }
+    }
+
     /// The first trigger: latch (durably, before any Disconnect), audit, lock down
     /// ([`switch::fire`]). When another process (a `trip`) latched first, this trigger is a
-    /// trigger while latched.
-    fn fire(&mut self, source: TriggerSource, detail: serde_json::Value) {
+    /// trigger while latched. Returns the `trigger_fired` record's acknowledgement and whether
+    /// a latch is on disk.
+    fn fire(&mut self, source: TriggerSource, detail: serde_json::Value) -> (Recorded, bool) {
         let state_file = self.policy.state_file.clone();
         let log_detail = detail.to_string();
         let fired = switch::fire(
@@ -461,6 +556,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
             log_detail.clone(),
         );
         let persisted = fired.persisted();
+        let recorded = fired.trigger_fired;
         match fired.latching {
             Latching::AlreadyLatched(existing) => {
                 tracing::info!(?source, detail = %log_detail, lockdown_id = %existing.lockdown_id, "trigger fired but another process latched first; no second lockdown");
@@ -471,7 +567,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                 });
                 self.schedule_enforcement();
                 self.notify_status();
-                return;
+                return (recorded, persisted);
             }
             Latching::Unwritten(err) => {
                 tracing::error!(path = %state_file.display(), cause = %error_chain(&err), "cannot write the latch; locking down anyway and retrying the write");
@@ -486,6 +582,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
             progress: None,
         });
         self.start_lockdown(lockdown_id);
+        (recorded, persisted)
     }
 
     fn start_lockdown(&mut self, lockdown_id: LockdownId) {
@@ -557,6 +654,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
             self.state.is_latched(),
             self.policy.lockdown.enforce_interval,
         ) {
+            (true, Some(_)) if std::mem::take(&mut self.enforce_now) => Some(Instant::now()),
             (true, Some(interval)) => Some(Instant::now() + interval),
             _ => None,
         };
@@ -751,6 +849,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
         self.file = None;
         self.signal = None;
         self.alarms = None;
+        self.queues = None;
         self.cancel.cancel();
         while let Ok(event) = self.events_rx.try_recv() {
             self.on_trigger(event);
@@ -831,6 +930,10 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
         };
         if let Some(reason) = &self.flag_rejected {
             line.push_str(&format!("; flag rejected: {reason}"));
+        }
+        if !self.unreadable_queues.is_empty() {
+            let queues: Vec<&str> = self.unreadable_queues.iter().map(String::as_str).collect();
+            line.push_str(&format!("; queues unreadable: {}", queues.join(", ")));
         }
         if !self.unreadable_alarms.is_empty() {
             let regions: Vec<&str> = self.unreadable_alarms.keys().map(String::as_str).collect();

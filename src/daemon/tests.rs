@@ -686,3 +686,123 @@ async fn credentials_are_kept_warm_while_armed() {
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
     drop(h);
 }
+
+/// A queue trip: acked only once the latch is on disk and `trigger_fired` recorded; a second
+/// one while latched is acked too, and starts no lockdown.
+#[tokio::test(start_paused = true)]
+async fn a_queue_trip_is_acked_after_the_latch_and_its_record_and_only_once_locked_down() {
+    let h = Harness::start(Options::default()).await;
+    let (ack, mut acked) = crate::trigger::QueueAck::new();
+    h.triggers
+        .send(TriggerEvent::QueueFired {
+            detail: serde_json::json!({"queue": "q", "message_id": "m-1"}),
+            ack,
+            key_store_event: false,
+        })
+        .await
+        .unwrap();
+    h.wait_until("acked", |_| true).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(acked.try_recv(), Ok(()), "acked once durable");
+    assert!(
+        h.state_file().exists(),
+        "the latch is on disk when the ack goes out"
+    );
+    assert_eq!(h.audit.count("trigger_fired"), 1);
+    h.wait_until("lockdown finished", |h| {
+        h.audit.count("lockdown_finished") == 1
+    })
+    .await;
+    let (again, mut acked_again) = crate::trigger::QueueAck::new();
+    h.triggers
+        .send(TriggerEvent::QueueFired {
+            detail: serde_json::json!({"queue": "q", "message_id": "m-1"}),
+            ack: again,
+            key_store_event: false,
+        })
+        .await
+        .unwrap();
+    h.wait_until("second trigger audited", |h| {
+        h.audit.count("trigger_fired") == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(acked_again.try_recv(), Ok(()));
+    assert_eq!(h.audit.count("lockdown_started"), 1, "no second lockdown");
+}
+
+/// While latched with a 5-minute enforce_interval, a ConnectCustomKeyStore event on a queue
+/// starts an enforcement round at once.
+#[tokio::test(start_paused = true)]
+async fn a_key_store_event_while_latched_enforces_now_not_at_the_interval() {
+    let h = Harness::start(Options {
+        enforce: "5m",
+        ..Options::default()
+    })
+    .await;
+    h.fire(TriggerSource::File).await;
+    h.wait_until("lockdown finished", |h| {
+        h.audit.count("lockdown_finished") == 1
+    })
+    .await;
+    h.kms.set(STORES[0], ConnectionState::Connected);
+    let before = Instant::now();
+    let (ack, _acked) = crate::trigger::QueueAck::new();
+    h.triggers
+        .send(TriggerEvent::QueueFired {
+            detail: serde_json::json!({"carried": {"event_name": "ConnectCustomKeyStore"}}),
+            ack,
+            key_store_event: true,
+        })
+        .await
+        .unwrap();
+    h.wait_until("drift disconnected again", |h| {
+        h.audit.count("drift_detected") == 1
+    })
+    .await;
+    assert!(
+        Instant::now() - before < Duration::from_secs(5),
+        "enforced at once, not after enforce_interval"
+    );
+    assert_eq!(h.audit.count("lockdown_started"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ignored_message_and_an_unreadable_queue_are_audited_and_shown_in_status() {
+    let h = Harness::start(Options::default()).await;
+    h.triggers
+        .send(TriggerEvent::Ignored {
+            source: TriggerSource::Queue,
+            reason: "not JSON".into(),
+        })
+        .await
+        .unwrap();
+    h.triggers
+        .send(TriggerEvent::QueuePollFailed {
+            queue_url: "https://sqs.eu-west-1.amazonaws.com/111122223333/q".into(),
+            error: "ConnectionDropped".into(),
+        })
+        .await
+        .unwrap();
+    h.wait_until("status names the queue", |h| {
+        statuses(&h.notifier).last().is_some_and(|s| {
+            s.ends_with("; queues unreadable: https://sqs.eu-west-1.amazonaws.com/111122223333/q")
+        })
+    })
+    .await;
+    assert_eq!(h.audit.count("trigger_ignored"), 1);
+    assert_eq!(h.audit.count("queue_poll_failed"), 1);
+    h.triggers
+        .send(TriggerEvent::QueuePollRecovered {
+            queue_url: "https://sqs.eu-west-1.amazonaws.com/111122223333/q".into(),
+        })
+        .await
+        .unwrap();
+    h.wait_until("status back", |h| {
+        statuses(&h.notifier)
+            .last()
+            .is_some_and(|s| s == "armed, 2 key stores, 0 alarms")
+    })
+    .await;
+    assert_eq!(h.audit.count("trigger_fired"), 0);
+}

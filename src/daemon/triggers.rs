@@ -1,4 +1,4 @@
-//! The daemon's triggers: built for a policy (file flag, signal, alarms) without running them,
+//! The daemon's triggers: built for a policy (file flag, signal, alarms, queues) without running them,
 //! so a reload is all or nothing, then installed as tasks, replacing the running ones that
 //! changed. Owns only their set-up and swap: what a trigger event does is the run loop's
 //! (`crate::daemon`), what a trigger watches is `crate::trigger`'s.
@@ -11,6 +11,7 @@ use crate::aws::{AlarmSource, KeyStoreControl};
 use crate::policy::{FileTrigger, Policy, SignalTrigger};
 use crate::trigger::alarm::{AlarmConfig, AlarmWatch};
 use crate::trigger::file::FileWatch;
+use crate::trigger::queue::{QueueConfig, QueueWatch};
 use crate::trigger::signal::SignalWatch;
 
 /// A trigger task in place: its configuration (to tell whether a reload changed it) and its
@@ -32,6 +33,7 @@ pub(super) struct Prepared<A> {
     file: Option<Option<(FileTrigger, FileWatch)>>,
     signal: Option<Option<(SignalTrigger, SignalWatch)>>,
     alarms: Option<Option<(AlarmConfig, AlarmWatch<A>)>>,
+    queues: Option<Option<(QueueConfig, QueueWatch)>>,
 }
 
 impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
@@ -44,6 +46,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
             file: None,
             signal: None,
             alarms: None,
+            queues: None,
         };
         let file = policy.triggers.file.clone();
         if self.file.as_ref().map(|r| &r.config) != file.as_ref() {
@@ -80,6 +83,21 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                 (config, watch)
             }));
         }
+        let queues = (!policy.triggers.queues.is_empty()).then(|| QueueConfig {
+            queues: policy.triggers.queues.clone(),
+        });
+        if self.queues.as_ref().map(|r| &r.config) != queues.as_ref() {
+            prepared.queues = Some(queues.and_then(|config| match &self.queue_source {
+                Some(source) => {
+                    let watch = QueueWatch::new(source.clone(), &config, self.events_tx.clone());
+                    Some((config, watch))
+                }
+                None => {
+                    tracing::error!("triggers.queues is set but this daemon has no SQS client; the queues are not watched");
+                    None
+                }
+            }));
+        }
         Ok(prepared)
     }
 
@@ -111,6 +129,13 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                 let (started_tx, rx) = oneshot::channel();
                 started_rx = Some(rx);
                 self.tracker.spawn(watch.run(cancel.clone(), started_tx));
+                Running { config, cancel }
+            });
+        }
+        if let Some(queues) = prepared.queues {
+            self.queues = queues.map(|(config, watch)| {
+                let cancel = self.cancel.child_token();
+                self.tracker.spawn(watch.run(cancel.clone()));
                 Running { config, cancel }
             });
         }

@@ -77,6 +77,36 @@ pub struct AlarmSpec {
     pub target: Target,
     /// Consecutive polls in ALARM before firing (≥ 1).
     pub consecutive: u32,
+    /// `transitions: true`: also fire on any transition into ALARM that the alarm's history
+    /// records since the previous poll (one that reverted before the poll, e.g. SetAlarmState on
+    /// a metric alarm).
+    pub transitions: bool,
+}
+
+/// One entry of `triggers.queues:`: an SQS queue long-polled for trip messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSpec {
+    /// The queue URL, as SQS names it (`https://sqs.REGION.amazonaws.com/ACCOUNT/NAME`).
+    pub url: String,
+    /// Where its SQS calls go: the URL's region (else `aws.region`), the entry's role (else
+    /// `aws.role_arn`).
+    pub target: Target,
+    /// `match:`: any entry may match; empty means every message fires.
+    pub matches: Vec<QueueMatch>,
+}
+
+/// One entry of a queue's `match:`; every field it gives must hold.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QueueMatch {
+    /// The EventBridge event's `source`, e.g. `aws.guardduty`.
+    pub source: Option<String>,
+    /// The event's `detail-type`, e.g. `AWS API Call via CloudTrail`.
+    pub detail_type: Option<String>,
+    /// GuardDuty's `detail.severity` at least this, in thousandths (7.5 → 7500), so the policy
+    /// stays `Eq`.
+    pub min_severity_milli: Option<u32>,
+    /// CloudTrail's `detail.eventName`, e.g. `ConnectCustomKeyStore`.
+    pub event_name: Option<String>,
 }
 
 /// `aws.endpoint_url` / `aws.endpoints.*`: explicit endpoints that win over the environment.
@@ -118,6 +148,8 @@ pub struct Triggers {
     pub alarm_poll_interval: Duration,
     /// Dead man's switch: fire when the alarms stay unreadable this long.
     pub fail_closed_after: Option<Duration>,
+    /// `triggers.queues:` (empty when absent).
+    pub queues: Vec<QueueSpec>,
 }
 
 /// `lockdown`.
@@ -451,11 +483,13 @@ audit_log: /var/log/ks/audit.jsonl
                         role_arn: Some("arn:aws:iam::111122223333:role/kms-killswitch".into()),
                     },
                     consecutive: 2,
+                    transitions: false,
                 },
                 AlarmSpec {
                     name: "big-red-button".into(),
                     target: policy.default_target(),
                     consecutive: 1,
+                    transitions: false,
                 },
             ]
         );

@@ -64,6 +64,25 @@ pub(super) struct RawTriggers {
     pub(super) alarms: Option<Vec<Spanned<RawAlarm>>>,
     pub(super) alarm_poll_interval: Option<Spanned<String>>,
     pub(super) fail_closed_after: Option<Spanned<String>>,
+    pub(super) queues: Option<Vec<Spanned<RawQueue>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawQueue {
+    pub(super) url: Option<Spanned<String>>,
+    pub(super) role_arn: Option<Spanned<String>>,
+    #[serde(rename = "match")]
+    pub(super) matches: Option<Spanned<Vec<Spanned<RawQueueMatch>>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawQueueMatch {
+    pub(super) source: Option<Spanned<String>>,
+    pub(super) detail_type: Option<Spanned<String>>,
+    pub(super) min_severity: Option<Spanned<f64>>,
+    pub(super) event_name: Option<Spanned<String>>,
 }
 
 /// `triggers.file`: a mapping, or the word `none`.
@@ -111,6 +130,7 @@ pub(super) struct RawAlarm {
     pub(super) region: Option<Spanned<String>>,
     pub(super) role_arn: Option<Spanned<String>>,
     pub(super) consecutive: Option<Spanned<u32>>,
+    pub(super) transitions: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -24,6 +24,10 @@ use crate::trigger::TriggerEvent;
 
 /// The CloudWatch state that counts towards firing.
 const ALARM: AlarmStateValue = AlarmStateValue::Alarm;
+/// Each history read starts this long before the previous poll began: CloudWatch stamps a
+/// change when it records it, and clocks differ a little; a transition read twice is recognised
+/// by its timestamp and fires once.
+const HISTORY_OVERLAP: Duration = Duration::from_secs(5);
 
 /// What the alarm trigger needs from the policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +50,10 @@ struct Tracked {
     unreadable_since: Option<Instant>,
     /// The dead man's switch fired for the current unreadable stretch.
     fail_closed_fired: bool,
+    /// `transitions: true`: its history is read every poll.
+    transitions: bool,
+    /// The latest transition into ALARM taken from its history (each fires once).
+    last_transition: Option<std::time::SystemTime>,
 }
 
 /// The alarms of one account+region (one DescribeAlarms per poll).
@@ -57,6 +65,10 @@ struct Group {
     /// The problem last reported for this group (`None`: all readable), so that a persistent
     /// problem is reported once, not on every poll.
     reported_problem: Option<String>,
+    /// The alarms with `transitions: true` (empty: DescribeAlarmHistory is never called).
+    transition_names: Vec<String>,
+    /// When the last poll whose history was read began (wall clock, as CloudWatch stamps).
+    history_since: std::time::SystemTime,
 }
 
 /// The alarm poller.
@@ -86,9 +98,17 @@ impl<A: AlarmSource> AlarmWatch<A> {
                         fired: false,
                         unreadable_since: None,
                         fail_closed_fired: false,
+                        transitions: s.transitions,
+                        last_transition: None,
                     })
                     .collect(),
                 reported_problem: None,
+                transition_names: specs
+                    .iter()
+                    .filter(|s| s.transitions)
+                    .map(|s| s.name.clone())
+                    .collect(),
+                history_since: std::time::SystemTime::now(),
             })
             .collect();
         AlarmWatch {
@@ -167,6 +187,7 @@ async fn poll_group<A: AlarmSource>(
     fail_closed_after: Option<Duration>,
 ) -> Vec<TriggerEvent> {
     let mut out = Vec::new();
+    let poll_started = std::time::SystemTime::now();
     let result = source.describe_alarms(&group.target, &group.names).await;
     let now = Instant::now();
     match result {
@@ -187,6 +208,9 @@ async fn poll_group<A: AlarmSource>(
             }
         }
         Ok(states) => observe_group(group, &states, now, &mut out),
+    }
+    if !group.transition_names.is_empty() {
+        read_transitions(group, source, poll_started, &mut out).await;
     }
     if let Some(limit) = fail_closed_after {
         fail_closed(group, limit, now, &mut out);
@@ -237,6 +261,65 @@ fn observe_group(
             }
         }
         group.reported_problem = problem;
+    }
+}
+
+/// `transitions: true`: one DescribeAlarmHistory for the group's such alarms; fire for each
+/// transition into ALARM since the previous poll that the DescribeAlarms answer did not already
+/// fire for (an ALARM that reverted before this poll). A failed read is retried next poll from
+/// the same point, so nothing in between is missed.
+async fn read_transitions<A: AlarmSource>(
+    group: &mut Group,
+    source: &A,
+    poll_started: std::time::SystemTime,
+    out: &mut Vec<TriggerEvent>,
+) {
+    let since = group
+        .history_since
+        .checked_sub(HISTORY_OVERLAP)
+        .unwrap_or(group.history_since);
+    let transitions = match source
+        .alarm_transitions(&group.target, &group.transition_names, since)
+        .await
+    {
+        Ok(transitions) => transitions,
+        Err(err) => {
+            tracing::warn!(region = %group.target.region, alarms = ?group.transition_names, cause = %err, "alarm history read failed; retrying at the next poll");
+            return;
+        }
+    };
+    group.history_since = poll_started;
+    for transition in transitions {
+        let Some(alarm) = group
+            .alarms
+            .iter_mut()
+            .find(|a| a.transitions && a.name == transition.alarm_name)
+        else {
+            continue;
+        };
+        if alarm
+            .last_transition
+            .is_some_and(|seen| transition.timestamp <= seen)
+        {
+            continue;
+        }
+        alarm.last_transition = Some(transition.timestamp);
+        if alarm.fired {
+            // This poll (or an earlier one of the same ALARM episode) fired already.
+            continue;
+        }
+        alarm.fired = true;
+        tracing::warn!(alarm = %alarm.name, region = %group.target.region, "alarm history shows a transition into ALARM since the last poll; firing");
+        out.push(TriggerEvent::Fired {
+            source: TriggerSource::Alarm,
+            detail: serde_json::json!({
+                "alarm": alarm.name,
+                "region": group.target.region,
+                "state_reason": transition.state_reason,
+                "transition_at": humantime::format_rfc3339_millis(transition.timestamp).to_string(),
+                "via": "alarm_history",
+            }),
+        });
     }
 }
 
@@ -311,6 +394,7 @@ mod tests {
                 role_arn: None,
             },
             consecutive,
+            transitions: false,
         }
     }
 
@@ -339,6 +423,58 @@ mod tests {
             .iter()
             .filter(|e| matches!(e, TriggerEvent::Fired { .. }))
             .count()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transitions_fire_on_an_alarm_that_reverted_between_polls_once() {
+        let source = alarms(vec![Ok(vec![("a", "OK"), ("b", "OK")])]);
+        let mut with_transitions = spec("a", "eu-west-1", 2);
+        with_transitions.transitions = true;
+        let specs = vec![with_transitions, spec("b", "eu-west-1", 1)];
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut watch = AlarmWatch::new(source.clone(), &config(specs, None), tx);
+        assert_eq!(fired(&poll(&mut watch, &mut rx).await), 0);
+        let blip = std::time::SystemTime::now();
+        source.with(|s| {
+            for name in ["a", "b"] {
+                s.alarm_history.push(crate::aws::AlarmTransition {
+                    alarm_name: name.into(),
+                    timestamp: blip,
+                    state_reason: Some("set by drill".into()),
+                })
+            }
+        });
+        let events = poll(&mut watch, &mut rx).await;
+        assert_eq!(fired(&events), 1, "only `a` reads its history: {events:?}");
+        match &events[0] {
+            TriggerEvent::Fired { detail, .. } => {
+                assert_eq!(detail["alarm"], "a");
+                assert_eq!(detail["via"], "alarm_history");
+                assert_eq!(detail["state_reason"], "set by drill");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            fired(&poll(&mut watch, &mut rx).await),
+            0,
+            "a transition read again (the overlap) fires once"
+        );
+        let calls = source.with(|s| s.history_calls.clone());
+        assert_eq!(calls.len(), 3, "one DescribeAlarmHistory per poll");
+        assert!(calls.iter().all(|(_, names)| names == &["a".to_string()]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_transitions_the_history_is_never_read() {
+        let source = alarms(vec![Ok(vec![("a", "OK")])]);
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut watch = AlarmWatch::new(
+            source.clone(),
+            &config(vec![spec("a", "eu-west-1", 1)], None),
+            tx,
+        );
+        poll(&mut watch, &mut rx).await;
+        assert!(source.with(|s| s.history_calls.is_empty()));
     }
 
     #[tokio::test(start_paused = true)]

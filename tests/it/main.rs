@@ -12,4 +12,6 @@ mod fuzz;
 mod hostile;
 mod lockdown;
 mod policy_check;
+mod queue;
 mod ship;
+mod transitions;

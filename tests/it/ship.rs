@@ -531,9 +531,14 @@ mod iam {
         assert_least_privilege(
             HOST_POLICY,
             &[
+                "cloudwatch:DescribeAlarmHistory",
                 "cloudwatch:DescribeAlarms",
                 "kms:DescribeCustomKeyStores",
                 "kms:DisconnectCustomKeyStore",
+                "sqs:ChangeMessageVisibility",
+                "sqs:DeleteMessage",
+                "sqs:GetQueueAttributes",
+                "sqs:ReceiveMessage",
                 "sts:AssumeRole",
             ],
         );

@@ -11,6 +11,7 @@
 mod aws;
 mod key_stores;
 mod lockdown;
+mod queues;
 mod triggers;
 
 use std::path::{Path, PathBuf};

@@ -29,6 +29,7 @@ impl Validator {
         let signal = self.signal_trigger(raw.signal);
         let alarms = self.alarms(raw.alarms, defaults);
         let alarm_poll_interval = self.alarm_poll_interval(raw.alarm_poll_interval.as_ref());
+        let queues = self.queues(raw.queues, defaults);
         // Only when everything before it is valid: an invalid alarm entry may be the alarm that
         // fail_closed_after is for.
         let no_alarms = file.is_some()
@@ -46,8 +47,13 @@ impl Validator {
             alarms: alarms?,
             alarm_poll_interval: alarm_poll_interval?,
             fail_closed_after: fail_closed_after?,
+            queues: queues?,
         };
-        if triggers.file.is_none() && triggers.signal.is_none() && triggers.alarms.is_empty() {
+        if triggers.file.is_none()
+            && triggers.signal.is_none()
+            && triggers.alarms.is_empty()
+            && triggers.queues.is_empty()
+        {
             self.problem(
                 location.as_ref(),
                 "triggers: every trigger is disabled (file: none, signal: none, no alarms): the daemon \
@@ -181,6 +187,7 @@ impl Validator {
             name,
             target,
             consecutive,
+            transitions: alarm.transitions.unwrap_or(false),
         })
     }
 

@@ -65,7 +65,8 @@ pub fn alarms_yaml(alarms: &[(&str, u32)], poll: &str, fail_closed_after: Option
 /// A simulator and a directory holding the policy, flag dir, state and audit log.
 pub struct Env {
     pub dir: tempfile::TempDir,
-    pub sim: SimHandle,
+    /// Shared when several daemons (hosts) watch one simulated AWS ([`Env::on_sim`]).
+    pub sim: std::sync::Arc<SimHandle>,
 }
 
 impl Env {
@@ -75,7 +76,17 @@ impl Env {
     }
 
     pub fn with_policy(options: PolicyOptions) -> Env {
-        let sim = kms_sim::spawn(World::demo()).expect("kms-sim starts");
+        Env::with_world(World::demo(), options)
+    }
+
+    /// A simulator of `world` (fast transitions) and the policy.
+    pub fn with_world(world: World, options: PolicyOptions) -> Env {
+        let sim = kms_sim::spawn(world).expect("kms-sim starts");
+        Env::on_sim(std::sync::Arc::new(sim), options)
+    }
+
+    /// Another host on an existing simulator: its own directory, policy, latch and audit log.
+    pub fn on_sim(sim: std::sync::Arc<SimHandle>, options: PolicyOptions) -> Env {
         let env = Env {
             dir: tempfile::tempdir().expect("tempdir"),
             sim,
