@@ -95,6 +95,12 @@ pub trait DaemonAudit: AuditSink {
     fn flush(&self) -> bool {
         true
     }
+
+    /// No record is held in memory after a write failure (records may be in flight): a record
+    /// whose acknowledgement resolved is then on disk.
+    fn holds_none(&self) -> bool {
+        true
+    }
 }
 
 impl DaemonAudit for AuditLog {
@@ -109,6 +115,10 @@ impl DaemonAudit for AuditLog {
     /// Never waits on the main loop: asks the writer to retry and says how things stand now.
     fn flush(&self) -> bool {
         self.flush_soon();
+        self.unflushed() == 0
+    }
+
+    fn holds_none(&self) -> bool {
         self.unflushed() == 0
     }
 }
@@ -526,7 +536,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
         self.tracker.spawn(async move {
             recorded.await;
             // Held in memory after a write failure is not durable: keep the message.
-            if audit.healthy() {
+            if audit.holds_none() {
                 ack.complete();
             }
         });
