@@ -7,7 +7,8 @@
 //!    lockdown to finish, remove the flag, `kms-killswitch rearm`, wait for STATUS=armed on our
 //!    NOTIFY_SOCKET, reconnect the stores in the sim, repeat. p50/p99/max.
 //! 2. signal: the same with SIGUSR1 sent straight to the daemon (`kill(2)` via rustix).
-//! 3. idle: a fresh daemon watching 10 alarms polled every 10 s; CPU time (sum of
+//! 3. queue: see [`queue_latency`] (SendMessage → first Disconnect).
+//! 4. idle: a fresh daemon watching 10 alarms polled every 10 s; CPU time (sum of
 //!    `/proc/<pid>/task/*/schedstat`, ns) and RSS (`/proc/<pid>/status`) over `IDLE_SECS`.
 //!
 //! Env: `TRIPS` (default 50), `IDLE_SECS` (default 60). The state and audit files live in a
@@ -334,6 +335,10 @@ fn main() {
     });
     report("SIGUSR1", signal);
     drop(daemon);
+    report(
+        "SQS queue (SendMessage during a long poll)",
+        queue_latency(trips),
+    );
 
     let idle = Bench::new(true);
     let daemon = idle.start();
@@ -364,4 +369,63 @@ fn main() {
         status_kb(pid, "VmRSS:"),
         status_kb(pid, "VmHWM:"),
     );
+}
+
+/// 3. queue (issue 14): `TRIPS` times, SendMessage to the daemon's SQS queue while its long poll
+///    waits (a pause after each rearm lets the previous delete finish and the next poll start),
+///    and the time to the first DisconnectCustomKeyStore on the wire. Its own sim and daemon.
+fn queue_latency(trips: usize) -> Vec<Duration> {
+    let bench = Bench::new(false);
+    let url = bench
+        .sim
+        .create_queue(ACCOUNT, REGION, "bench-host")
+        .expect("the bench queue");
+    let policy_path = bench.dir.path().join("policy.yaml");
+    let text = std::fs::read_to_string(&policy_path)
+        .expect("the bench policy")
+        .replace(
+            "lockdown:\n",
+            &format!("  queues:\n    - url: \"{url}\"\nlockdown:\n"),
+        );
+    std::fs::write(&policy_path, text).expect("the bench policy");
+    let mut daemon = bench.start();
+    let mut samples = Vec::with_capacity(trips);
+    for trip in 0..trips {
+        // The watcher is back in its 20 s long poll well within this.
+        std::thread::sleep(Duration::from_millis(200));
+        let finished = bench.lockdowns_finished();
+        let t0 = now_us();
+        bench
+            .sim
+            .send_message(
+                ACCOUNT,
+                REGION,
+                "bench-host",
+                &format!("{{\"source\": \"bench\", \"id\": \"trip-{trip}\"}}"),
+            )
+            .expect("SendMessage");
+        let first = bench.first_disconnect_after(t0);
+        samples.push(Duration::from_micros(first.saturating_sub(t0)));
+        wait_for("the lockdown to finish", || {
+            (bench.lockdowns_finished() > finished).then_some(())
+        });
+        let rearm = bench
+            .command()
+            .args(["rearm", "--reason", "bench"])
+            .output()
+            .expect("rearm runs");
+        assert!(
+            rearm.status.success(),
+            "rearm: {}",
+            String::from_utf8_lossy(&rearm.stderr)
+        );
+        daemon.wait_notify("STATUS=armed");
+        for id in STORES {
+            bench
+                .sim
+                .set_connection_state(ACCOUNT, REGION, id, "CONNECTED")
+                .expect("reconnect");
+        }
+    }
+    samples
 }
