@@ -15,6 +15,9 @@ use crate::daemon::{Daemon, DaemonConfig, KeepWarm, SystemdNotifier};
 use crate::policy::Policy;
 use crate::trigger::signal::SignalWatch;
 
+/// How long the exit waits for notifications still queued for systemd.
+const NOTIFY_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub fn run(ctx: &Context) -> anyhow::Result<Exit> {
     // A bad policy never starts a daemon: 78 via the PolicyError in the chain.
     let policy = ctx.load_policy()?;
@@ -57,12 +60,14 @@ async fn run_daemon(ctx: &Context, policy: Policy) -> anyhow::Result<Exit> {
     let audit = Arc::new(audit);
     let keep_warm = keep_warm(aws.clone());
     let reload_ctx = ctx.clone();
+    let notifier =
+        SystemdNotifier::start().context("cannot start the systemd notification thread")?;
     let daemon = Daemon::new(DaemonConfig {
         policy,
         control: aws.clone(),
         alarms: aws,
         audit: audit.clone(),
-        notifier: Arc::new(SystemdNotifier),
+        notifier: Arc::new(notifier.clone()),
         load_policy: Box::new(move || Ok(reload_ctx.load_policy()?)),
         watchdog: sd_notify::watchdog_enabled(),
         signal_watch,
@@ -74,7 +79,10 @@ async fn run_daemon(ctx: &Context, policy: Policy) -> anyhow::Result<Exit> {
             _ = interrupt.recv() => tracing::info!("SIGINT received"),
         }
     };
-    match daemon.run(shutdown, hangup).await {
+    let ran = daemon.run(shutdown, hangup).await;
+    // STOPPING=1 reaches systemd before the process exits, unless systemd is not reading.
+    notifier.drain(NOTIFY_DRAIN_TIMEOUT);
+    match ran {
         // Issue 5: a record that never reached the audit log shows in the exit status.
         Ok(()) if !audit.flushed().await => {
             eprintln!(

@@ -314,8 +314,12 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
         loop {
             let next_enforce = self.state.activity().next_enforce();
             tokio::select! {
-                // Ordered: a queued trigger is handled before a shutdown that arrived with it.
+                // Ordered: SIGTERM first, so a storm of triggers (10,000 SIGUSR1s while latched)
+                // cannot starve it. Nothing queued is lost: `shutdown` stops the watchers and then
+                // handles every event they queued before it stops.
                 biased;
+                // SIGTERM/SIGINT (or the test's own future): stop, finishing any lockdown first.
+                _ = &mut shutdown => break,
                 // A trigger fired, was rejected, or the alarms' health changed.
                 Some(event) = self.events_rx.recv() => self.on_trigger(event),
                 // The lockdown in flight ended (verified, or at its verify_timeout), or an
@@ -324,8 +328,6 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                     TaskEnded::Lockdown(result) => self.on_lockdown_finished(result),
                     TaskEnded::Enforcement(result) => self.on_enforcement_finished(result),
                 },
-                // SIGTERM/SIGINT (or the test's own future): stop, finishing any lockdown first.
-                _ = &mut shutdown => break,
                 // SIGHUP: re-read and swap the policy, or keep the old one.
                 _ = reload.requested() => self.reload().await,
                 // Time for an enforcement round.
