@@ -108,6 +108,7 @@ impl AwsClients {
             .build();
         let base = loader
             .app_name(app_name())
+            .http_client(shared_https_client())
             .timeout_config(timeouts)
             // One attempt per call: the engine's pacing and backoff are the only retry logic.
             .retry_config(RetryConfig::disabled())
@@ -255,6 +256,26 @@ impl AwsClients {
             None => config.clone(),
         }
     }
+}
+
+/// The one HTTPS client every SDK client of this process shares: the SDK's default (hyper 1.x,
+/// rustls with aws-lc, the system's roots, proxies from the environment), built once. Left to
+/// itself the SDK builds one per service client, each with its own TLS configuration, root store
+/// and connection pool: three per target, ~0.9 MB each, 460 MB for an organisation of 500
+/// account-regions.
+fn shared_https_client() -> aws_sdk_kms::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    use aws_smithy_http_client::{Builder, ConnectorBuilder, proxy::ProxyConfig};
+    Builder::new().build_with_connector_fn(|settings, components| {
+        let mut connector =
+            ConnectorBuilder::default().tls_provider(Provider::Rustls(CryptoMode::AwsLc));
+        connector.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            connector.set_sleep_impl(components.sleep_impl());
+        }
+        connector.set_proxy_config(Some(ProxyConfig::from_env()));
+        connector.build()
+    })
 }
 
 /// No per-service settings from the environment (used where the policy's endpoint must win).
