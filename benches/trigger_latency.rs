@@ -10,6 +10,11 @@
 //! 3. idle: a fresh daemon watching 10 alarms polled every 10 s; CPU time (sum of
 //!    `/proc/<pid>/task/*/schedstat`, ns) and RSS (`/proc/<pid>/status`) over `IDLE_SECS`.
 //!
+//! Each trip measurement runs at a sync delay of 0, 1 and 5 ms: the daemon is started with
+//! `benches/support/slow_sync.c` (built here with `cc`) in `LD_PRELOAD`, which makes every
+//! `fsync`/`fdatasync` of the real binary wait that long first, as a network-attached volume does
+//! (the shipped binary has no such knob). Without a C compiler only 0 ms runs.
+//!
 //! Env: `TRIPS` (default 50), `IDLE_SECS` (default 60). The state and audit files live in a
 //! temporary directory (set `TMPDIR` to measure on the daemon's real filesystem).
 
@@ -183,15 +188,20 @@ impl Bench {
         cmd
     }
 
-    fn start(&self) -> Daemon {
+    fn start(&self, slow_sync: Option<(&Path, u64)>) -> Daemon {
         let socket = self.dir.path().join("notify.sock");
         let _ = std::fs::remove_file(&socket);
         let notify = UnixDatagram::bind(&socket).expect("bind notify socket");
         notify
             .set_read_timeout(Some(Duration::from_millis(20)))
             .expect("timeout");
-        let child = self
-            .command()
+        let mut command = self.command();
+        if let Some((shim, delay_ms)) = slow_sync {
+            command
+                .env("LD_PRELOAD", shim)
+                .env("SLOW_SYNC_US", (delay_ms * 1000).to_string());
+        }
+        let child = command
             .arg("run")
             .env("NOTIFY_SOCKET", &socket)
             .stdin(Stdio::null())
@@ -262,6 +272,30 @@ impl Bench {
     }
 }
 
+/// The sync delays each trip measurement runs at (see the module docs).
+const SYNC_DELAYS_MS: [u64; 3] = [0, 1, 5];
+
+/// Build `benches/support/slow_sync.c` into `target/bench/`; `None` (with a note) without `cc`.
+fn slow_sync_shim() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out_dir = root.join("target/bench");
+    std::fs::create_dir_all(&out_dir).ok()?;
+    let out = out_dir.join("libslow_sync.so");
+    let built = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&out)
+        .arg(root.join("benches/support/slow_sync.c"))
+        .arg("-ldl")
+        .status();
+    match built {
+        Ok(status) if status.success() => Some(out),
+        _ => {
+            println!("no C compiler: the 1 and 5 ms sync delays are skipped");
+            None
+        }
+    }
+}
+
 fn report(what: &str, mut samples: Vec<Duration>) {
     samples.sort();
     let at = |q: f64| {
@@ -320,23 +354,30 @@ fn main() {
         2
     } as u64;
 
-    let bench = Bench::new(false);
-    let mut daemon = bench.start();
-    let flag = bench.flag();
-    let file = bench.measure(&mut daemon, trips, |_| {
-        std::fs::write(&flag, b"").expect("touch the flag");
-    });
-    report("file flag", file);
-    let signal = bench.measure(&mut daemon, trips, |daemon| {
-        let pid = rustix::process::Pid::from_raw(daemon.child.id() as i32).expect("a live pid");
-        rustix::process::kill_process(pid, rustix::process::Signal::USR1)
-            .expect("SIGUSR1 to the daemon");
-    });
-    report("SIGUSR1", signal);
-    drop(daemon);
+    let shim = slow_sync_shim();
+    for delay_ms in SYNC_DELAYS_MS {
+        let slow_sync = match (&shim, delay_ms) {
+            (_, 0) => None,
+            (Some(shim), delay) => Some((shim.as_path(), delay)),
+            (None, _) => continue,
+        };
+        let bench = Bench::new(false);
+        let mut daemon = bench.start(slow_sync);
+        let flag = bench.flag();
+        let file = bench.measure(&mut daemon, trips, |_| {
+            std::fs::write(&flag, b"").expect("touch the flag");
+        });
+        report(&format!("file flag, sync delay {delay_ms} ms"), file);
+        let signal = bench.measure(&mut daemon, trips, |daemon| {
+            let pid = rustix::process::Pid::from_raw(daemon.child.id() as i32).expect("a live pid");
+            rustix::process::kill_process(pid, rustix::process::Signal::USR1)
+                .expect("SIGUSR1 to the daemon");
+        });
+        report(&format!("SIGUSR1, sync delay {delay_ms} ms"), signal);
+    }
 
     let idle = Bench::new(true);
-    let daemon = idle.start();
+    let daemon = idle.start(None);
     let pid = daemon.child.id();
     // Let start-up work (credential warm-up, first polls) settle.
     std::thread::sleep(Duration::from_secs(if benching { 5 } else { 1 }));

@@ -32,11 +32,18 @@ pub use report::{
     ProgressStep, StoreOutcome, StoreStatus,
 };
 
-/// First verification poll after the Disconnects: KMS usually reports DISCONNECTING at once and
-/// DISCONNECTED within a second or two, so look early.
-const VERIFY_POLL_FIRST: Duration = Duration::from_millis(250);
-/// Each verification poll waits this much longer than the last (250, 375, 560, 840 ms, …):
-/// quick while KMS is likely finishing, gentle on the quota for a store that takes its time.
+/// Verification polls in the first second after the Disconnects: KMS usually reports
+/// DISCONNECTING at once and DISCONNECTED within a second or two, and a store counts as verified
+/// only when a Describe sees it, so look often while the Describe bucket still has its burst
+/// (10 polls in that second: the burst of 5 and the 5 it earns back).
+const VERIFY_POLL_FAST: Duration = Duration::from_millis(100);
+const VERIFY_FAST_FOR: Duration = Duration::from_secs(1);
+/// Then one Describe per account+region every 250 ms, inside the 5/s quota with room for the
+/// other callers (enforcement, `status`), up to [`VERIFY_STEADY_FOR`] after the Disconnects.
+const VERIFY_POLL_STEADY: Duration = Duration::from_millis(250);
+const VERIFY_STEADY_FOR: Duration = Duration::from_secs(5);
+/// After that each poll waits this much longer than the last (375, 560, 840 ms, …): gentle on
+/// the quota for a store that takes its time.
 const VERIFY_POLL_GROWTH: f64 = 1.5;
 /// Slowest verification poll: one Describe per account+region every 2 s stays far inside the
 /// 5/s Describe quota, even with several lockdown targets in one account.
@@ -45,6 +52,8 @@ const VERIFY_POLL_MAX: Duration = Duration::from_secs(2);
 /// CONNECTED. Only a store that stays connected longer than this is disconnected again.
 const CONSISTENCY_GRACE: Duration = Duration::from_secs(2);
 
+/// Attempts of a store's first Disconnect in a lockdown before verification takes over.
+const FIRST_ATTEMPTS: u32 = 3;
 /// First retry pause after throttling or a transient error (doubled per attempt, jittered).
 const RETRY_BASE: Duration = Duration::from_millis(100);
 /// Longest retry pause: a throttling storm must not push a retry past many verification rounds.
@@ -189,7 +198,9 @@ impl<C: KeyStoreControl> Engine<C> {
                 key_stores: request.key_stores.iter().map(spec_json).collect(),
                 dry_run: request.dry_run,
             })
-            .await;
+            // Written in order: the first `disconnect_requested`, awaited before its send,
+            // makes this durable in the same batch (one fsync before the first Disconnect).
+            .queued();
         info!(lockdown_id = %request.lockdown_id, key_stores = request.key_stores.len(), dry_run = request.dry_run, "lockdown started");
 
         let groups = group_by_target(&request.key_stores);
@@ -316,12 +327,10 @@ impl<C: KeyStoreControl> Engine<C> {
             return stores;
         }
 
-        // One attempt each: a store refused with a retryable error stays Pending and verification
-        // sends its Disconnect again every round, so it never holds up verifying the others.
         let disconnects = stores
             .iter_mut()
             .filter(|s| s.phase == Phase::Pending)
-            .map(|store| self.disconnect_once(target, store, run));
+            .map(|store| self.disconnect_first(target, store, run));
         join_all(disconnects).await;
 
         self.verify(target, &mut stores, run).await;
@@ -402,12 +411,13 @@ impl<C: KeyStoreControl> Engine<C> {
     /// poll is at the deadline itself. Between polls, send the Disconnect again of every store
     /// that needs it (refused with a retryable error, or still or again connected).
     async fn verify(&self, target: &Target, stores: &mut [StoreState], run: &Run<'_>) {
-        let mut interval = VERIFY_POLL_FIRST;
+        let started = Instant::now();
+        let mut interval = VERIFY_POLL_FAST;
         while !stores.iter().all(StoreState::is_final) {
             let next_poll = (Instant::now() + interval).min(run.deadline);
             let last = next_poll >= run.deadline;
             sleep_until(next_poll).await;
-            interval = interval.mul_f64(VERIFY_POLL_GROWTH).min(VERIFY_POLL_MAX);
+            interval = poll_interval(started.elapsed(), interval);
 
             // Before the last round the rounds are the retries: a failing Describe must not hold
             // up sending again the Disconnects that need it.
@@ -580,17 +590,34 @@ impl<C: KeyStoreControl> Engine<C> {
         }
     }
 
-    /// Send one paced Disconnect. Accepted or already disconnecting/disconnected → Requested;
-    /// refused for good → Failed; a retryable error (or the deadline) leaves it Pending with
-    /// the error kept for the report.
+    /// A lockdown's first Disconnect of one store. Refused with a retryable error, it is sent
+    /// again soon (paced: after a throttle the emptied bucket is the back-off), up to
+    /// [`FIRST_ATTEMPTS`] in all; after that verification sends it again every round, so a
+    /// store that keeps failing never holds up verifying the others.
+    async fn disconnect_first(&self, target: &Target, store: &mut StoreState, run: &Run<'_>) {
+        for attempt in 0..FIRST_ATTEMPTS {
+            if attempt > 0 {
+                let pause = backoff(0);
+                if Instant::now() + pause >= run.deadline {
+                    return;
+                }
+                tokio::time::sleep(pause).await;
+            }
+            self.disconnect_once(target, store, run).await;
+            if store.phase != Phase::Pending {
+                return;
+            }
+        }
+    }
+
+    /// Send one paced Disconnect: its `disconnect_requested` record made durable first, then
+    /// the token, then the request at once, so no fsync sits between a token and its send.
+    /// Accepted or already disconnecting/disconnected → Requested; refused for good → Failed; a
+    /// retryable error (or the deadline) leaves it Pending with the error kept for the report.
     async fn disconnect_once(&self, target: &Target, store: &mut StoreState, run: &Run<'_>) {
         let Some(id) = store.custom_key_store_id.clone() else {
             return;
         };
-        let paced = self.pacer.acquire(target, Operation::Disconnect);
-        if timeout_at(run.deadline, paced).await.is_err() {
-            return; // The deadline: verification reports the store with its last error.
-        }
         store.attempts += 1;
         run.audit
             .record(Event::DisconnectRequested {
@@ -608,10 +635,18 @@ impl<C: KeyStoreControl> Engine<C> {
                 attempt: store.attempts,
             },
         );
-        // At the deadline an unanswered call ends as an error, so every request has a result.
-        let result = timeout_at(run.deadline, self.control.disconnect(target, &id))
+        // At the deadline an unsent or unanswered call ends as an error, so every
+        // `disconnect_requested` has its result.
+        let send = async {
+            self.pacer.acquire(target, Operation::Disconnect).await;
+            self.control.disconnect(target, &id).await
+        };
+        let result = timeout_at(run.deadline, send)
             .await
             .unwrap_or_else(|_| Err(deadline_error("DisconnectCustomKeyStore", target)));
+        if matches!(&result, Err(err) if err.kind == ErrorKind::Throttled) {
+            self.pacer.throttled(target, Operation::Disconnect);
+        }
         let (audit_result, request_id, error) = match &result {
             Ok(accepted) => (
                 DisconnectResult::Accepted,
@@ -709,6 +744,9 @@ impl<C: KeyStoreControl> Engine<C> {
                     }
                 }
                 Err(err) if err.kind.is_retryable() => {
+                    if err.kind == ErrorKind::Throttled {
+                        self.pacer.throttled(target, Operation::Describe);
+                    }
                     let pause = backoff(retries);
                     retries += 1;
                     if Instant::now() + pause >= retry_until.min(deadline) {
@@ -823,6 +861,18 @@ async fn record_finished(report: &LockdownReport, audit: &dyn AuditSink) {
         elapsed_ms = report.elapsed.as_millis() as u64,
         "lockdown finished"
     );
+}
+
+/// The wait before the next verification poll, `since` the first and after a wait of `last`.
+fn poll_interval(since: Duration, last: Duration) -> Duration {
+    if since < VERIFY_FAST_FOR {
+        VERIFY_POLL_FAST
+    } else if since < VERIFY_STEADY_FOR {
+        VERIFY_POLL_STEADY
+    } else {
+        last.mul_f64(VERIFY_POLL_GROWTH)
+            .clamp(VERIFY_POLL_STEADY, VERIFY_POLL_MAX)
+    }
 }
 
 /// Jittered exponential backoff: half the doubled delay fixed, half random.
@@ -1374,9 +1424,10 @@ mod tests {
                 .contains("last state DISCONNECTING")
         );
         assert!(started.elapsed() >= verify_timeout);
-        // Polling backed off: far fewer rounds than one per 250 ms.
+        // Polling backed off: 10 in the first second, 4/s to 5 s, then slower and slower
+        // (2 s apart at most): far fewer rounds than one per 250 ms (80).
         let rounds = fake.requests(Op::Describe).len();
-        assert!(rounds < 20, "{rounds} describes in {verify_timeout:?}");
+        assert!(rounds <= 40, "{rounds} describes in {verify_timeout:?}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -1615,9 +1666,9 @@ mod tests {
             .await;
 
         assert_eq!(report.stores[0].attempts, 2, "{report:#?}");
-        // Sent again in the first round, not after a Describe retried until the deadline.
+        // Sent again at once, not after a Describe retried until the deadline.
         let order: Vec<Op> = fake.with(|s| s.requests.iter().map(|r| r.op).take(3).collect());
-        assert_eq!(order, vec![Op::Disconnect, Op::Describe, Op::Disconnect]);
+        assert_eq!(order, vec![Op::Disconnect, Op::Disconnect, Op::Describe]);
         assert_eq!(fake.seen(&store_id(1)), ConnectionState::Disconnected);
         // KMS never answered a Describe: disconnected, but not verified.
         assert!(!report.stores[0].verified);
