@@ -499,6 +499,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
             activity => activity.stop_enforcement(),
         }
         let request = switch::lockdown_request(&self.policy, lockdown_id, false);
+        let keys = self.policy.keys.clone();
         let engine = self.engine.clone();
         let audit = self.audit.clone();
         let state_file = self.policy.state_file.clone();
@@ -510,7 +511,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                 return None;
             };
             let sink: &dyn AuditSink = &*audit;
-            Some(engine.lockdown(&request, sink).await)
+            Some(engine.lockdown_with_keys(&request, &keys, sink).await)
         });
         *self.state.activity_mut() = Activity::LockingDown {
             task,
@@ -574,6 +575,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
         let engine = self.engine.clone();
         let audit = self.audit.clone();
         let key_stores = self.policy.key_stores.clone();
+        let keys = self.policy.keys.clone();
         let lockdown_id = latched.latch.lockdown_id.clone();
         let state_file = self.policy.state_file.clone();
         let require_latch = latched.persisted;
@@ -586,7 +588,16 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                     // Rearmed since this round was scheduled: nothing to enforce.
                     None => (0, 0),
                     Some(_lock) => {
-                        enforce_round(&engine, &key_stores, lockdown_id.as_str(), sink).await
+                        let lockdown_id = lockdown_id.as_str();
+                        let (stores, keys) = tokio::join!(
+                            enforce_round(&engine, &key_stores, lockdown_id, sink),
+                            engine.enforce_keys(&keys, lockdown_id, sink)
+                        );
+                        for key in keys.iter().filter(|k| k.error.is_some()) {
+                            let error = key.error.as_deref().unwrap_or_default();
+                            tracing::warn!(key = %key.spec.selector, region = %key.spec.target.region, cause = %error, "enforcement round failed for a key");
+                        }
+                        (stores.0, stores.1)
                     }
                 }
             };
@@ -870,6 +881,7 @@ fn record_enforcement_failures(
                 .unwrap_or_else(|| match &store.spec.selector {
                     KeyStoreSelector::Id(id) => id.clone(),
                     KeyStoreSelector::Name(name) => format!("name:{name}"),
+                    KeyStoreSelector::All => "all".to_string(),
                 });
         tracing::warn!(key_store = %key_store_id, region = %store.spec.target.region, cause = %error, "enforcement round failed for a key store");
         audit

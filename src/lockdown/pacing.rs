@@ -21,6 +21,8 @@ const PACING_HEADROOM: f64 = 0.9;
 pub(super) enum Operation {
     Disconnect,
     Describe,
+    /// A standard key's DisableKey (its own 5/s quota in KMS).
+    DisableKey,
 }
 
 /// The shared pacers of one engine: one token bucket per (scope, operation), created on first
