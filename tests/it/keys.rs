@@ -131,15 +131,13 @@ fn allow_unprotected_lets_check_online_pass_while_still_listing_them() {
 /// eu-west-1) across the demo's two accounts: the demo world and what is added to it.
 /// A key of the mixed world: (account, id, alias).
 type MixedKey = (&'static str, String, String);
+/// A store of the mixed world: (account, region, id).
+type MixedStore = (&'static str, &'static str, String);
 
-fn mixed_world() -> (
-    kms_sim::World,
-    Vec<(&'static str, &'static str, String)>,
-    Vec<MixedKey>,
-) {
+fn mixed_world() -> (kms_sim::World, Vec<MixedStore>, Vec<MixedKey>) {
     use crate::support::sim::DEMO_STORES;
     let mut world = kms_sim::World::demo();
-    let mut stores: Vec<(&str, &str, String)> = DEMO_STORES
+    let mut stores: Vec<MixedStore> = DEMO_STORES
         .iter()
         .map(|(account, region, id, _)| (*account, *region, id.to_string()))
         .collect();
