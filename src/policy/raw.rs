@@ -51,11 +51,11 @@ pub(super) struct RawEndpoints {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawKeyStore {
-    pub(super) all: Option<Spanned<bool>>,
     pub(super) id: Option<Spanned<String>>,
     pub(super) name: Option<Spanned<String>>,
     pub(super) region: Option<Spanned<String>>,
     pub(super) role_arn: Option<Spanned<String>>,
+    pub(super) all: Option<Spanned<bool>>,
 }
 
 /// One entry of `keys:` (a standard KMS key).
