@@ -6,7 +6,8 @@
 //! also re-enforces a latched lockdown ([`Engine::enforce`], in [`enforce`]) and describes stores
 //! without touching them ([`Engine::describe`]). It talks to AWS only through
 //! [`KeyStoreControl`], records through [`AuditSink`], and knows nothing of triggers, latches or
-//! file paths.
+//! file paths. `all.rs` expands `all: true` entries and finds unprotected stores; `keys.rs`
+//! disables and verifies standard KMS keys ([`Engine::lockdown_with_keys`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
