@@ -181,6 +181,17 @@ pub enum Event {
         region: String,
         key_state: String,
     },
+    /// An enforcement round while latched could not check or disable this standard key (one
+    /// record per failing key per round; the next round tries again).
+    KeyEnforcementFailed {
+        lockdown_id: String,
+        /// The key's id or ARN, or the policy's entry (e.g. an alias) while unresolved.
+        key_id: String,
+        region: String,
+        account: Option<String>,
+        key_state: Option<String>,
+        error: String,
+    },
     /// `drift_detected` for a standard key: while latched, a listed key seen `Enabled` is
     /// disabled again.
     #[serde(rename = "drift_detected")]
@@ -452,6 +463,14 @@ mod tests {
                 region: String::new(),
                 key_state: String::new(),
             },
+            Event::KeyEnforcementFailed {
+                lockdown_id: String::new(),
+                key_id: String::new(),
+                region: String::new(),
+                account: None,
+                key_state: None,
+                error: String::new(),
+            },
             drift(""),
             Event::Rearmed {
                 reason: String::new(),
@@ -508,7 +527,8 @@ mod tests {
                 | Event::KeyDisableRequested { .. }
                 | Event::KeyDisableResult { .. }
                 | Event::KeyVerified { .. }
-                | Event::KeyDriftDetected { .. } => {}
+                | Event::KeyDriftDetected { .. }
+                | Event::KeyEnforcementFailed { .. } => {}
             }
         }
         events

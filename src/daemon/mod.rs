@@ -593,11 +593,8 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                             enforce_round(&engine, &key_stores, lockdown_id, sink),
                             engine.enforce_keys(&keys, lockdown_id, sink)
                         );
-                        for key in keys.iter().filter(|k| k.error.is_some()) {
-                            let error = key.error.as_deref().unwrap_or_default();
-                            tracing::warn!(key = %key.spec.selector, region = %key.spec.target.region, cause = %error, "enforcement round failed for a key");
-                        }
-                        (stores.0, stores.1)
+                        record_key_enforcement_failures(&keys, lockdown_id, sink);
+                        stores
                     }
                 }
             };
@@ -863,6 +860,32 @@ async fn enforce_round<C: KeyStoreControl>(
     record_enforcement_failures(&report, lockdown_id, audit);
     let verified = report.stores.iter().filter(|s| s.verified).count();
     (verified, report.stores.len())
+}
+
+/// Audit every standard key an enforcement round could not check or disable (as for stores).
+fn record_key_enforcement_failures(
+    keys: &[crate::lockdown::EnforcedKey],
+    lockdown_id: &str,
+    audit: &dyn AuditSink,
+) {
+    for key in keys {
+        let Some(error) = &key.error else { continue };
+        let key_id = key
+            .key_id
+            .clone()
+            .unwrap_or_else(|| key.spec.selector.to_string());
+        tracing::warn!(key = %key_id, region = %key.spec.target.region, cause = %error, "enforcement round failed for a key");
+        audit
+            .record(Event::KeyEnforcementFailed {
+                lockdown_id: lockdown_id.to_string(),
+                key_id,
+                region: key.spec.target.region.clone(),
+                account: key.account.clone(),
+                key_state: key.key_state.as_ref().map(|s| s.to_string()),
+                error: error.clone(),
+            })
+            .queued();
+    }
 }
 
 /// Audit every store an enforcement round could not check or disconnect (issue 10, item 5:

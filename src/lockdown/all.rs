@@ -472,6 +472,36 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn all_true_whose_first_look_is_throttled_is_resolved_by_its_targets_own_describe() {
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(200)));
+        for n in 1..=3 {
+            fake.add(&id(n), DEFAULT_ACCOUNT, ConnectionState::Connected);
+        }
+        // Longer than the first look's retries (1 s of backoff), shorter than verify_timeout.
+        fake.script(
+            "DescribeCustomKeyStores",
+            &[crate::aws::ErrorKind::Throttled; 10],
+        );
+        let audit = Recorded::default();
+        let report = engine(&fake)
+            .lockdown(&request(vec![spec(KeyStoreSelector::All, None)]), &audit)
+            .await;
+
+        assert!(report.complete(), "{report:#?}");
+        assert_eq!(report.stores.len(), 3);
+        for n in 1..=3 {
+            assert_eq!(fake.seen(&id(n)), ConnectionState::Disconnected);
+        }
+        let events = audit.0.lock().unwrap().clone();
+        let Some(Event::LockdownStarted { key_stores, .. }) = events.first() else {
+            panic!("lockdown_started first: {events:?}");
+        };
+        assert_eq!(key_stores.len(), 1, "not resolved in time: {key_stores:?}");
+        assert_eq!(key_stores[0]["all"], true);
+        assert!(key_stores[0].get("id").is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn enforcement_with_all_true_disconnects_a_store_created_while_latched() {
         let fake = Arc::new(FakeAws::new(Duration::from_millis(100)));
         fake.add(&id(1), DEFAULT_ACCOUNT, ConnectionState::Disconnected);
