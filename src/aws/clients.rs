@@ -23,10 +23,10 @@ use tokio::sync::OnceCell;
 
 use super::classify::classify;
 use super::{
-    AlarmSource, AlarmState, AlarmStateValue, AwsError, DisconnectAccepted, ErrorKind, KeyStore,
-    KeyStoreControl,
+    AlarmSource, AlarmState, AlarmStateValue, AwsError, DisableKeyAccepted, DisconnectAccepted,
+    ErrorKind, KeyMetadata, KeyStore, KeyStoreControl,
 };
-use crate::model::{ConnectionState, Target};
+use crate::model::{ConnectionState, KeyState, Target};
 use crate::policy::Endpoints;
 
 /// A kill switch must not hang on a black-holed endpoint; KMS and VPC endpoints connect in
@@ -386,6 +386,63 @@ impl KeyStoreControl for AwsClients {
             .await
             .cloned()
             .map_err(|err| self.refused(target, &clients, err))
+    }
+
+    async fn disable_key(
+        &self,
+        target: &Target,
+        key_id: &str,
+    ) -> Result<DisableKeyAccepted, AwsError> {
+        use aws_sdk_kms::operation::RequestId;
+        let clients = self.clients(target).await;
+        let output = clients
+            .kms
+            .disable_key()
+            .key_id(key_id)
+            .send()
+            .await
+            .map_err(|err| {
+                self.refused(
+                    target,
+                    &clients,
+                    classify("DisableKey", &target.region, &err),
+                )
+            })?;
+        Ok(DisableKeyAccepted {
+            request_id: output.request_id().map(str::to_string),
+        })
+    }
+
+    async fn describe_key(&self, target: &Target, key_id: &str) -> Result<KeyMetadata, AwsError> {
+        const OPERATION: &str = "DescribeKey";
+        let clients = self.clients(target).await;
+        let output = clients
+            .kms
+            .describe_key()
+            .key_id(key_id)
+            .send()
+            .await
+            .map_err(|err| {
+                self.refused(target, &clients, classify(OPERATION, &target.region, &err))
+            })?;
+        let Some(metadata) = output.key_metadata() else {
+            return Err(AwsError::local(
+                OPERATION,
+                target,
+                ErrorKind::Other,
+                "response without KeyMetadata",
+            ));
+        };
+        Ok(KeyMetadata {
+            key_id: metadata.key_id().to_string(),
+            arn: metadata.arn().map(str::to_string),
+            key_state: metadata
+                .key_state()
+                .map(|s| KeyState::parse(s.as_str()))
+                .unwrap_or_else(|| KeyState::Other("(missing)".to_string())),
+            key_manager: metadata.key_manager().map(|m| m.as_str().to_string()),
+            multi_region: metadata.multi_region().unwrap_or(false),
+        })
     }
 }
 

@@ -7,7 +7,7 @@
 use std::fmt;
 use std::future::Future;
 
-use crate::model::{ConnectionState, Target};
+use crate::model::{ConnectionState, KeyState, Target};
 
 mod classify;
 mod clients;
@@ -95,6 +95,29 @@ impl AwsError {
     }
 }
 
+/// DescribeKey's `KeyMetadata`, in our own types.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyMetadata {
+    pub key_id: String,
+    pub arn: Option<String>,
+    pub key_state: KeyState,
+    /// `CUSTOMER` or `AWS` (an AWS managed key, which nobody can disable).
+    pub key_manager: Option<String>,
+    pub multi_region: bool,
+}
+
+impl KeyMetadata {
+    pub fn is_aws_managed(&self) -> bool {
+        self.key_manager.as_deref() == Some("AWS")
+    }
+}
+
+/// A DisableKey that KMS accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisableKeyAccepted {
+    pub request_id: Option<String>,
+}
+
 /// A Disconnect that KMS accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DisconnectAccepted {
@@ -125,6 +148,21 @@ pub trait KeyStoreControl: Send + Sync + 'static {
     /// The account id the target's credentials belong to (from the role ARN, or the caller
     /// identity of the base credentials). Cached.
     fn account(&self, target: &Target) -> impl Future<Output = Result<String, AwsError>> + Send;
+
+    /// DisableKey for one standard key (`key_id`: a key id or key ARN; KMS refuses an alias).
+    /// One attempt: the engine paces and retries.
+    fn disable_key(
+        &self,
+        target: &Target,
+        key_id: &str,
+    ) -> impl Future<Output = Result<DisableKeyAccepted, AwsError>> + Send;
+
+    /// DescribeKey (`key_id` in any form KMS takes: key id, key ARN, alias name, alias ARN).
+    fn describe_key(
+        &self,
+        target: &Target,
+        key_id: &str,
+    ) -> impl Future<Output = Result<KeyMetadata, AwsError>> + Send;
 }
 
 /// A CloudWatch alarm's `StateValue`. An answer without one, or with one this build does not

@@ -1,12 +1,16 @@
-//! `kms-killswitch status [--json]`: the latch, and each listed key store's ConnectionState as
-//! KMS reports it now (one Describe per account and region; nothing is changed). Exit 1 when a
-//! store could not be described.
+//! `kms-killswitch status [--json]`: the latch, each listed key store's ConnectionState as KMS
+//! reports it now (one Describe per account and region; nothing is changed), and the custom key
+//! stores of those account-regions that no entry covers (`unprotected_key_stores`). Exit 1 when
+//! a store could not be described.
 
 use anyhow::Context as _;
 use clap::Args;
 use serde_json::json;
 
-use crate::cmd::{Context, Exit, engine, runtime, status_table};
+use crate::cmd::{
+    Context, Exit, engine, key_status_json, key_status_table, key_targets, runtime, status_table,
+    unprotected_json, unprotected_table,
+};
 use crate::latch;
 use crate::lockdown::StoreStatus;
 use crate::model::KeyStoreSelector;
@@ -22,14 +26,30 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<Exit> {
     let policy = ctx.load_policy()?;
     let latch = latch::read(&policy.state_file)?;
     let runtime = runtime()?;
-    let statuses = runtime.block_on(async {
+    let (statuses, keys, unprotected) = runtime.block_on(async {
         let engine = engine(&policy).await;
-        engine.describe(&policy.key_stores).await
+        let (statuses, keys) = tokio::join!(
+            engine.describe(&policy.key_stores),
+            engine.describe_keys(&policy.keys)
+        );
+        // Its Describe errors are the ones the statuses report.
+        let (unprotected, _) = engine
+            .unprotected(&policy.key_stores, &key_targets(&policy))
+            .await;
+        (statuses, keys, unprotected)
     });
 
     if args.json {
         let key_stores: Vec<serde_json::Value> = statuses.iter().map(status_json).collect();
-        let out = json!({ "latched": latch.is_some(), "latch": latch, "key_stores": key_stores });
+        let unprotected_key_stores: Vec<serde_json::Value> =
+            unprotected.iter().map(unprotected_json).collect();
+        let out = json!({
+            "latched": latch.is_some(),
+            "latch": latch,
+            "key_stores": key_stores,
+            "keys": keys.iter().map(key_status_json).collect::<Vec<_>>(),
+            "unprotected_key_stores": unprotected_key_stores,
+        });
         println!(
             "{}",
             serde_json::to_string_pretty(&out).context("cannot encode the status")?
@@ -44,10 +64,25 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<Exit> {
         }
         println!();
         print!("{}", status_table(&statuses));
+        if !keys.is_empty() {
+            println!();
+            print!("{}", key_status_table(&keys));
+        }
+        if !unprotected.is_empty() {
+            println!();
+            println!("UNPROTECTED: custom key stores that no entry of key_stores covers:");
+            print!("{}", unprotected_table(&unprotected));
+        }
     }
     let mut exit = Exit::Success;
     for status in &statuses {
         if let Some(error) = &status.error {
+            eprintln!("kms-killswitch: {}", error.to_line());
+            exit = Exit::Incomplete;
+        }
+    }
+    for key in &keys {
+        if let Some(error) = &key.error {
             eprintln!("kms-killswitch: {}", error.to_line());
             exit = Exit::Incomplete;
         }
@@ -66,6 +101,10 @@ fn status_json(status: &StoreStatus) -> serde_json::Value {
         KeyStoreSelector::Name(name) => (
             store.map(|s| s.custom_key_store_id.clone()),
             Some(name.clone()),
+        ),
+        KeyStoreSelector::All => (
+            store.map(|s| s.custom_key_store_id.clone()),
+            store.and_then(|s| s.custom_key_store_name.clone()),
         ),
     };
     json!({

@@ -501,6 +501,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
             activity => activity.stop_enforcement(),
         }
         let request = switch::lockdown_request(&self.policy, lockdown_id, false);
+        let keys = self.policy.keys.clone();
         let engine = self.engine.clone();
         let audit = self.audit.clone();
         let state_file = self.policy.state_file.clone();
@@ -512,7 +513,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                 return None;
             };
             let sink: &dyn AuditSink = &*audit;
-            Some(engine.lockdown(&request, sink).await)
+            Some(engine.lockdown_with_keys(&request, &keys, sink).await)
         });
         *self.state.activity_mut() = Activity::LockingDown {
             task,
@@ -576,6 +577,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
         let engine = self.engine.clone();
         let audit = self.audit.clone();
         let key_stores = self.policy.key_stores.clone();
+        let keys = self.policy.keys.clone();
         let lockdown_id = latched.latch.lockdown_id.clone();
         let state_file = self.policy.state_file.clone();
         let require_latch = latched.persisted;
@@ -588,7 +590,13 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                     // Rearmed since this round was scheduled: nothing to enforce.
                     None => (0, 0),
                     Some(_lock) => {
-                        enforce_round(&engine, &key_stores, lockdown_id.as_str(), sink).await
+                        let lockdown_id = lockdown_id.as_str();
+                        let (stores, keys) = tokio::join!(
+                            enforce_round(&engine, &key_stores, lockdown_id, sink),
+                            engine.enforce_keys(&keys, lockdown_id, sink)
+                        );
+                        record_key_enforcement_failures(&keys, lockdown_id, sink);
+                        stores
                     }
                 }
             };
@@ -856,6 +864,32 @@ async fn enforce_round<C: KeyStoreControl>(
     (verified, report.stores.len())
 }
 
+/// Audit every standard key an enforcement round could not check or disable (as for stores).
+fn record_key_enforcement_failures(
+    keys: &[crate::lockdown::EnforcedKey],
+    lockdown_id: &str,
+    audit: &dyn AuditSink,
+) {
+    for key in keys {
+        let Some(error) = &key.error else { continue };
+        let key_id = key
+            .key_id
+            .clone()
+            .unwrap_or_else(|| key.spec.selector.to_string());
+        tracing::warn!(key = %key_id, region = %key.spec.target.region, cause = %error, "enforcement round failed for a key");
+        audit
+            .record(Event::KeyEnforcementFailed {
+                lockdown_id: lockdown_id.to_string(),
+                key_id,
+                region: key.spec.target.region.clone(),
+                account: key.account.clone(),
+                key_state: key.key_state.as_ref().map(|s| s.to_string()),
+                error: error.clone(),
+            })
+            .queued();
+    }
+}
+
 /// Audit every store an enforcement round could not check or disconnect (issue 10, item 5:
 /// a round failing for hours must show in the audit log, not only in the journal).
 fn record_enforcement_failures(
@@ -872,6 +906,7 @@ fn record_enforcement_failures(
                 .unwrap_or_else(|| match &store.spec.selector {
                     KeyStoreSelector::Id(id) => id.clone(),
                     KeyStoreSelector::Name(name) => format!("name:{name}"),
+                    KeyStoreSelector::All => "all".to_string(),
                 });
         tracing::warn!(key_store = %key_store_id, region = %store.spec.target.region, cause = %error, "enforcement round failed for a key store");
         audit

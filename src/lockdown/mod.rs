@@ -6,7 +6,8 @@
 //! also re-enforces a latched lockdown ([`Engine::enforce`], in [`enforce`]) and describes stores
 //! without touching them ([`Engine::describe`]). It talks to AWS only through
 //! [`KeyStoreControl`], records through [`AuditSink`], and knows nothing of triggers, latches or
-//! file paths.
+//! file paths. `all.rs` expands `all: true` entries and finds unprotected stores; `keys.rs`
+//! disables and verifies standard KMS keys ([`Engine::lockdown_with_keys`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -16,20 +17,23 @@ use futures_util::future::join_all;
 use tokio::time::{Instant, sleep_until, timeout_at};
 use tracing::{info, warn};
 
-use crate::audit::{AuditSink, DisconnectResult, Event, FailedStore};
+use crate::audit::{AuditSink, DisconnectResult, Event, Failed, FailedStore};
 use crate::aws::{AwsError, DisconnectAccepted, ErrorKind, KeyStore, KeyStoreControl};
-use crate::model::{ConnectionState, KeyStoreSelector, KeyStoreSpec, Target};
+use crate::model::{ConnectionState, KeySpec, KeyStoreSelector, KeyStoreSpec, Target};
 use crate::policy::LockdownSettings;
 
 mod account;
+mod all;
 mod enforce;
+mod keys;
 mod pacing;
 mod report;
 
+pub use all::UnprotectedStore;
 use pacing::{Operation, Pacer};
 pub use report::{
-    EnforceReport, EnforcedStore, LockdownError, LockdownReport, ProgressEvent, ProgressFn,
-    ProgressStep, StoreOutcome, StoreStatus,
+    EnforceReport, EnforcedKey, EnforcedStore, KeyOutcome, KeyStatus, LockdownError,
+    LockdownReport, ProgressEvent, ProgressFn, ProgressStep, StoreOutcome, StoreStatus,
 };
 
 /// Verification polls in the first second after the Disconnects: KMS usually reports
@@ -126,6 +130,7 @@ impl StoreState {
             (Some(id), _) => id.clone(),
             (None, KeyStoreSelector::Id(id)) => id.clone(),
             (None, KeyStoreSelector::Name(name)) => name.clone(),
+            (None, KeyStoreSelector::All) => "all".to_string(),
         }
     }
 
@@ -148,6 +153,8 @@ pub struct Engine<C> {
     settings: LockdownSettings,
     /// Shared by every lockdown and enforcement round of this engine.
     pacer: Pacer,
+    /// DescribeKey requests of the standard keys (see [`keys::DESCRIBE_KEY_RATE`]).
+    key_pacer: Pacer,
     /// (target, name) → custom key store id, from earlier Describes.
     names: Mutex<HashMap<(Target, String), String>>,
     /// Target without a role → its account, from an earlier GetCallerIdentity (audit and
@@ -161,6 +168,7 @@ impl<C: KeyStoreControl> Engine<C> {
         Engine {
             control,
             pacer: Pacer::new(settings.rate_limit),
+            key_pacer: Pacer::new(keys::DESCRIBE_KEY_RATE),
             settings,
             names: Mutex::new(HashMap::new()),
             accounts: Mutex::new(HashMap::new()),
@@ -179,11 +187,23 @@ impl<C: KeyStoreControl> Engine<C> {
         self
     }
 
-    /// Run one lockdown to completion or its `verify_timeout`. Never returns early because one
-    /// store failed.
+    /// Run one lockdown of the request's key stores to completion or its `verify_timeout`.
+    /// Never returns early because one store failed.
     pub async fn lockdown(
         &self,
         request: &LockdownRequest,
+        audit: &dyn AuditSink,
+    ) -> LockdownReport {
+        self.lockdown_with_keys(request, &[], audit).await
+    }
+
+    /// Run one lockdown of the request's key stores and of the standard `keys` (DisableKey,
+    /// verified Disabled, see [`keys`]), all at once, to completion or `verify_timeout`. Never
+    /// returns early because one store or key failed.
+    pub async fn lockdown_with_keys(
+        &self,
+        request: &LockdownRequest,
+        keys: &[KeySpec],
         audit: &dyn AuditSink,
     ) -> LockdownReport {
         let started = Instant::now();
@@ -192,18 +212,26 @@ impl<C: KeyStoreControl> Engine<C> {
             deadline: started + self.settings.verify_timeout,
             audit,
         };
+        // `all: true` entries are resolved first, so that `lockdown_started` lists their stores.
+        let expanded = self.expand_all(&request.key_stores, run.deadline).await;
         audit
             .record(Event::LockdownStarted {
                 lockdown_id: request.lockdown_id.clone(),
-                key_stores: request.key_stores.iter().map(spec_json).collect(),
+                key_stores: expanded
+                    .specs
+                    .iter()
+                    .zip(&expanded.from_all)
+                    .map(|(spec, from_all)| started_json(spec, *from_all))
+                    .collect(),
+                keys: keys.iter().map(keys::key_json).collect(),
                 dry_run: request.dry_run,
             })
             // Written in order: the first `disconnect_requested`, awaited before its send,
             // makes this durable in the same batch (one fsync before the first Disconnect).
             .queued();
-        info!(lockdown_id = %request.lockdown_id, key_stores = request.key_stores.len(), dry_run = request.dry_run, "lockdown started");
+        info!(lockdown_id = %request.lockdown_id, key_stores = expanded.specs.len(), dry_run = request.dry_run, "lockdown started");
 
-        let groups = group_by_target(&request.key_stores);
+        let groups = group_by_target(&expanded.specs);
         let runs = groups.into_iter().map(|(target, stores)| {
             let run = &run;
             async move {
@@ -215,8 +243,11 @@ impl<C: KeyStoreControl> Engine<C> {
                     .await
             }
         });
-        let mut outcomes: Vec<(usize, StoreOutcome)> = join_all(runs)
-            .await
+        let (store_runs, key_outcomes) = tokio::join!(
+            join_all(runs),
+            self.lockdown_keys(keys, request.dry_run, &run, started)
+        );
+        let mut outcomes: Vec<(usize, StoreOutcome)> = store_runs
             .into_iter()
             .flat_map(|(account, states)| {
                 states
@@ -229,6 +260,7 @@ impl<C: KeyStoreControl> Engine<C> {
             lockdown_id: request.lockdown_id.clone(),
             dry_run: request.dry_run,
             stores: outcomes.into_iter().map(|(_, o)| o).collect(),
+            keys: key_outcomes,
             elapsed: started.elapsed(),
         };
         record_finished(&report, audit).await;
@@ -251,7 +283,11 @@ impl<C: KeyStoreControl> Engine<C> {
             let account = self.known_account(&target);
             stores
                 .into_iter()
-                .map(|(index, spec)| {
+                .flat_map(|(index, spec)| {
+                    if spec.selector == KeyStoreSelector::All {
+                        let statuses = all::statuses(&spec, account.as_ref(), &listed);
+                        return statuses.into_iter().map(|s| (index, s)).collect();
+                    }
                     let (key_store, error) = match &listed {
                         Ok(listed) => match find(listed, &spec.selector) {
                             Some(store) => (Some(store.clone()), None),
@@ -264,7 +300,7 @@ impl<C: KeyStoreControl> Engine<C> {
                     {
                         self.remember_name(&target, name, &store.custom_key_store_id);
                     }
-                    (
+                    vec![(
                         index,
                         StoreStatus {
                             spec,
@@ -272,7 +308,7 @@ impl<C: KeyStoreControl> Engine<C> {
                             key_store,
                             error,
                         },
-                    )
+                    )]
                 })
                 .collect::<Vec<_>>()
         });
@@ -301,7 +337,7 @@ impl<C: KeyStoreControl> Engine<C> {
     async fn lockdown_stores(
         &self,
         target: &Target,
-        mut stores: Vec<StoreState>,
+        stores: Vec<StoreState>,
         dry_run: bool,
         run: &Run<'_>,
     ) -> Vec<StoreState> {
@@ -310,12 +346,14 @@ impl<C: KeyStoreControl> Engine<C> {
             || stores.iter().any(|s| match &s.spec.selector {
                 KeyStoreSelector::Id(_) => false,
                 KeyStoreSelector::Name(name) => self.cached_name(target, name).is_none(),
+                KeyStoreSelector::All => true,
             });
         let listed = if needs_describe {
             Some(self.describe_all(target, run.deadline, run.deadline).await)
         } else {
             None
         };
+        let mut stores = self.expand_all_states(target, stores, listed.as_ref());
         for store in &mut stores {
             self.resolve(target, store, listed.as_ref());
         }
@@ -346,6 +384,8 @@ impl<C: KeyStoreControl> Engine<C> {
         listed: Option<&Result<Vec<KeyStore>, AwsError>>,
     ) {
         match (&store.spec.selector, listed) {
+            // Expanded before (`expand_all_states`); what is left failed already.
+            (KeyStoreSelector::All, _) => {}
             (KeyStoreSelector::Id(id), _) => store.custom_key_store_id = Some(id.clone()),
             (KeyStoreSelector::Name(name), None) => {
                 store.custom_key_store_id = self.cached_name(target, name)
@@ -829,26 +869,31 @@ impl<C: KeyStoreControl> Engine<C> {
 
 /// The audit record and log line that close a lockdown.
 async fn record_finished(report: &LockdownReport, audit: &dyn AuditSink) {
-    let failed: Vec<FailedStore> = report
+    let mut failed: Vec<Failed> = report
         .stores
         .iter()
         .filter(|s| !s.verified)
-        .map(|s| FailedStore {
-            key_store_id: s
-                .custom_key_store_id
-                .clone()
-                .unwrap_or_else(|| selector_text(&s.spec)),
-            region: s.spec.target.region.clone(),
-            connection_state: s.connection_state.as_ref().map(|c| c.to_string()),
-            error: s.error.as_ref().map(LockdownError::to_line),
+        .map(|s| {
+            Failed::Store(FailedStore {
+                key_store_id: s
+                    .custom_key_store_id
+                    .clone()
+                    .unwrap_or_else(|| selector_text(&s.spec)),
+                region: s.spec.target.region.clone(),
+                connection_state: s.connection_state.as_ref().map(|c| c.to_string()),
+                error: s.error.as_ref().map(LockdownError::to_line),
+            })
         })
         .collect();
+    failed.extend(keys::failed_keys(&report.keys));
     let verified = report.stores.iter().filter(|s| s.verified).count();
+    let keys_verified = report.keys.iter().filter(|k| k.verified).count();
     audit
         .record(Event::LockdownFinished {
             lockdown_id: report.lockdown_id.clone(),
             outcome: report.outcome(),
             verified,
+            keys_verified,
             failed,
             elapsed_ms: u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX),
         })
@@ -858,6 +903,8 @@ async fn record_finished(report: &LockdownReport, audit: &dyn AuditSink) {
         outcome = ?report.outcome(),
         verified,
         total = report.stores.len(),
+        keys_verified,
+        keys = report.keys.len(),
         elapsed_ms = report.elapsed.as_millis() as u64,
         "lockdown finished"
     );
@@ -911,6 +958,7 @@ fn find<'a>(listed: &'a [KeyStore], selector: &KeyStoreSelector) -> Option<&'a K
         KeyStoreSelector::Name(name) => listed
             .iter()
             .find(|s| s.custom_key_store_name.as_deref() == Some(name)),
+        KeyStoreSelector::All => None,
     }
 }
 
@@ -922,6 +970,7 @@ fn selector_text(spec: &KeyStoreSpec) -> String {
     match &spec.selector {
         KeyStoreSelector::Id(id) => id.clone(),
         KeyStoreSelector::Name(name) => format!("name:{name}"),
+        KeyStoreSelector::All => "all".to_string(),
     }
 }
 
@@ -948,12 +997,23 @@ fn spec_json(spec: &KeyStoreSpec) -> serde_json::Value {
     match &spec.selector {
         KeyStoreSelector::Id(id) => entry.insert("id".into(), id.clone().into()),
         KeyStoreSelector::Name(name) => entry.insert("name".into(), name.clone().into()),
+        KeyStoreSelector::All => entry.insert("all".into(), true.into()),
     };
     entry.insert("region".into(), spec.target.region.clone().into());
     if let Some(role_arn) = &spec.target.role_arn {
         entry.insert("role_arn".into(), role_arn.clone().into());
     }
     serde_json::Value::Object(entry)
+}
+
+/// A `lockdown_started` entry: the policy entry, or a store an `all: true` entry resolved to
+/// (`"all": true` beside its `id`).
+fn started_json(spec: &KeyStoreSpec, from_all: bool) -> serde_json::Value {
+    let mut entry = spec_json(spec);
+    if let (true, serde_json::Value::Object(map)) = (from_all, &mut entry) {
+        map.insert("all".into(), true.into());
+    }
+    entry
 }
 
 fn outcome(store: StoreState, account: Option<String>, started: Instant) -> StoreOutcome {

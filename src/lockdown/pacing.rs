@@ -24,6 +24,8 @@ const ARRIVAL_MARGIN: Duration = Duration::from_millis(10);
 pub(super) enum Operation {
     Disconnect,
     Describe,
+    /// A standard key's DisableKey (its own 5/s quota in KMS).
+    DisableKey,
 }
 
 /// The shared pacers of one engine: one token bucket per (scope, operation), created on first

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use sha2::Digest;
 
-use crate::model::{KeyStoreSelector, KeyStoreSpec, Target};
+use crate::model::{KeySpec, KeyStoreSelector, KeyStoreSpec, Target};
 
 pub use error::{PolicyError, Position, Problem};
 
@@ -144,6 +144,11 @@ pub struct Policy {
     pub role_arn: Option<String>,
     pub endpoints: Endpoints,
     pub key_stores: Vec<KeyStoreSpec>,
+    /// `keys:`: standard KMS keys to disable on a trip (empty when the policy lists none).
+    pub keys: Vec<KeySpec>,
+    /// `lockdown.allow_unprotected`: `check --online` passes although a custom key store of a
+    /// listed account-region is covered by no entry (it still lists them).
+    pub allow_unprotected: bool,
     pub triggers: Triggers,
     pub lockdown: LockdownSettings,
     pub state_file: PathBuf,

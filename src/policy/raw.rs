@@ -24,6 +24,7 @@ pub(super) struct RawPolicy {
     pub(super) version: Option<Spanned<u32>>,
     pub(super) aws: Option<Spanned<RawAws>>,
     pub(super) key_stores: Option<Spanned<Vec<Spanned<RawKeyStore>>>>,
+    pub(super) keys: Option<Spanned<Vec<Spanned<RawKey>>>>,
     pub(super) triggers: Option<Spanned<RawTriggers>>,
     pub(super) lockdown: Option<RawLockdown>,
     pub(super) state_file: Option<Spanned<String>>,
@@ -52,6 +53,18 @@ pub(super) struct RawEndpoints {
 pub(super) struct RawKeyStore {
     pub(super) id: Option<Spanned<String>>,
     pub(super) name: Option<Spanned<String>>,
+    pub(super) region: Option<Spanned<String>>,
+    pub(super) role_arn: Option<Spanned<String>>,
+    pub(super) all: Option<Spanned<bool>>,
+}
+
+/// One entry of `keys:` (a standard KMS key).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKey {
+    pub(super) arn: Option<Spanned<String>>,
+    pub(super) id: Option<Spanned<String>>,
+    pub(super) alias: Option<Spanned<String>>,
     pub(super) region: Option<Spanned<String>>,
     pub(super) role_arn: Option<Spanned<String>>,
 }
@@ -119,6 +132,7 @@ pub(super) struct RawLockdown {
     pub(super) verify_timeout: Option<Spanned<String>>,
     pub(super) enforce_interval: Option<Spanned<String>>,
     pub(super) rate_limit: Option<Spanned<u32>>,
+    pub(super) allow_unprotected: Option<bool>,
 }
 
 /// Parser settings: duplicate keys are errors (serde-saphyr's default, restated because the

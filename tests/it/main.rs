@@ -10,6 +10,7 @@ mod daemon;
 mod fs_trust;
 mod fuzz;
 mod hostile;
+mod keys;
 mod lockdown;
 mod policy_check;
 mod ship;

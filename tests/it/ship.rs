@@ -411,7 +411,7 @@ mod iam {
     const NEEDS_NO_PERMISSION: &[&str] = &["sts:GetCallerIdentity"];
 
     /// What the kill switch must never be able to do.
-    const MUST_BE_DENIED: &[&str] = &["kms:ConnectCustomKeyStore"];
+    const MUST_BE_DENIED: &[&str] = &["kms:ConnectCustomKeyStore", "kms:EnableKey"];
 
     /// One statement of an IAM policy, with its string-or-list fields flattened.
     #[derive(Debug)]
@@ -533,6 +533,8 @@ mod iam {
             &[
                 "cloudwatch:DescribeAlarms",
                 "kms:DescribeCustomKeyStores",
+                "kms:DescribeKey",
+                "kms:DisableKey",
                 "kms:DisconnectCustomKeyStore",
                 "sts:AssumeRole",
             ],
@@ -545,6 +547,8 @@ mod iam {
             ROLE_POLICY,
             &[
                 "kms:DescribeCustomKeyStores",
+                "kms:DescribeKey",
+                "kms:DisableKey",
                 "kms:DisconnectCustomKeyStore",
             ],
         );

@@ -10,6 +10,7 @@
 
 mod aws;
 mod key_stores;
+mod keys;
 mod lockdown;
 mod triggers;
 
@@ -78,7 +79,13 @@ impl Validator {
             role_arn: role_arn.as_deref(),
         };
         let key_stores = self.key_stores(raw.key_stores, defaults);
+        let keys = self.keys(raw.keys, defaults);
         let triggers = self.triggers(raw.triggers, defaults);
+        let allow_unprotected = raw
+            .lockdown
+            .as_ref()
+            .and_then(|lockdown| lockdown.allow_unprotected)
+            .unwrap_or(false);
         let lockdown = self.lockdown(raw.lockdown);
         let state_file = self.absolute_path(raw.state_file, "state_file", DEFAULT_STATE_FILE);
         let audit_log = self.absolute_path(raw.audit_log, "audit_log", DEFAULT_AUDIT_LOG);
@@ -90,6 +97,8 @@ impl Validator {
             role_arn,
             endpoints,
             key_stores: key_stores?,
+            keys: keys?,
+            allow_unprotected,
             triggers: triggers?,
             lockdown: lockdown?,
             state_file: state_file?.0,
