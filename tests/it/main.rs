@@ -11,5 +11,6 @@ mod fs_trust;
 mod fuzz;
 mod hostile;
 mod lockdown;
+mod notify;
 mod policy_check;
 mod ship;
