@@ -18,9 +18,9 @@ use crate::model::Target;
 /// How often health is judged: four times a second, so the heartbeat (every 1 s at the
 /// shortest) stops within a quarter of a second of the daemon turning unhealthy.
 pub const HEALTH_CHECK_INTERVAL: Duration = Duration::from_millis(250);
-/// The main loop turns at least every 500 ms (its latch poll); four times that without a turn
-/// is a stalled loop, not a busy one.
-pub const LOOP_STALL: Duration = Duration::from_secs(2);
+/// The main loop turns at least every 500 ms (its latch poll); ten times that without a turn
+/// is a stalled loop, not a busy one on a loaded machine.
+pub const LOOP_STALL: Duration = Duration::from_secs(5);
 /// A probe of the audit log that takes longer than this (a hung disk) counts as unwritable.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
