@@ -70,10 +70,11 @@ async fn run_daemon(ctx: &Context, policy: Policy) -> anyhow::Result<Exit> {
     let audit = Arc::new(audit);
     // Notifications and the heartbeat decorate the audit sink the daemon and the engine write
     // through: the record first, the notification after it, from its own tasks.
-    let notifier = (!sinks.is_empty() || policy.heartbeat.is_some()).then(|| {
-        let settings = notify::Settings::from_policy(&policy);
-        notify::start(settings, sinks, audit.clone(), aws.clone())
-    });
+    let notifier = (!sinks.is_empty() || policy.heartbeat.is_some() || policy.metrics.is_some())
+        .then(|| {
+            let settings = notify::Settings::from_policy(&policy);
+            notify::start(settings, sinks, audit.clone(), aws.clone())
+        });
     let daemon_audit: Arc<dyn DaemonAudit> = match &notifier {
         Some(started) => started.audit.clone(),
         None => audit.clone(),

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use super::health::{Health, LogHealth};
 use super::message::{Notification, build, is_notified};
+use super::metrics::Metrics;
 use super::{ATTEMPT_TIMEOUT, ATTEMPTS, RETRY_BACKOFF, Settings, Sink};
 use crate::audit::{AuditSink, Event, NotificationResult, Recorded};
 use crate::aws::Messaging;
@@ -40,9 +41,24 @@ enum Work {
     Drain(oneshot::Sender<()>),
 }
 
+/// The audit log with the metrics counting each record (what the dispatcher and the workers
+/// record through).
+struct Observed {
+    log: Arc<dyn LogHealth>,
+    metrics: Arc<Metrics>,
+}
+
+impl AuditSink for Observed {
+    fn record(&self, event: Event) -> Recorded {
+        self.metrics.observe(&event);
+        self.log.record(event)
+    }
+}
+
 /// The daemon's audit sink with notifications: every record goes to the audit log first.
 pub struct NotifyingAudit {
     log: Arc<dyn LogHealth>,
+    metrics: Arc<Metrics>,
     queue: mpsc::UnboundedSender<Queued>,
     /// Set once the health watch starts: the daemon's loop reports to it.
     health: Mutex<Option<Arc<Health>>>,
@@ -91,6 +107,7 @@ impl AuditSink for NotifyingAudit {
         {
             health.enforcement_failed();
         }
+        self.metrics.observe(&event);
         if !is_notified(&event) {
             return self.log.record(event);
         }
@@ -116,19 +133,22 @@ pub(super) fn start<M: Messaging>(
     settings: &Settings,
     sinks: Vec<Sink>,
     log: Arc<dyn LogHealth>,
+    metrics: Arc<Metrics>,
     aws: Arc<M>,
 ) -> (Arc<NotifyingAudit>, Vec<JoinHandle<()>>) {
     let (queue, queued) = mpsc::unbounded_channel();
     let audit = Arc::new(NotifyingAudit {
         log: log.clone(),
+        metrics: metrics.clone(),
         queue,
         health: Mutex::new(None),
     });
+    let observed: Arc<dyn AuditSink> = Arc::new(Observed { log, metrics });
     let mut tasks = Vec::new();
     let mut workers = Vec::new();
     for sink in sinks {
         let (tx, rx) = mpsc::channel(SINK_QUEUE);
-        let sink_log: Arc<dyn AuditSink> = log.clone();
+        let sink_log = observed.clone();
         tasks.push(tokio::spawn(worker(
             sink.clone(),
             rx,
@@ -137,12 +157,11 @@ pub(super) fn start<M: Messaging>(
         )));
         workers.push((sink.label(), tx));
     }
-    let sink_log: Arc<dyn AuditSink> = log;
     tasks.push(tokio::spawn(dispatcher(
         settings.clone(),
         queued,
         workers,
-        sink_log,
+        observed,
     )));
     (audit, tasks)
 }
@@ -406,6 +425,8 @@ mod tests {
             state_file: "/nonexistent/latch.json".into(),
             heartbeat: None,
             enforce_interval: None,
+            metrics_textfile: None,
+            status_file: "/nonexistent/notify.json".into(),
         }
     }
 
@@ -433,7 +454,13 @@ mod tests {
             ..Topic::default()
         });
         let log = Arc::new(Log::default());
-        let (audit, _tasks) = start(&settings(), vec![sns()], log.clone(), topic.clone());
+        let (audit, _tasks) = start(
+            &settings(),
+            vec![sns()],
+            log.clone(),
+            Metrics::new(),
+            topic.clone(),
+        );
         audit
             .record(Event::Rearmed {
                 reason: "all clear".into(),
@@ -462,7 +489,13 @@ mod tests {
             ..Topic::default()
         });
         let log = Arc::new(Log::default());
-        let (audit, _tasks) = start(&settings(), vec![sns()], log.clone(), topic.clone());
+        let (audit, _tasks) = start(
+            &settings(),
+            vec![sns()],
+            log.clone(),
+            Metrics::new(),
+            topic.clone(),
+        );
         audit.record(Event::DaemonStarted).await;
         audit.record(Event::Healthy).await;
         let started = tokio::time::Instant::now();

@@ -42,6 +42,11 @@ pub trait LogHealth: AuditSink {
     fn retry_held(&self) -> bool {
         true
     }
+
+    /// Records held in memory because the file cannot be written.
+    fn held(&self) -> usize {
+        0
+    }
 }
 
 impl LogHealth for AuditLog {
@@ -61,15 +66,22 @@ impl LogHealth for AuditLog {
         self.flush_soon();
         self.unflushed() == 0
     }
+
+    fn held(&self) -> usize {
+        self.unflushed()
+    }
 }
 
 /// The health as of the last check, for `status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HealthReport {
     pub healthy: bool,
     pub reasons: Vec<String>,
     /// RFC 3339 time of the last heartbeat CloudWatch accepted.
     pub last_heartbeat: Option<String>,
+    /// The same, as Unix seconds (for the metrics).
+    #[serde(skip)]
+    pub last_heartbeat_unix: Option<f64>,
 }
 
 /// What the watch, the daemon's loop and the heartbeat share.
@@ -104,6 +116,7 @@ impl Health {
                     healthy: true,
                     reasons: Vec::new(),
                     last_heartbeat: None,
+                    last_heartbeat_unix: None,
                 },
             }),
         })
@@ -154,7 +167,13 @@ impl Health {
     }
 
     fn heartbeat_sent(&self, at: SystemTime) {
-        self.lock().report.last_heartbeat = Some(humantime::format_rfc3339_millis(at).to_string());
+        let mut inner = self.lock();
+        inner.report.last_heartbeat = Some(humantime::format_rfc3339_millis(at).to_string());
+        // Milliseconds, like the RFC 3339 text: the two always name the same instant.
+        inner.report.last_heartbeat_unix = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_millis() as f64 / 1000.0);
     }
 }
 
@@ -218,7 +237,9 @@ pub(super) async fn heartbeat<M: Messaging>(
             continue;
         }
         let put = aws.put_heartbeat(&target, &datum);
-        match tokio::time::timeout(interval.min(super::ATTEMPT_TIMEOUT), put).await {
+        // The first call also fetches credentials: allow a full attempt even at 1 s intervals
+        // (the next tick waits for this one: beats never pile up).
+        match tokio::time::timeout(super::ATTEMPT_TIMEOUT, put).await {
             Ok(Ok(())) => health.heartbeat_sent(SystemTime::now()),
             Ok(Err(err)) => {
                 tracing::warn!(namespace = %datum.namespace, cause = %err, "heartbeat not accepted")

@@ -22,6 +22,7 @@
 mod dispatch;
 mod health;
 mod message;
+mod metrics;
 mod webhook;
 
 use std::path::PathBuf;
@@ -34,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 pub use self::dispatch::NotifyingAudit;
 pub use self::health::{HealthReport, LogHealth};
 pub use self::message::{Notification, build as build_notification, is_notified};
+pub use self::metrics::{LastNotification, Metrics, StatusFile};
 pub use self::webhook::{SIGNATURE_HEADER, Secret, Webhook};
 use crate::audit::AuditSink;
 use crate::aws::{HeartbeatDatum, Messaging};
@@ -106,6 +108,16 @@ pub struct Settings {
     pub heartbeat: Option<(Target, HeartbeatDatum, Duration)>,
     /// `lockdown.enforce_interval`: how long an `enforcement_failed` counts against health.
     pub enforce_interval: Option<Duration>,
+    /// `metrics.textfile`.
+    pub metrics_textfile: Option<PathBuf>,
+    /// The notifier's status file for `status` ([`status_file`]).
+    pub status_file: PathBuf,
+}
+
+/// Where the daemon's notifier writes its status (health, last heartbeat, last notification per
+/// sink) for `kms-killswitch status`: `notify.json` beside the latch, in the state directory.
+pub fn status_file(state_file: &std::path::Path) -> PathBuf {
+    state_file.with_file_name("notify.json")
 }
 
 impl Settings {
@@ -123,6 +135,8 @@ impl Settings {
             host,
             state_file: policy.state_file.clone(),
             enforce_interval: policy.lockdown.enforce_interval,
+            metrics_textfile: policy.metrics.as_ref().map(|m| m.textfile.clone()),
+            status_file: status_file(&policy.state_file),
         }
     }
 }
@@ -140,6 +154,8 @@ pub struct Started {
     pub audit: Arc<NotifyingAudit>,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    /// The metrics and status writer: stopped last, after its final write.
+    writer: JoinHandle<()>,
 }
 
 /// Start the dispatcher, one worker per sink, the health watch and the heartbeat. `log` is the
@@ -151,9 +167,20 @@ pub fn start<M: Messaging>(
     aws: Arc<M>,
 ) -> Started {
     let stop = CancellationToken::new();
-    let (audit, mut tasks) = dispatch::start(&settings, sinks, log.clone(), aws.clone());
+    let metrics = Metrics::new();
+    let (audit, mut tasks) =
+        dispatch::start(&settings, sinks, log.clone(), metrics.clone(), aws.clone());
     let health = health::Health::new(settings.enforce_interval);
     audit.set_health(health.clone());
+    let writer = tokio::spawn(metrics::write_files(
+        metrics,
+        health.clone(),
+        log.clone(),
+        settings.metrics_textfile.clone(),
+        settings.status_file.clone(),
+        settings.state_file.clone(),
+        stop.clone(),
+    ));
     tasks.push(tokio::spawn(health::watch(
         health.clone(),
         log,
@@ -170,7 +197,12 @@ pub fn start<M: Messaging>(
             stop.clone(),
         )));
     }
-    Started { audit, stop, tasks }
+    Started {
+        audit,
+        stop,
+        tasks,
+        writer,
+    }
 }
 
 impl Started {
@@ -181,6 +213,8 @@ impl Started {
         for task in self.tasks {
             task.abort();
         }
+        // One last write of the metrics and status files (bounded like the drain).
+        let _ = tokio::time::timeout(timeout, self.writer).await;
     }
 }
 

@@ -378,3 +378,142 @@ fn heartbeat_arrives_every_interval_and_stops_while_frozen_or_unable_to_record()
     daemon.signal("TERM");
     assert_eq!(daemon.wait_exit().code(), Some(0), "{}", daemon.log());
 }
+
+/// `<name>{labels} value` lines of a Prometheus text exposition, by series.
+fn samples(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn the_metrics_textfile_parses_with_promtool_and_matches_status() {
+    let mut topic_arn = String::new();
+    let env = env_with(PolicyOptions::default(), |env| {
+        topic_arn = env.sim.create_topic(ACCOUNT, REGION, "metrics").unwrap();
+        std::fs::create_dir(env.dir.path().join("metrics")).unwrap();
+        format!(
+            "notify:\n  - sns: {{topic_arn: \"{topic_arn}\"}}\n\
+             heartbeat:\n  namespace: KmsKillswitch\n  interval: 1s\n\
+             metrics:\n  textfile: \"{}/metrics/kms_killswitch.prom\"\n",
+            env.dir.path().display()
+        )
+    });
+    let textfile = env.dir.path().join("metrics/kms_killswitch.prom");
+    let mut daemon = env.start();
+    env.touch_flag();
+    env.wait_all_disconnected();
+    env.wait_events("lockdown_finished", 1);
+    wait_for("lockdown_finished delivered", || {
+        env.events("notification_sent")
+            .iter()
+            .any(|s| s["notified"] == "lockdown_finished" && s["result"] == "delivered")
+            .then_some(())
+    })
+    .unwrap();
+    wait_for("a heartbeat", || {
+        (!heartbeats(&env).is_empty()).then_some(())
+    })
+    .unwrap();
+    // Stopped, the files hold their final values: nothing changes between the two reads.
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit().code(), Some(0), "{}", daemon.log());
+
+    let check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&textfile).expect("the textfile exists"))
+        .output()
+        .expect("promtool runs (Debian package prometheus; .ci/test installs it)");
+    let text = std::fs::read_to_string(&textfile).unwrap();
+    assert!(
+        check.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let series = samples(&text);
+    let value = |name: &str| {
+        series
+            .iter()
+            .find(|(s, _)| s == name)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("{name} not in:\n{text}"))
+    };
+    for name in [
+        "kms_killswitch_up",
+        "kms_killswitch_throttled_total",
+        "kms_killswitch_audit_records_pending",
+        "kms_killswitch_alarm_poll_failures_total",
+    ] {
+        value(name);
+    }
+    assert_eq!(
+        value("kms_killswitch_lockdowns_total{outcome=\"complete\"}"),
+        1.0
+    );
+    assert!(value("kms_killswitch_last_lockdown_duration_seconds") > 0.0);
+
+    let status = env.run_status_json();
+    assert_eq!(status["latched"], true);
+    assert_eq!(value("kms_killswitch_latched"), 1.0);
+    // Matched by id and region: `account` is labelled as the audit records give it (empty
+    // where the engine had not resolved it when it sent the Disconnect).
+    for store in status["key_stores"].as_array().unwrap() {
+        let prefix = format!(
+            "kms_killswitch_key_store_disconnected{{key_store_id=\"{}\",region=\"{}\",",
+            store["key_store_id"].as_str().unwrap(),
+            store["region"].as_str().unwrap(),
+        );
+        let (_, metric) = series
+            .iter()
+            .find(|(s, _)| s.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("{prefix} not in:\n{text}"));
+        let disconnected = store["connection_state"] == "DISCONNECTED";
+        assert_eq!(*metric, f64::from(u8::from(disconnected)), "{prefix}");
+    }
+    let sink = format!("sns:{topic_arn}");
+    assert_eq!(
+        status["notifications"][&sink]["result"], "delivered",
+        "{status}"
+    );
+    let delivered = env
+        .events("notification_sent")
+        .iter()
+        .filter(|s| s["sink"] == sink.as_str() && s["result"] == "delivered")
+        .count();
+    assert_eq!(
+        value(&format!(
+            "kms_killswitch_notifications_total{{sink=\"{sink}\",result=\"delivered\"}}"
+        )),
+        delivered as f64
+    );
+    let last_heartbeat = status["health"]["last_heartbeat"]
+        .as_str()
+        .expect("a heartbeat in status");
+    let at = humantime::parse_rfc3339(last_heartbeat).unwrap();
+    let unix = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as f64
+        / 1000.0;
+    assert!(
+        (value("kms_killswitch_heartbeat_last_success_timestamp_seconds") - unix).abs() < 0.002,
+        "{last_heartbeat} vs {text}\n{}",
+        daemon.log()
+    );
+    // The text form names the same.
+    let plain = env.command().arg("status").output().unwrap();
+    let plain = String::from_utf8_lossy(&plain.stdout);
+    assert!(
+        plain.contains(&format!("last heartbeat: {last_heartbeat}")),
+        "{plain}"
+    );
+    assert!(
+        plain.contains(&format!("last notification to {sink}: ")),
+        "{plain}"
+    );
+}
