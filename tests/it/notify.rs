@@ -517,3 +517,77 @@ fn the_metrics_textfile_parses_with_promtool_and_matches_status() {
         "{plain}"
     );
 }
+
+/// A command block of the README's notification section that starts with `prefix`, with its
+/// line continuations joined.
+fn readme_command(prefix: &str) -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("## Knowing that it fired, and that it is alive")
+        .nth(1)
+        .expect("the README section");
+    let start = section
+        .find(prefix)
+        .unwrap_or_else(|| panic!("{prefix} in the README"));
+    let rest = &section[start..];
+    let end = rest.find("\n```").unwrap();
+    rest[..end].replace("\\\n", " ")
+}
+
+#[test]
+fn the_readme_signature_check_matches_the_daemons_signature() {
+    let receiver = Receiver::answering();
+    let mut secret = std::path::PathBuf::new();
+    let env = env_with(PolicyOptions::default(), |env| {
+        secret = secret_file(env);
+        format!(
+            "notify:\n  - webhook: {{url: \"{}\", secret_file: \"{}\"}}\n",
+            receiver.url,
+            secret.display()
+        )
+    });
+    let mut daemon = env.start();
+    env.touch_flag();
+    let hook = wait_for("a webhook", || receiver.received().into_iter().next()).unwrap();
+    let command = readme_command("printf '%s' \"$BODY\"");
+    let output = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&command)
+        .current_dir(secret.parent().unwrap())
+        .env("BODY", String::from_utf8(hook.body.clone()).unwrap())
+        .output()
+        .expect("sh runs");
+    let computed = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    assert_eq!(
+        Some(computed.as_str()),
+        hook.header("x-kms-killswitch-signature"),
+        "{command}: {output:?}"
+    );
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit().code(), Some(0), "{}", daemon.log());
+}
+
+#[test]
+fn the_readme_heartbeat_alarm_watches_what_the_daemon_puts() {
+    let command = readme_command("aws cloudwatch put-metric-alarm");
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let arg = |name: &str| {
+        let at = words
+            .iter()
+            .position(|w| *w == name)
+            .unwrap_or_else(|| panic!("{name} in {command}"));
+        words[at + 1]
+    };
+    // What `heartbeat_arrives_every_interval_…` sees the daemon put: namespace, `Heartbeat`
+    // (the default metric name), one `Host` dimension, every 60 s by default.
+    assert_eq!(arg("--namespace"), "KmsKillswitch");
+    assert_eq!(arg("--metric-name"), "Heartbeat");
+    assert!(
+        arg("--dimensions").starts_with("Name=Host,Value="),
+        "{command}"
+    );
+    assert_eq!(arg("--treat-missing-data"), "breaching");
+    assert!(arg("--period").parse::<u64>().unwrap() >= 60, "{command}");
+    assert_eq!(arg("--comparison-operator"), "LessThanThreshold");
+}
