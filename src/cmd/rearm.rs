@@ -16,6 +16,10 @@ use crate::notify;
 use crate::policy::Policy;
 use crate::switch;
 
+/// How long `rearm` waits for its `rearmed` notification: one attempt's worth per sink (they run
+/// at once), so an operator is never held up long by a sink that hangs; the attempts are audited.
+const REARM_NOTIFY_TIMEOUT: std::time::Duration = notify::ATTEMPT_TIMEOUT;
+
 #[derive(Debug, Args)]
 pub struct RearmArgs {
     /// Why the switch is being re-armed (recorded in the audit log).
@@ -70,7 +74,7 @@ pub fn run(ctx: &Context, args: &RearmArgs) -> anyhow::Result<Exit> {
 }
 
 /// Send `rearmed` to the policy's sinks (there is no daemon to queue it for us), each attempt
-/// audited; at most [`notify::DRAIN_TIMEOUT`]. A sink that fails changes nothing about the rearm.
+/// audited; at most [`REARM_NOTIFY_TIMEOUT`]. A sink that fails changes nothing about the rearm.
 fn notify_rearmed(policy: &Policy, audit: &AuditLog, latch: &latch::Latch, reason: &str, by: &str) {
     if policy.notify.is_empty() {
         return;
@@ -99,7 +103,7 @@ fn notify_rearmed(policy: &Policy, audit: &AuditLog, latch: &latch::Latch, reaso
             notify::Sink::Webhook(_) => None,
         });
         let aws = AwsClients::new(&policy.endpoints, targets.collect::<Vec<_>>()).await;
-        notify::send_now(&notification, &sinks, &aws, audit, notify::DRAIN_TIMEOUT).await;
+        notify::send_now(&notification, &sinks, &aws, audit, REARM_NOTIFY_TIMEOUT).await;
     };
     match runtime() {
         Ok(runtime) => runtime.block_on(send),
