@@ -7,8 +7,8 @@
 //!    lockdown to finish, remove the flag, `kms-killswitch rearm`, wait for STATUS=armed on our
 //!    NOTIFY_SOCKET, reconnect the stores in the sim, repeat. p50/p99/max.
 //! 2. signal: the same with SIGUSR1 sent straight to the daemon (`kill(2)` via rustix).
-//! 2b. file flag again with a webhook that never answers and an SNS topic that refuses (issue
-//!    13): the notifications must not delay the first Disconnect (at most 10 trips).
+//!    Then the file flag again with a webhook that never answers and an SNS topic that refuses
+//!    (issue 13): the notifications must not delay the first Disconnect (at most 10 trips).
 //! 3. idle: a fresh daemon watching 10 alarms polled every 10 s; CPU time (sum of
 //!    `/proc/<pid>/task/*/schedstat`, ns) and RSS (`/proc/<pid>/status`) over `IDLE_SECS`.
 //!
