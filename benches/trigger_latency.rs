@@ -7,6 +7,8 @@
 //!    lockdown to finish, remove the flag, `kms-killswitch rearm`, wait for STATUS=armed on our
 //!    NOTIFY_SOCKET, reconnect the stores in the sim, repeat. p50/p99/max.
 //! 2. signal: the same with SIGUSR1 sent straight to the daemon (`kill(2)` via rustix).
+//!    Then the file flag again with a webhook that never answers and an SNS topic that refuses
+//!    (issue 13): the notifications must not delay the first Disconnect (at most 10 trips).
 //! 3. idle: a fresh daemon watching 10 alarms polled every 10 s; CPU time (sum of
 //!    `/proc/<pid>/task/*/schedstat`, ns) and RSS (`/proc/<pid>/status`) over `IDLE_SECS`.
 //!
@@ -296,6 +298,45 @@ fn slow_sync_shim() -> Option<PathBuf> {
     }
 }
 
+/// Issue 13: the file-flag trip again, with a webhook that never answers and an SNS topic that
+/// refuses every Publish: trigger → first Disconnect must read as without sinks. Fewer trips:
+/// each `rearm` waits out its own (bounded) `rearmed` notification to the hanging webhook.
+fn with_hanging_sinks(trips: usize) {
+    let bench = Bench::new(false);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the hanging webhook");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        // Accept and hold every connection, never answering.
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let topic_arn = bench
+        .sim
+        .create_topic(ACCOUNT, REGION, "refusing")
+        .expect("topic");
+    bench
+        .sim
+        .set_topic_fault(&topic_arn, Some(kms_sim::TopicFault::AuthorizationError))
+        .expect("topic fault");
+    let policy_path = bench.dir.path().join("policy.yaml");
+    let mut text = std::fs::read_to_string(&policy_path).expect("policy");
+    text.push_str(&format!(
+        "notify:\n  - webhook: {{url: \"{url}\"}}\n  - sns: {{topic_arn: \"{topic_arn}\"}}\n"
+    ));
+    std::fs::write(&policy_path, text).expect("policy");
+    let mut daemon = bench.start(None);
+    let flag = bench.flag();
+    let samples = bench.measure(&mut daemon, trips.clamp(1, 10), |_| {
+        std::fs::write(&flag, b"").expect("touch the flag");
+    });
+    report(
+        "file flag, with a hanging webhook and a refusing topic",
+        samples,
+    );
+}
+
 fn report(what: &str, mut samples: Vec<Duration>) {
     samples.sort();
     let at = |q: f64| {
@@ -375,6 +416,7 @@ fn main() {
         });
         report(&format!("SIGUSR1, sync delay {delay_ms} ms"), signal);
     }
+    with_hanging_sinks(trips);
 
     let idle = Bench::new(true);
     let daemon = idle.start(None);

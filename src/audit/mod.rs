@@ -240,6 +240,34 @@ pub enum Event {
         connection_state: Option<String>,
         error: String,
     },
+    /// One attempt to deliver a notification (DESIGN.md §9) to one sink. `notified` names the
+    /// event notified (`event` is this record's own).
+    NotificationSent {
+        /// `sns:<topic arn>` or `webhook:<scheme://host[:port]>` (never a path or query, which
+        /// may hold a token).
+        sink: String,
+        notified: String,
+        result: NotificationResult,
+        /// SNS's MessageId, or the webhook's HTTP status.
+        message_id: Option<String>,
+        error: Option<String>,
+        attempt: u32,
+    },
+    /// The daemon stopped being healthy (audit log unwritable, every alarm unreadable,
+    /// enforcement failing, main loop stalled): the heartbeat stops until `healthy`.
+    Unhealthy {
+        reasons: Vec<String>,
+    },
+    /// Healthy again after `unhealthy`.
+    Healthy,
+}
+
+/// How one notification attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationResult {
+    Delivered,
+    Failed,
 }
 
 /// Where the daemon and the engine send events. The writer implements it; tests use a
@@ -502,6 +530,16 @@ mod tests {
                 connection_state: None,
                 error: String::new(),
             },
+            Event::NotificationSent {
+                sink: String::new(),
+                notified: String::new(),
+                result: NotificationResult::Failed,
+                message_id: None,
+                error: None,
+                attempt: 1,
+            },
+            Event::Unhealthy { reasons: vec![] },
+            Event::Healthy,
         ];
         for event in &events {
             match event {
@@ -528,7 +566,10 @@ mod tests {
                 | Event::KeyDisableResult { .. }
                 | Event::KeyVerified { .. }
                 | Event::KeyDriftDetected { .. }
-                | Event::KeyEnforcementFailed { .. } => {}
+                | Event::KeyEnforcementFailed { .. }
+                | Event::NotificationSent { .. }
+                | Event::Unhealthy { .. }
+                | Event::Healthy => {}
             }
         }
         events

@@ -283,6 +283,18 @@ impl AuditLog {
         }
     }
 
+    /// Whether the file can be opened for appending right now (no file is created, nothing is
+    /// written): the health watch's probe, which sees a log that vanished or became unwritable
+    /// before the next record fails. Blocking: not for async code.
+    pub fn probe_writable(&self) -> bool {
+        let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+        OpenOptions::new()
+            .append(true)
+            .custom_flags(flags.bits() as i32)
+            .open(&self.shared.path)
+            .is_ok_and(|file| file.metadata().is_ok_and(|m| m.is_file()))
+    }
+
     /// Record `event` and block the calling thread until it is durable or held (the CLI, tests).
     pub fn record_blocking(&self, event: Event) {
         self.record(event).wait();

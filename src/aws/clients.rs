@@ -52,10 +52,12 @@ const REFETCH_CREDENTIALS_MIN_INTERVAL: Duration = Duration::from_secs(2);
 const ROLE_SESSION_NAME: &str = "kms-killswitch";
 
 /// The SDK clients of one target, sharing one credentials cache.
-struct TargetClients {
+pub(super) struct TargetClients {
     kms: aws_sdk_kms::Client,
-    cloudwatch: aws_sdk_cloudwatch::Client,
+    pub(super) cloudwatch: aws_sdk_cloudwatch::Client,
     sts: aws_sdk_sts::Client,
+    /// SNS, for notifications (issue 13); the policy's `endpoint_url` or `AWS_ENDPOINT_URL_SNS`.
+    pub(super) sns: aws_sdk_sns::Client,
     /// The account the target's credentials act in; resolved once.
     account: OnceCell<String>,
     /// When these clients (and so their credentials cache) were built; paces re-fetching.
@@ -150,7 +152,7 @@ impl AwsClients {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    async fn clients(&self, target: &Target) -> Arc<TargetClients> {
+    pub(super) async fn clients(&self, target: &Target) -> Arc<TargetClients> {
         if let Some(existing) = self.lock_targets().get(target)
             && !existing.stale.load(Ordering::SeqCst)
         {
@@ -215,10 +217,15 @@ impl AwsClients {
         {
             cloudwatch = cloudwatch.endpoint_url(url.clone());
         }
+        let mut sns = aws_sdk_sns::config::Builder::from(&config);
+        if let Some(url) = &self.endpoints.all {
+            sns = sns.endpoint_url(url.clone());
+        }
         TargetClients {
             kms: aws_sdk_kms::Client::from_conf(kms.build()),
             cloudwatch: aws_sdk_cloudwatch::Client::from_conf(cloudwatch.build()),
             sts: aws_sdk_sts::Client::new(&sts_config),
+            sns: aws_sdk_sns::Client::from_conf(sns.build()),
             account: OnceCell::new_with(target.role_account().map(str::to_string)),
             built_at: std::time::Instant::now(),
             stale: AtomicBool::new(false),
@@ -229,7 +236,12 @@ impl AwsClients {
     /// clients (their credentials cache with them) so the next call fetches new credentials
     /// (AssumeRole again for a role). Only the clients `used` are dropped, and only once per
     /// [`REFETCH_CREDENTIALS_MIN_INTERVAL`].
-    fn refused(&self, target: &Target, used: &Arc<TargetClients>, err: AwsError) -> AwsError {
+    pub(super) fn refused(
+        &self,
+        target: &Target,
+        used: &Arc<TargetClients>,
+        err: AwsError,
+    ) -> AwsError {
         if err.kind != ErrorKind::CredentialsRejected {
             return err;
         }
@@ -589,6 +601,7 @@ mod tests {
             kms: aws_sdk_kms::Client::from_conf(kms_config),
             cloudwatch: existing.cloudwatch.clone(),
             sts: existing.sts.clone(),
+            sns: existing.sns.clone(),
             account: OnceCell::new_with(Some("111111111111".to_string())),
             built_at: existing.built_at,
             stale: AtomicBool::new(false),
@@ -721,6 +734,7 @@ mod tests {
             kms: existing.kms.clone(),
             cloudwatch: aws_sdk_cloudwatch::Client::from_conf(cloudwatch_config),
             sts: existing.sts.clone(),
+            sns: existing.sns.clone(),
             account: OnceCell::new_with(Some("111111111111".to_string())),
             built_at: existing.built_at,
             stale: AtomicBool::new(false),

@@ -13,6 +13,7 @@ mod classify;
 mod clients;
 #[cfg(test)]
 pub(crate) mod fake;
+mod messaging;
 
 pub use clients::AwsClients;
 
@@ -220,4 +221,32 @@ pub trait AlarmSource: Send + Sync + 'static {
         target: &Target,
         alarm_names: &[String],
     ) -> impl Future<Output = Result<Vec<AlarmState>, AwsError>> + Send;
+}
+
+/// One heartbeat datum: value 1, unit Count, dimension `Host` (DESIGN.md §9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeartbeatDatum {
+    pub namespace: String,
+    pub metric_name: String,
+    pub host: String,
+}
+
+/// SNS Publish and CloudWatch PutMetricData: what notifications and the heartbeat send, after
+/// the fact and never in a lockdown's way. Implemented by the AWS adapter and by test fakes.
+pub trait Messaging: Send + Sync + 'static {
+    /// Publish `message` to the topic; the `MessageId` SNS gave it. One attempt.
+    fn publish(
+        &self,
+        target: &Target,
+        topic_arn: &str,
+        subject: &str,
+        message: &str,
+    ) -> impl Future<Output = Result<Option<String>, AwsError>> + Send;
+
+    /// PutMetricData of one heartbeat datum. One attempt.
+    fn put_heartbeat(
+        &self,
+        target: &Target,
+        datum: &HeartbeatDatum,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
 }

@@ -93,6 +93,28 @@ pub trait DaemonAudit: AuditSink {
     fn flush(&self) -> bool {
         true
     }
+
+    /// The main loop turned (every latch poll), with what the daemon knows to be wrong
+    /// (`reasons` empty: nothing): the health watch's input (issue 13).
+    fn loop_turned(&self, _reasons: Vec<String>) {}
+}
+
+impl DaemonAudit for crate::notify::NotifyingAudit {
+    fn set_policy_sha256(&self, policy_sha256: &str) {
+        self.log().set_policy_sha256(policy_sha256);
+    }
+
+    fn healthy(&self) -> bool {
+        self.log().all_durable()
+    }
+
+    fn flush(&self) -> bool {
+        self.log().retry_held()
+    }
+
+    fn loop_turned(&self, reasons: Vec<String>) {
+        self.report_loop_turn(reasons);
+    }
 }
 
 impl DaemonAudit for AuditLog {
@@ -339,6 +361,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                     if !self.audit.healthy() {
                         self.audit.flush();
                     }
+                    self.audit.loop_turned(self.health_reasons());
                 }
                 // Tell systemd the loop is alive.
                 _ = watchdog.tick(), if self.watchdog.is_some() => {
@@ -729,6 +752,15 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                 new.path.display()
             ));
         }
+        if new.notify != self.policy.notify
+            || new.heartbeat != self.policy.heartbeat
+            || new.metrics != self.policy.metrics
+        {
+            return Err(format!(
+                "policy {}: changing notify, heartbeat or metrics needs a restart",
+                new.path.display()
+            ));
+        }
         let new = Arc::new(new);
         let prepared = self
             .prepare_triggers(&new)
@@ -808,6 +840,28 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
             }),
             None => Ok(()),
         }
+    }
+
+    /// What the daemon itself knows to be wrong, for the health watch: every watched alarm
+    /// unreadable (the alarm trigger is blind). Enforcement failures are seen by the notifier in
+    /// the `enforcement_failed` records themselves.
+    fn health_reasons(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        let alarm_regions: std::collections::BTreeSet<&str> = self
+            .policy
+            .triggers
+            .alarms
+            .iter()
+            .map(|alarm| alarm.target.region.as_str())
+            .collect();
+        if !alarm_regions.is_empty()
+            && alarm_regions
+                .iter()
+                .all(|region| self.unreadable_alarms.contains_key(*region))
+        {
+            reasons.push("every alarm unreadable".to_string());
+        }
+        reasons
     }
 
     fn notify_status(&self) {

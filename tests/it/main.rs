@@ -12,5 +12,6 @@ mod fuzz;
 mod hostile;
 mod keys;
 mod lockdown;
+mod notify;
 mod policy_check;
 mod ship;

@@ -532,13 +532,47 @@ mod iam {
             HOST_POLICY,
             &[
                 "cloudwatch:DescribeAlarms",
+                "cloudwatch:PutMetricData",
                 "kms:DescribeCustomKeyStores",
                 "kms:DescribeKey",
                 "kms:DisableKey",
                 "kms:DisconnectCustomKeyStore",
+                "sns:Publish",
                 "sts:AssumeRole",
             ],
         );
+    }
+
+    /// Issue 13: notifications publish only to named topics, and the heartbeat writes only to
+    /// its namespace.
+    #[test]
+    fn host_policy_names_the_topics_and_limits_the_heartbeat_namespace() {
+        let doc: Value = serde_json::from_str(&read_repo_file(HOST_POLICY)).unwrap();
+        let statements = doc["Statement"].as_array().unwrap();
+        let with = |action: &str| {
+            statements
+                .iter()
+                .filter(|s| strings(s.get("Action")).iter().any(|a| a == action))
+                .collect::<Vec<_>>()
+        };
+        for publish in with("sns:Publish") {
+            let resources = strings(publish.get("Resource"));
+            assert!(
+                !resources.is_empty()
+                    && resources
+                        .iter()
+                        .all(|r| r.starts_with("arn:aws:sns:") && !r.contains('*')),
+                "sns:Publish must name its topics, not {resources:?}"
+            );
+        }
+        let put = with("cloudwatch:PutMetricData");
+        assert!(!put.is_empty());
+        for statement in put {
+            assert!(
+                statement["Condition"]["StringEquals"]["cloudwatch:namespace"].is_string(),
+                "cloudwatch:PutMetricData must be limited by a cloudwatch:namespace condition: {statement}"
+            );
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod aws;
 mod key_stores;
 mod keys;
 mod lockdown;
+mod notify;
 mod triggers;
 
 use std::path::{Path, PathBuf};
@@ -90,6 +91,9 @@ impl Validator {
         let state_file = self.absolute_path(raw.state_file, "state_file", DEFAULT_STATE_FILE);
         let audit_log = self.absolute_path(raw.audit_log, "audit_log", DEFAULT_AUDIT_LOG);
         self.distinct_files(triggers.as_ref(), state_file.as_ref(), audit_log.as_ref());
+        let notify = self.notify(raw.notify, defaults);
+        let heartbeat = self.heartbeat(raw.heartbeat, defaults);
+        let metrics = self.metrics(raw.metrics);
         Some(Policy {
             path: path.to_owned(),
             sha256: String::new(),
@@ -103,6 +107,9 @@ impl Validator {
             lockdown: lockdown?,
             state_file: state_file?.0,
             audit_log: audit_log?.0,
+            notify: notify?,
+            heartbeat: heartbeat?,
+            metrics: metrics?,
         })
     }
 
