@@ -9,6 +9,7 @@ mod crash;
 mod daemon;
 mod fs_trust;
 mod fuzz;
+mod fuzz_audit;
 mod hostile;
 mod lockdown;
 mod policy_check;
