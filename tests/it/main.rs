@@ -11,6 +11,7 @@ mod fs_trust;
 mod fuzz;
 mod fuzz_audit;
 mod hostile;
+mod hostile_paths;
 mod lockdown;
 mod policy_check;
 mod ship;
