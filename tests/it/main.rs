@@ -5,6 +5,7 @@ mod support;
 
 mod audit;
 mod aws_failures;
+mod concurrent;
 mod crash;
 mod daemon;
 mod fs_trust;
