@@ -20,7 +20,7 @@ fn twice(env: &Env, make: impl Fn(&Env) -> Command) -> [Output; 2] {
     };
     let (a, b) = (make(env), make(env));
     let children = [spawn(a), spawn(b)];
-    children.map(|child| wait_bounded(child))
+    children.map(wait_bounded)
 }
 
 fn wait_bounded(mut child: Child) -> Output {
