@@ -15,4 +15,5 @@ mod hostile;
 mod hostile_paths;
 mod lockdown;
 mod policy_check;
+mod secrets;
 mod ship;
