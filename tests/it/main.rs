@@ -5,13 +5,17 @@ mod support;
 
 mod audit;
 mod aws_failures;
+mod concurrent;
 mod crash;
 mod daemon;
 mod fs_trust;
 mod fuzz;
+mod fuzz_audit;
 mod hostile;
+mod hostile_paths;
 mod keys;
 mod lockdown;
 mod notify;
 mod policy_check;
+mod secrets;
 mod ship;

@@ -395,6 +395,13 @@ impl Daemon {
         }
     }
 
+    /// The exit status if the process has exited (never waits).
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        self.child = None;
+        Some(status)
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill_9(&mut self) {
         if let Some(mut child) = self.child.take() {
