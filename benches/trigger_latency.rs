@@ -7,9 +7,16 @@
 //!    lockdown to finish, remove the flag, `kms-killswitch rearm`, wait for STATUS=armed on our
 //!    NOTIFY_SOCKET, reconnect the stores in the sim, repeat. p50/p99/max.
 //! 2. signal: the same with SIGUSR1 sent straight to the daemon (`kill(2)` via rustix).
+//!    Then the file flag again with a webhook that never answers and an SNS topic that refuses
+//!    (issue 13): the notifications must not delay the first Disconnect (at most 10 trips).
 //! 3. queue: see [`queue_latency`] (SendMessage → first Disconnect).
 //! 4. idle: a fresh daemon watching 10 alarms polled every 10 s; CPU time (sum of
 //!    `/proc/<pid>/task/*/schedstat`, ns) and RSS (`/proc/<pid>/status`) over `IDLE_SECS`.
+//!
+//! Each trip measurement runs at a sync delay of 0, 1 and 5 ms: the daemon is started with
+//! `benches/support/slow_sync.c` (built here with `cc`) in `LD_PRELOAD`, which makes every
+//! `fsync`/`fdatasync` of the real binary wait that long first, as a network-attached volume does
+//! (the shipped binary has no such knob). Without a C compiler only 0 ms runs.
 //!
 //! Env: `TRIPS` (default 50), `IDLE_SECS` (default 60). The state and audit files live in a
 //! temporary directory (set `TMPDIR` to measure on the daemon's real filesystem).
@@ -184,15 +191,20 @@ impl Bench {
         cmd
     }
 
-    fn start(&self) -> Daemon {
+    fn start(&self, slow_sync: Option<(&Path, u64)>) -> Daemon {
         let socket = self.dir.path().join("notify.sock");
         let _ = std::fs::remove_file(&socket);
         let notify = UnixDatagram::bind(&socket).expect("bind notify socket");
         notify
             .set_read_timeout(Some(Duration::from_millis(20)))
             .expect("timeout");
-        let child = self
-            .command()
+        let mut command = self.command();
+        if let Some((shim, delay_ms)) = slow_sync {
+            command
+                .env("LD_PRELOAD", shim)
+                .env("SLOW_SYNC_US", (delay_ms * 1000).to_string());
+        }
+        let child = command
             .arg("run")
             .env("NOTIFY_SOCKET", &socket)
             .stdin(Stdio::null())
@@ -263,6 +275,69 @@ impl Bench {
     }
 }
 
+/// The sync delays each trip measurement runs at (see the module docs).
+const SYNC_DELAYS_MS: [u64; 3] = [0, 1, 5];
+
+/// Build `benches/support/slow_sync.c` into `target/bench/`; `None` (with a note) without `cc`.
+fn slow_sync_shim() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out_dir = root.join("target/bench");
+    std::fs::create_dir_all(&out_dir).ok()?;
+    let out = out_dir.join("libslow_sync.so");
+    let built = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&out)
+        .arg(root.join("benches/support/slow_sync.c"))
+        .arg("-ldl")
+        .status();
+    match built {
+        Ok(status) if status.success() => Some(out),
+        _ => {
+            println!("no C compiler: the 1 and 5 ms sync delays are skipped");
+            None
+        }
+    }
+}
+
+/// Issue 13: the file-flag trip again, with a webhook that never answers and an SNS topic that
+/// refuses every Publish: trigger → first Disconnect must read as without sinks. Fewer trips:
+/// each `rearm` waits out its own (bounded) `rearmed` notification to the hanging webhook.
+fn with_hanging_sinks(trips: usize) {
+    let bench = Bench::new(false);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the hanging webhook");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        // Accept and hold every connection, never answering.
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let topic_arn = bench
+        .sim
+        .create_topic(ACCOUNT, REGION, "refusing")
+        .expect("topic");
+    bench
+        .sim
+        .set_topic_fault(&topic_arn, Some(kms_sim::TopicFault::AuthorizationError))
+        .expect("topic fault");
+    let policy_path = bench.dir.path().join("policy.yaml");
+    let mut text = std::fs::read_to_string(&policy_path).expect("policy");
+    text.push_str(&format!(
+        "notify:\n  - webhook: {{url: \"{url}\"}}\n  - sns: {{topic_arn: \"{topic_arn}\"}}\n"
+    ));
+    std::fs::write(&policy_path, text).expect("policy");
+    let mut daemon = bench.start(None);
+    let flag = bench.flag();
+    let samples = bench.measure(&mut daemon, trips.clamp(1, 10), |_| {
+        std::fs::write(&flag, b"").expect("touch the flag");
+    });
+    report(
+        "file flag, with a hanging webhook and a refusing topic",
+        samples,
+    );
+}
+
 fn report(what: &str, mut samples: Vec<Duration>) {
     samples.sort();
     let at = |q: f64| {
@@ -321,27 +396,35 @@ fn main() {
         2
     } as u64;
 
-    let bench = Bench::new(false);
-    let mut daemon = bench.start();
-    let flag = bench.flag();
-    let file = bench.measure(&mut daemon, trips, |_| {
-        std::fs::write(&flag, b"").expect("touch the flag");
-    });
-    report("file flag", file);
-    let signal = bench.measure(&mut daemon, trips, |daemon| {
-        let pid = rustix::process::Pid::from_raw(daemon.child.id() as i32).expect("a live pid");
-        rustix::process::kill_process(pid, rustix::process::Signal::USR1)
-            .expect("SIGUSR1 to the daemon");
-    });
-    report("SIGUSR1", signal);
-    drop(daemon);
+    let shim = slow_sync_shim();
+    for delay_ms in SYNC_DELAYS_MS {
+        let slow_sync = match (&shim, delay_ms) {
+            (_, 0) => None,
+            (Some(shim), delay) => Some((shim.as_path(), delay)),
+            (None, _) => continue,
+        };
+        let bench = Bench::new(false);
+        let mut daemon = bench.start(slow_sync);
+        let flag = bench.flag();
+        let file = bench.measure(&mut daemon, trips, |_| {
+            std::fs::write(&flag, b"").expect("touch the flag");
+        });
+        report(&format!("file flag, sync delay {delay_ms} ms"), file);
+        let signal = bench.measure(&mut daemon, trips, |daemon| {
+            let pid = rustix::process::Pid::from_raw(daemon.child.id() as i32).expect("a live pid");
+            rustix::process::kill_process(pid, rustix::process::Signal::USR1)
+                .expect("SIGUSR1 to the daemon");
+        });
+        report(&format!("SIGUSR1, sync delay {delay_ms} ms"), signal);
+    }
+    with_hanging_sinks(trips);
     report(
         "SQS queue (SendMessage during a long poll)",
         queue_latency(trips),
     );
 
     let idle = Bench::new(true);
-    let daemon = idle.start();
+    let daemon = idle.start(None);
     let pid = daemon.child.id();
     // Let start-up work (credential warm-up, first polls) settle.
     std::thread::sleep(Duration::from_secs(if benching { 5 } else { 1 }));
@@ -388,7 +471,7 @@ fn queue_latency(trips: usize) -> Vec<Duration> {
             &format!("  queues:\n    - url: \"{url}\"\nlockdown:\n"),
         );
     std::fs::write(&policy_path, text).expect("the bench policy");
-    let mut daemon = bench.start();
+    let mut daemon = bench.start(None);
     let mut samples = Vec::with_capacity(trips);
     for trip in 0..trips {
         // The watcher is back in its 20 s long poll well within this.

@@ -29,6 +29,12 @@ pub enum Untrusted {
     },
     #[error("{} is {kind}, not a regular file", path.display())]
     NotRegular { path: PathBuf, kind: &'static str },
+    #[error("{} is owned by uid {owner}, neither root nor the daemon's uid {running}: its owner could rewrite it", path.display())]
+    ForeignFile {
+        path: PathBuf,
+        owner: u32,
+        running: u32,
+    },
     #[error("cannot inspect {}: {error}", path.display())]
     Inspect { path: PathBuf, error: String },
 }
@@ -114,16 +120,25 @@ fn judge_dir(
 }
 
 /// A state file (latch, audit log): its directory chain is trusted ([`Leaf::Strict`]) and, if it
-/// exists, it is a regular file (not a symlink, FIFO, socket, device or directory).
+/// exists, it is a regular file (not a symlink, FIFO, socket, device or directory) owned by root
+/// or the daemon's uid (another owner could rewrite the audit chain or the latch's record).
+/// Hard links are accepted: only root or the daemon can create one in a trusted directory, and
+/// backup tools make them.
 pub fn check_state_file(path: &Path) -> Result<(), Untrusted> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         check_dir(dir, Leaf::Strict)?;
     }
+    let running = running_uid();
     match std::fs::symlink_metadata(path) {
         Ok(meta) => match file_kind(&meta.file_type()) {
             Some(kind) => Err(Untrusted::NotRegular {
                 path: path.to_path_buf(),
                 kind,
+            }),
+            None if meta.uid() != 0 && meta.uid() != running => Err(Untrusted::ForeignFile {
+                path: path.to_path_buf(),
+                owner: meta.uid(),
+                running,
             }),
             None => Ok(()),
         },
@@ -247,5 +262,25 @@ mod tests {
         std::os::unix::fs::symlink("/etc/hostname", &link).unwrap();
         let err = open_regular(&link).unwrap_err();
         assert!(err.to_string().contains("symlink"), "{err}");
+    }
+
+    #[test]
+    fn a_state_file_owned_by_another_user_is_refused_and_a_hard_link_is_not() {
+        let base = tempfile::tempdir().unwrap();
+        let file = base.path().join("audit.jsonl");
+        std::fs::write(&file, b"").unwrap();
+        assert_eq!(check_state_file(&file), Ok(()));
+        std::fs::hard_link(&file, base.path().join("backup")).unwrap();
+        assert_eq!(check_state_file(&file), Ok(()));
+        if running_uid() != 0 {
+            return; // only root can give a file away
+        }
+        std::os::unix::fs::chown(&file, Some(65534), None).unwrap();
+        let err = check_state_file(&file).unwrap_err();
+        assert!(
+            matches!(err, Untrusted::ForeignFile { owner: 65534, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("owned by uid 65534"), "{err}");
     }
 }

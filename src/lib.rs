@@ -17,6 +17,9 @@
 //!   in `cmd/mod.rs`. Nothing in `cmd` imports `cli`.
 //! - [`daemon`]: the one place that spawns long-lived tasks: one state enum, the run loop, reload,
 //!   enforcement, shutdown, systemd.
+//! - [`notify`]: after the fact, never in the lockdown's way: the audit decorator that queues
+//!   notified events (DESIGN.md §9) once durable, SNS / webhook sinks with bounded retries, the
+//!   health watch (`unhealthy` / `healthy`) and the CloudWatch heartbeat. Wired by `cmd::run`.
 //! - [`switch`]: the switch's acts, once, for the daemon and the CLI: fire (id → latch →
 //!   `trigger_fired` → lockdown), resume, the rearm checks, the operator's identity.
 //! - [`trigger`]: file flag, signal, CloudWatch alarm and SQS queue watchers (with the pure
@@ -49,6 +52,7 @@ pub mod latch;
 pub mod lockdown;
 pub mod logging;
 pub mod model;
+pub mod notify;
 pub mod policy;
 pub mod switch;
 pub mod trigger;

@@ -1,5 +1,6 @@
 //! The pure nouns every module shares: where AWS calls go ([`Target`]), how the policy names a key
-//! store ([`KeyStoreSelector`], [`KeyStoreSpec`]), what KMS says of it ([`ConnectionState`]), who
+//! store ([`KeyStoreSelector`], [`KeyStoreSpec`]) and a standard key ([`KeySelector`],
+//! [`KeySpec`]), what KMS says of them ([`ConnectionState`], [`KeyState`]), who
 //! pulled the switch ([`TriggerSource`]) and the name of one lockdown ([`LockdownId`]).
 //!
 //! Plain data with their spellings: no I/O, no tokio, no AWS, and no import from any other module
@@ -50,6 +51,10 @@ pub enum KeyStoreSelector {
     Id(String),
     /// A `CustomKeyStoreName`, resolved through DescribeCustomKeyStores.
     Name(String),
+    /// `all: true`: every custom key store of the target's account and region, resolved at the
+    /// time of the trip (and again each enforcement round) by the paginated
+    /// DescribeCustomKeyStores that verification uses.
+    All,
 }
 
 impl fmt::Display for KeyStoreSelector {
@@ -57,6 +62,7 @@ impl fmt::Display for KeyStoreSelector {
         match self {
             KeyStoreSelector::Id(id) => f.write_str(id),
             KeyStoreSelector::Name(name) => write!(f, "name {name}"),
+            KeyStoreSelector::All => f.write_str("all key stores"),
         }
     }
 }
@@ -66,6 +72,87 @@ impl fmt::Display for KeyStoreSelector {
 pub struct KeyStoreSpec {
     pub selector: KeyStoreSelector,
     pub target: Target,
+}
+
+/// How the policy names a standard KMS key (`keys:`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KeySelector {
+    /// A key ARN (`arn:aws:kms:<region>:<account>:key/<id>`).
+    KeyArn(String),
+    /// An alias ARN (`arn:aws:kms:<region>:<account>:alias/<name>`), resolved with DescribeKey.
+    AliasArn(String),
+    /// A key id: a UUID, or `mrk-` and 32 hex digits for a multi-Region key.
+    Id(String),
+    /// `alias/<name>`, resolved with DescribeKey.
+    Alias(String),
+}
+
+impl KeySelector {
+    /// The `KeyId` to send DescribeKey: the entry as written (KMS takes every form).
+    pub fn as_key_id(&self) -> &str {
+        match self {
+            KeySelector::KeyArn(s)
+            | KeySelector::AliasArn(s)
+            | KeySelector::Id(s)
+            | KeySelector::Alias(s) => s,
+        }
+    }
+
+    /// An alias must be resolved to its key (DisableKey takes a key id or key ARN only).
+    pub fn is_alias(&self) -> bool {
+        matches!(self, KeySelector::AliasArn(_) | KeySelector::Alias(_))
+    }
+}
+
+impl fmt::Display for KeySelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_key_id())
+    }
+}
+
+/// One entry of `keys:`: a standard KMS key to disable on a trip.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KeySpec {
+    pub selector: KeySelector,
+    pub target: Target,
+}
+
+/// A KMS key's `KeyState`, as KMS reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KeyState {
+    Enabled,
+    Disabled,
+    PendingDeletion,
+    /// Any other state (`PendingImport`, `Unavailable`, `Creating`, `Updating`,
+    /// `PendingReplicaDeletion`, or one this build does not know).
+    Other(String),
+}
+
+impl KeyState {
+    /// The KMS spelling, e.g. `Disabled`.
+    pub fn as_str(&self) -> &str {
+        match self {
+            KeyState::Enabled => "Enabled",
+            KeyState::Disabled => "Disabled",
+            KeyState::PendingDeletion => "PendingDeletion",
+            KeyState::Other(s) => s,
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "Enabled" => KeyState::Enabled,
+            "Disabled" => KeyState::Disabled,
+            "PendingDeletion" => KeyState::PendingDeletion,
+            other => KeyState::Other(other.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for KeyState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A custom key store's `ConnectionState`, as KMS reports it.

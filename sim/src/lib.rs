@@ -214,6 +214,12 @@ impl SimHandle {
         self.sim.forget_sessions()
     }
 
+    /// The secret parts (secret access key, session token) of every assumed-role session issued
+    /// and not forgotten: for tests asserting that no secret reaches a log.
+    pub fn issued_secrets(&self) -> Vec<String> {
+        self.sim.issued_secrets()
+    }
+
     /// The standard KMS keys of an account and region as they truly are now (no lag).
     pub fn keys(&self, account: &str, region: &str) -> Vec<KeyView> {
         self.sim.keys(account, region)

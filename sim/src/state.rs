@@ -570,6 +570,16 @@ impl Sim {
         forgotten
     }
 
+    /// The secret access key and session token of every temporary credential held.
+    pub(crate) fn issued_secrets(&self) -> Vec<String> {
+        self.lock()
+            .temporary
+            .values()
+            .flat_map(|id| [Some(id.secret_access_key.clone()), id.session_token.clone()])
+            .flatten()
+            .collect()
+    }
+
     /// Issue temporary credentials for `role_arn`, valid for `duration`.
     pub(crate) fn issue_temporary(
         &self,

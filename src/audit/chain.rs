@@ -69,6 +69,11 @@ const TAIL_CHUNK: u64 = 64 * 1024;
 /// log, and cutting a "torn tail" off it could destroy someone else's data.
 const MAX_TAIL_BYTES: u64 = 4 * 1024 * 1024;
 
+/// The longest line the verifier reads (newline included): the same bound as the writer's, so
+/// a log the writer accepts as its own always verifies, and a hostile file (`/dev/zero`, one
+/// endless line) costs at most this much memory.
+pub(super) const MAX_LINE_BYTES: u64 = MAX_TAIL_BYTES;
+
 /// A record waiting to be written: everything but `seq` and `prev`, which are only known under
 /// the file lock.
 #[derive(Debug, Clone)]

@@ -37,6 +37,16 @@ pub enum DisconnectResult {
     Error,
 }
 
+/// How one DisableKey call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyDisableResult {
+    Accepted,
+    /// `KMSInvalidStateException` (e.g. pending deletion): look at the state and carry on.
+    AlreadyDisabled,
+    Error,
+}
+
 /// How a lockdown ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -54,6 +64,25 @@ pub struct FailedStore {
     /// The last state KMS reported, if any.
     pub connection_state: Option<String>,
     pub error: Option<String>,
+}
+
+/// One standard key that a lockdown could not verify Disabled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailedKey {
+    /// The key's id or ARN (as resolved), or the policy's alias while unresolved.
+    pub key_id: String,
+    pub region: String,
+    /// The last `KeyState` KMS reported, if any.
+    pub key_state: Option<String>,
+    pub error: Option<String>,
+}
+
+/// One entry of `lockdown_finished`'s `failed`: a store, or (second round) a standard key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Failed {
+    Store(FailedStore),
+    Key(FailedKey),
 }
 
 /// Every event the audit log records, with its extra fields. The common fields (`seq`, `ts`,
@@ -82,8 +111,12 @@ pub enum Event {
     },
     LockdownStarted {
         lockdown_id: String,
-        /// The policy's key stores as written (ids or names, with region).
+        /// The policy's key stores as written (ids or names, with region); an `all: true` entry
+        /// as the stores it resolved to (each with `"all": true`).
         key_stores: Vec<serde_json::Value>,
+        /// Second round: the policy's standard keys as written (absent when there are none).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        keys: Vec<serde_json::Value>,
         dry_run: bool,
     },
     DisconnectRequested {
@@ -111,7 +144,9 @@ pub enum Event {
         lockdown_id: String,
         outcome: LockdownOutcome,
         verified: usize,
-        failed: Vec<FailedStore>,
+        /// Standard keys verified Disabled (second round), counted apart from the stores.
+        keys_verified: usize,
+        failed: Vec<Failed>,
         elapsed_ms: u64,
     },
     DriftDetected {
@@ -122,6 +157,48 @@ pub enum Event {
     Rearmed {
         reason: String,
         by: String,
+    },
+    /// Second round: a DisableKey sent for a standard key.
+    KeyDisableRequested {
+        lockdown_id: String,
+        key_id: String,
+        region: String,
+        account: Option<String>,
+        attempt: u32,
+    },
+    KeyDisableResult {
+        lockdown_id: String,
+        key_id: String,
+        region: String,
+        result: KeyDisableResult,
+        request_id: Option<String>,
+        error: Option<String>,
+    },
+    /// DescribeKey reports the key `Disabled` (or `PendingDeletion`: unusable too).
+    KeyVerified {
+        lockdown_id: String,
+        key_id: String,
+        region: String,
+        key_state: String,
+    },
+    /// An enforcement round while latched could not check or disable this standard key (one
+    /// record per failing key per round; the next round tries again).
+    KeyEnforcementFailed {
+        lockdown_id: String,
+        /// The key's id or ARN, or the policy's entry (e.g. an alias) while unresolved.
+        key_id: String,
+        region: String,
+        account: Option<String>,
+        key_state: Option<String>,
+        error: String,
+    },
+    /// `drift_detected` for a standard key: while latched, a listed key seen `Enabled` is
+    /// disabled again.
+    #[serde(rename = "drift_detected")]
+    KeyDriftDetected {
+        key_id: String,
+        region: String,
+        key_state: String,
     },
     /// Written by the writer itself: a torn last line (a crash in mid-write) was cut off the
     /// file. `torn_bytes` holds its bytes escaped (`\xNN`, `\\`, `\"`, `\n` …, reversible).
@@ -173,6 +250,34 @@ pub enum Event {
         queue_url: String,
         error: String,
     },
+    /// One attempt to deliver a notification (DESIGN.md §9) to one sink. `notified` names the
+    /// event notified (`event` is this record's own).
+    NotificationSent {
+        /// `sns:<topic arn>` or `webhook:<scheme://host[:port]>` (never a path or query, which
+        /// may hold a token).
+        sink: String,
+        notified: String,
+        result: NotificationResult,
+        /// SNS's MessageId, or the webhook's HTTP status.
+        message_id: Option<String>,
+        error: Option<String>,
+        attempt: u32,
+    },
+    /// The daemon stopped being healthy (audit log unwritable, every alarm unreadable,
+    /// enforcement failing, main loop stalled): the heartbeat stops until `healthy`.
+    Unhealthy {
+        reasons: Vec<String>,
+    },
+    /// Healthy again after `unhealthy`.
+    Healthy,
+}
+
+/// How one notification attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationResult {
+    Delivered,
+    Failed,
 }
 
 /// Where the daemon and the engine send events. The writer implements it; tests use a
@@ -325,6 +430,7 @@ mod tests {
             Event::LockdownStarted {
                 lockdown_id: String::new(),
                 key_stores: vec![],
+                keys: vec![Value::Null],
                 dry_run: true,
             },
             Event::DisconnectRequested {
@@ -352,13 +458,56 @@ mod tests {
                 lockdown_id: String::new(),
                 outcome: LockdownOutcome::Partial,
                 verified: 0,
-                failed: vec![FailedStore {
-                    key_store_id: String::new(),
-                    region: String::new(),
-                    connection_state: None,
-                    error: None,
-                }],
+                keys_verified: 0,
+                failed: vec![
+                    Failed::Store(FailedStore {
+                        key_store_id: String::new(),
+                        region: String::new(),
+                        connection_state: None,
+                        error: None,
+                    }),
+                    Failed::Key(FailedKey {
+                        key_id: String::new(),
+                        region: String::new(),
+                        key_state: None,
+                        error: None,
+                    }),
+                ],
                 elapsed_ms: 0,
+            },
+            Event::KeyDisableRequested {
+                lockdown_id: String::new(),
+                key_id: String::new(),
+                region: String::new(),
+                account: None,
+                attempt: 1,
+            },
+            Event::KeyDisableResult {
+                lockdown_id: String::new(),
+                key_id: String::new(),
+                region: String::new(),
+                result: KeyDisableResult::AlreadyDisabled,
+                request_id: None,
+                error: None,
+            },
+            Event::KeyVerified {
+                lockdown_id: String::new(),
+                key_id: String::new(),
+                region: String::new(),
+                key_state: String::new(),
+            },
+            Event::KeyDriftDetected {
+                key_id: String::new(),
+                region: String::new(),
+                key_state: String::new(),
+            },
+            Event::KeyEnforcementFailed {
+                lockdown_id: String::new(),
+                key_id: String::new(),
+                region: String::new(),
+                account: None,
+                key_state: None,
+                error: String::new(),
             },
             drift(""),
             Event::Rearmed {
@@ -399,6 +548,16 @@ mod tests {
                 queue_url: String::new(),
                 error: String::new(),
             },
+            Event::NotificationSent {
+                sink: String::new(),
+                notified: String::new(),
+                result: NotificationResult::Failed,
+                message_id: None,
+                error: None,
+                attempt: 1,
+            },
+            Event::Unhealthy { reasons: vec![] },
+            Event::Healthy,
         ];
         for event in &events {
             match event {
@@ -422,7 +581,15 @@ mod tests {
                 | Event::AlarmPollFailed { .. }
                 | Event::EnforcementFailed { .. }
                 | Event::TriggerIgnored { .. }
-                | Event::QueuePollFailed { .. } => {}
+                | Event::QueuePollFailed { .. }
+                | Event::KeyDisableRequested { .. }
+                | Event::KeyDisableResult { .. }
+                | Event::KeyVerified { .. }
+                | Event::KeyDriftDetected { .. }
+                | Event::KeyEnforcementFailed { .. }
+                | Event::NotificationSent { .. }
+                | Event::Unhealthy { .. }
+                | Event::Healthy => {}
             }
         }
         events

@@ -62,6 +62,7 @@ pub(super) fn sample_log(dir: &Path) -> Vec<u8> {
     log.record_blocking(Event::LockdownStarted {
         lockdown_id: "ld-1".into(),
         key_stores: vec![serde_json::json!({"id": "cks-1234567890abcdef0"})],
+        keys: vec![],
         dry_run: false,
     });
     log.record_blocking(Event::DisconnectResult {
@@ -76,6 +77,7 @@ pub(super) fn sample_log(dir: &Path) -> Vec<u8> {
         lockdown_id: "ld-1".into(),
         outcome: LockdownOutcome::Complete,
         verified: 1,
+        keys_verified: 0,
         failed: vec![],
         elapsed_ms: 1234,
     });

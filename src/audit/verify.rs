@@ -2,14 +2,13 @@
 //! `seq`, `prev` and common fields, naming the first line that does not verify. It only reads;
 //! the line format it checks is defined by [`super::chain`], and it never writes the file.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 use serde_json::{Map, Value};
 
 use super::AuditError;
-use super::chain::{GENESIS_PREV, check_seal, is_sha256_hex, sha256_hex};
+use super::chain::{GENESIS_PREV, MAX_LINE_BYTES, check_seal, is_sha256_hex, sha256_hex};
 
 /// What `verify` found in a log whose every line checks out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,9 +25,11 @@ pub struct VerifySummary {
 
 /// Check every line of the log at `path`: JSON, seal, `seq` (1, then +1), `prev`, and the types of
 /// the common fields. Returns a summary, or [`AuditError::Broken`] naming the first line that does
-/// not verify ([`AuditError::Read`] if the file cannot be read).
+/// not verify ([`AuditError::Read`] if the file cannot be read). The file is opened with
+/// [`crate::fs_trust::open_regular`] (a FIFO, device, directory or symlink is refused, never
+/// waited on), and no line may be longer than [`MAX_LINE_BYTES`].
 pub fn verify(path: &Path) -> Result<VerifySummary, AuditError> {
-    let file = File::open(path).map_err(|source| AuditError::Read {
+    let file = crate::fs_trust::open_regular(path).map_err(|source| AuditError::Read {
         path: path.to_path_buf(),
         source,
     })?;
@@ -55,7 +56,11 @@ pub(super) fn verify_from(
     let mut line = Vec::new();
     loop {
         line.clear();
-        if reader.read_until(b'\n', &mut line).map_err(read_err)? == 0 {
+        let read = (&mut reader)
+            .take(MAX_LINE_BYTES)
+            .read_until(b'\n', &mut line)
+            .map_err(read_err)?;
+        if read == 0 {
             return Ok(summary);
         }
         let number = summary.records + 1;
@@ -64,6 +69,11 @@ pub(super) fn verify_from(
             line: number,
             reason,
         };
+        if read as u64 == MAX_LINE_BYTES && line.last() != Some(&b'\n') {
+            return Err(broken(format!(
+                "longer than {MAX_LINE_BYTES} bytes, the longest line an audit record may be (not an audit log)"
+            )));
+        }
         if line.pop() != Some(b'\n') {
             return Err(broken(
                 "torn: the file ends without a newline (a crash in mid-write; the writer cuts it off and records audit_recovered when it next opens the log)".into(),
@@ -253,6 +263,53 @@ mod tests {
                 let (_, reason) = broken_line(result);
                 assert!(reason.starts_with("torn"), "{reason}");
             }
+        }
+    }
+
+    #[test]
+    fn a_line_longer_than_the_cap_is_one_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = sample_log(dir.path());
+        let mut bad = good.clone();
+        bad.extend(std::iter::repeat_n(b'x', MAX_LINE_BYTES as usize + 10));
+        bad.push(b'\n');
+        let (line, reason) = broken_line(verify_bytes(&bad));
+        assert_eq!(line, 5);
+        assert!(reason.starts_with("longer than 4194304 bytes"), "{reason}");
+        // One byte under the cap (newline included) is read whole: it fails as JSON, not length.
+        let mut under = good;
+        under.extend(std::iter::repeat_n(b'x', MAX_LINE_BYTES as usize - 1));
+        under.push(b'\n');
+        let (line, reason) = broken_line(verify_bytes(&under));
+        assert_eq!(line, 5);
+        assert!(reason.starts_with("not a JSON object"), "{reason}");
+    }
+
+    #[test]
+    fn dev_zero_a_fifo_a_directory_and_a_symlink_are_refused_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let link = dir.path().join("link");
+        std::fs::write(dir.path().join("real"), sample_log(dir.path())).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("real"), &link).unwrap();
+        for path in [Path::new("/dev/zero"), &fifo, dir.path(), &link] {
+            let err = verify(path).unwrap_err();
+            let AuditError::Read { source, .. } = &err else {
+                panic!("{err:?}");
+            };
+            assert!(
+                source.to_string().contains("not a regular file"),
+                "{}: {source}",
+                path.display()
+            );
         }
     }
 

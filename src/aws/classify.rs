@@ -78,10 +78,15 @@ where
 /// The engine's view of an AWS error code (and HTTP status, for codes we do not know).
 pub(crate) fn kind_for_code(code: &str, status: u16) -> ErrorKind {
     match code {
-        "CustomKeyStoreInvalidStateException" => ErrorKind::InvalidState,
-        "CustomKeyStoreNotFoundException" | "ResourceNotFound" | "ResourceNotFoundException" => {
-            ErrorKind::NotFound
+        // A standard key's KMSInvalidStateException (already disabled, pending deletion) is,
+        // like a store's, "look at the state and carry on".
+        "CustomKeyStoreInvalidStateException" | "KMSInvalidStateException" => {
+            ErrorKind::InvalidState
         }
+        "CustomKeyStoreNotFoundException"
+        | "NotFoundException"
+        | "ResourceNotFound"
+        | "ResourceNotFoundException" => ErrorKind::NotFound,
         // The token or key is unknown or expired: new credentials may well be accepted.
         "UnrecognizedClientException"
         | "InvalidClientTokenId"

@@ -23,10 +23,10 @@ use tokio::sync::OnceCell;
 
 use super::classify::classify;
 use super::{
-    AlarmSource, AlarmState, AlarmStateValue, AlarmTransition, AwsError, DisconnectAccepted,
-    ErrorKind, KeyStore, KeyStoreControl,
+    AlarmSource, AlarmState, AlarmStateValue, AlarmTransition, AwsError, DisableKeyAccepted,
+    DisconnectAccepted, ErrorKind, KeyMetadata, KeyStore, KeyStoreControl,
 };
-use crate::model::{ConnectionState, Target};
+use crate::model::{ConnectionState, KeyState, Target};
 use crate::policy::Endpoints;
 
 /// A kill switch must not hang on a black-holed endpoint; KMS and VPC endpoints connect in
@@ -54,10 +54,12 @@ const ROLE_SESSION_NAME: &str = "kms-killswitch";
 /// The SDK clients of one target, sharing one credentials cache.
 pub(super) struct TargetClients {
     kms: aws_sdk_kms::Client,
-    cloudwatch: aws_sdk_cloudwatch::Client,
+    pub(super) cloudwatch: aws_sdk_cloudwatch::Client,
     /// For the queue trigger (`super::queue`).
     pub(super) sqs: aws_sdk_sqs::Client,
     sts: aws_sdk_sts::Client,
+    /// SNS, for notifications (issue 13); the policy's `endpoint_url` or `AWS_ENDPOINT_URL_SNS`.
+    pub(super) sns: aws_sdk_sns::Client,
     /// The account the target's credentials act in; resolved once.
     account: OnceCell<String>,
     /// When these clients (and so their credentials cache) were built; paces re-fetching.
@@ -110,6 +112,7 @@ impl AwsClients {
             .build();
         let base = loader
             .app_name(app_name())
+            .http_client(shared_https_client())
             .timeout_config(timeouts)
             // One attempt per call: the engine's pacing and backoff are the only retry logic.
             .retry_config(RetryConfig::disabled())
@@ -220,11 +223,16 @@ impl AwsClients {
         if let Some(url) = self.endpoints.all.as_ref() {
             sqs = sqs.endpoint_url(url.clone());
         }
+        let mut sns = aws_sdk_sns::config::Builder::from(&config);
+        if let Some(url) = &self.endpoints.all {
+            sns = sns.endpoint_url(url.clone());
+        }
         TargetClients {
             kms: aws_sdk_kms::Client::from_conf(kms.build()),
             cloudwatch: aws_sdk_cloudwatch::Client::from_conf(cloudwatch.build()),
             sqs: aws_sdk_sqs::Client::from_conf(sqs.build()),
             sts: aws_sdk_sts::Client::new(&sts_config),
+            sns: aws_sdk_sns::Client::from_conf(sns.build()),
             account: OnceCell::new_with(target.role_account().map(str::to_string)),
             built_at: std::time::Instant::now(),
             stale: AtomicBool::new(false),
@@ -267,6 +275,26 @@ impl AwsClients {
             None => config.clone(),
         }
     }
+}
+
+/// The one HTTPS client every SDK client of this process shares: the SDK's default (hyper 1.x,
+/// rustls with aws-lc, the system's roots, proxies from the environment), built once. Left to
+/// itself the SDK builds one per service client, each with its own TLS configuration, root store
+/// and connection pool: three per target, ~0.9 MB each, 460 MB for an organisation of 500
+/// account-regions.
+fn shared_https_client() -> aws_sdk_kms::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    use aws_smithy_http_client::{Builder, ConnectorBuilder, proxy::ProxyConfig};
+    Builder::new().build_with_connector_fn(|settings, components| {
+        let mut connector =
+            ConnectorBuilder::default().tls_provider(Provider::Rustls(CryptoMode::AwsLc));
+        connector.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            connector.set_sleep_impl(components.sleep_impl());
+        }
+        connector.set_proxy_config(Some(ProxyConfig::from_env()));
+        connector.build()
+    })
 }
 
 /// No per-service settings from the environment (used where the policy's endpoint must win).
@@ -377,6 +405,63 @@ impl KeyStoreControl for AwsClients {
             .await
             .cloned()
             .map_err(|err| self.refused(target, &clients, err))
+    }
+
+    async fn disable_key(
+        &self,
+        target: &Target,
+        key_id: &str,
+    ) -> Result<DisableKeyAccepted, AwsError> {
+        use aws_sdk_kms::operation::RequestId;
+        let clients = self.clients(target).await;
+        let output = clients
+            .kms
+            .disable_key()
+            .key_id(key_id)
+            .send()
+            .await
+            .map_err(|err| {
+                self.refused(
+                    target,
+                    &clients,
+                    classify("DisableKey", &target.region, &err),
+                )
+            })?;
+        Ok(DisableKeyAccepted {
+            request_id: output.request_id().map(str::to_string),
+        })
+    }
+
+    async fn describe_key(&self, target: &Target, key_id: &str) -> Result<KeyMetadata, AwsError> {
+        const OPERATION: &str = "DescribeKey";
+        let clients = self.clients(target).await;
+        let output = clients
+            .kms
+            .describe_key()
+            .key_id(key_id)
+            .send()
+            .await
+            .map_err(|err| {
+                self.refused(target, &clients, classify(OPERATION, &target.region, &err))
+            })?;
+        let Some(metadata) = output.key_metadata() else {
+            return Err(AwsError::local(
+                OPERATION,
+                target,
+                ErrorKind::Other,
+                "response without KeyMetadata",
+            ));
+        };
+        Ok(KeyMetadata {
+            key_id: metadata.key_id().to_string(),
+            arn: metadata.arn().map(str::to_string),
+            key_state: metadata
+                .key_state()
+                .map(|s| KeyState::parse(s.as_str()))
+                .unwrap_or_else(|| KeyState::Other("(missing)".to_string())),
+            key_manager: metadata.key_manager().map(|m| m.as_str().to_string()),
+            multi_region: metadata.multi_region().unwrap_or(false),
+        })
     }
 }
 
@@ -595,6 +680,7 @@ mod tests {
             cloudwatch: existing.cloudwatch.clone(),
             sqs: existing.sqs.clone(),
             sts: existing.sts.clone(),
+            sns: existing.sns.clone(),
             account: OnceCell::new_with(Some("111111111111".to_string())),
             built_at: existing.built_at,
             stale: AtomicBool::new(false),
@@ -728,6 +814,7 @@ mod tests {
             cloudwatch: aws_sdk_cloudwatch::Client::from_conf(cloudwatch_config),
             sqs: existing.sqs.clone(),
             sts: existing.sts.clone(),
+            sns: existing.sns.clone(),
             account: OnceCell::new_with(Some("111111111111".to_string())),
             built_at: existing.built_at,
             stale: AtomicBool::new(false),

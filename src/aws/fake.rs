@@ -13,9 +13,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{
-    AlarmSource, AlarmState, AlarmStateValue, AwsError, ConnectionState, DisconnectAccepted,
-    ErrorKind, KeyStore, KeyStoreControl, Target,
+    AlarmSource, AlarmState, AlarmStateValue, AwsError, ConnectionState, DisableKeyAccepted,
+    DisconnectAccepted, ErrorKind, KeyMetadata, KeyStore, KeyStoreControl, Target,
 };
+use crate::model::KeyState;
 
 /// The account of a target without a role (what GetCallerIdentity answers).
 pub(crate) const DEFAULT_ACCOUNT: &str = "111111111111";
@@ -27,6 +28,8 @@ pub(crate) const REGION: &str = "eu-west-1";
 pub(crate) enum Op {
     Disconnect,
     Describe,
+    DisableKey,
+    DescribeKey,
 }
 
 /// One KMS request as it arrived.
@@ -54,6 +57,33 @@ pub(crate) struct FakeStore {
     pub(crate) stuck: bool,
 }
 
+/// One standard KMS key (in [`REGION`]).
+pub(crate) struct FakeKey {
+    pub(crate) id: String,
+    pub(crate) alias: Option<String>,
+    pub(crate) account: String,
+    pub(crate) state: KeyState,
+    /// `KeyManager: AWS`: DisableKey is refused with AccessDenied (its key policy allows none).
+    pub(crate) aws_managed: bool,
+}
+
+impl FakeKey {
+    fn arn(&self) -> String {
+        format!("arn:aws:kms:{REGION}:{}:key/{}", self.account, self.id)
+    }
+
+    /// `key_id` names this key: its id or key ARN, or (when `aliases`) its alias or alias ARN.
+    fn named(&self, key_id: &str, aliases: bool) -> bool {
+        key_id == self.id
+            || key_id == self.arn()
+            || (aliases
+                && self.alias.as_deref().is_some_and(|alias| {
+                    key_id == alias
+                        || key_id == format!("arn:aws:kms:{REGION}:{}:{alias}", self.account)
+                }))
+    }
+}
+
 /// One scripted DescribeAlarms answer: (alarm name, CloudWatch `StateValue`) pairs, or a
 /// refusal of that kind.
 pub(crate) type AlarmAnswer = Result<Vec<(&'static str, &'static str)>, ErrorKind>;
@@ -65,6 +95,9 @@ type Probe = Box<dyn Fn() -> bool + Send + Sync>;
 #[derive(Default)]
 pub(crate) struct FakeState {
     pub(crate) stores: Vec<FakeStore>,
+    pub(crate) keys: Vec<FakeKey>,
+    /// Keys whose every DisableKey is refused with AccessDenied.
+    pub(crate) denied_keys: HashSet<String>,
     pub(crate) requests: Vec<Request>,
     /// Errors to return, in order, for the next calls of an operation (any store).
     pub(crate) scripted: HashMap<String, VecDeque<ErrorKind>>,
@@ -147,6 +180,33 @@ impl FakeAws {
                 disconnected_at: None,
                 stuck: false,
             })
+        });
+    }
+
+    /// A customer managed key `id` in [`REGION`] of `account`.
+    pub(crate) fn add_key(&self, id: &str, account: &str, state: KeyState) {
+        self.with(|s| {
+            s.keys.push(FakeKey {
+                id: id.to_string(),
+                alias: None,
+                account: account.to_string(),
+                state,
+                aws_managed: false,
+            })
+        });
+    }
+
+    /// The key's state now (`None`: no such key).
+    pub(crate) fn key_state(&self, id: &str) -> Option<KeyState> {
+        self.with(|s| s.keys.iter().find(|k| k.id == id).map(|k| k.state.clone()))
+    }
+
+    /// Someone changes a key's state behind the switch's back (e.g. an attacker's EnableKey).
+    pub(crate) fn set_key_state(&self, id: &str, state: KeyState) {
+        self.with(|s| {
+            if let Some(key) = s.keys.iter_mut().find(|k| k.id == id) {
+                key.state = state;
+            }
         });
     }
 
@@ -356,6 +416,82 @@ impl KeyStoreControl for FakeAws {
             let end = (start + 2).min(all.len());
             let next = (end < all.len()).then(|| end.to_string());
             Ok((all[start..end].to_vec(), next))
+        })
+    }
+
+    async fn disable_key(
+        &self,
+        target: &Target,
+        key_id: &str,
+    ) -> Result<DisableKeyAccepted, AwsError> {
+        const OPERATION: &str = "DisableKey";
+        let account = account_of(target);
+        self.with(|s| {
+            let request_id = Some(format!("rid-{}", s.requests.len()));
+            s.requests.push(Request {
+                at: Instant::now(),
+                op: Op::DisableKey,
+                account: account.clone(),
+                region: target.region.clone(),
+                custom_key_store_id: Some(key_id.to_string()),
+                probe: false,
+            });
+            let refuse = |kind| Err(error(OPERATION, &target.region, kind));
+            if s.denied_accounts.contains(&account) || s.denied_keys.contains(key_id) {
+                return refuse(ErrorKind::AccessDenied);
+            }
+            if let Some(kind) = s.scripted.get_mut(OPERATION).and_then(VecDeque::pop_front) {
+                return refuse(kind);
+            }
+            let Some(key) = s.keys.iter_mut().find(|k| {
+                k.account == account && target.region == REGION && k.named(key_id, false)
+            }) else {
+                return refuse(ErrorKind::NotFound);
+            };
+            if key.aws_managed {
+                return refuse(ErrorKind::AccessDenied);
+            }
+            match key.state {
+                KeyState::Enabled | KeyState::Disabled => key.state = KeyState::Disabled,
+                _ => return refuse(ErrorKind::InvalidState),
+            }
+            Ok(DisableKeyAccepted { request_id })
+        })
+    }
+
+    async fn describe_key(&self, target: &Target, key_id: &str) -> Result<KeyMetadata, AwsError> {
+        const OPERATION: &str = "DescribeKey";
+        let account = account_of(target);
+        self.with(|s| {
+            s.requests.push(Request {
+                at: Instant::now(),
+                op: Op::DescribeKey,
+                account: account.clone(),
+                region: target.region.clone(),
+                custom_key_store_id: Some(key_id.to_string()),
+                probe: false,
+            });
+            let refuse = |kind| Err(error(OPERATION, &target.region, kind));
+            if s.denied_accounts.contains(&account) {
+                return refuse(ErrorKind::AccessDenied);
+            }
+            if let Some(kind) = s.scripted.get_mut(OPERATION).and_then(VecDeque::pop_front) {
+                return refuse(kind);
+            }
+            let Some(key) = s
+                .keys
+                .iter()
+                .find(|k| k.account == account && target.region == REGION && k.named(key_id, true))
+            else {
+                return refuse(ErrorKind::NotFound);
+            };
+            Ok(KeyMetadata {
+                key_id: key.id.clone(),
+                arn: Some(key.arn()),
+                key_state: key.state.clone(),
+                key_manager: Some(if key.aws_managed { "AWS" } else { "CUSTOMER" }.to_string()),
+                multi_region: key.id.starts_with("mrk-"),
+            })
         })
     }
 

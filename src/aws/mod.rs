@@ -7,12 +7,13 @@
 use std::fmt;
 use std::future::Future;
 
-use crate::model::{ConnectionState, Target};
+use crate::model::{ConnectionState, KeyState, Target};
 
 mod classify;
 mod clients;
 #[cfg(test)]
 pub(crate) mod fake;
+mod messaging;
 mod queue;
 
 pub use clients::AwsClients;
@@ -97,6 +98,29 @@ impl AwsError {
     }
 }
 
+/// DescribeKey's `KeyMetadata`, in our own types.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyMetadata {
+    pub key_id: String,
+    pub arn: Option<String>,
+    pub key_state: KeyState,
+    /// `CUSTOMER` or `AWS` (an AWS managed key, which nobody can disable).
+    pub key_manager: Option<String>,
+    pub multi_region: bool,
+}
+
+impl KeyMetadata {
+    pub fn is_aws_managed(&self) -> bool {
+        self.key_manager.as_deref() == Some("AWS")
+    }
+}
+
+/// A DisableKey that KMS accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisableKeyAccepted {
+    pub request_id: Option<String>,
+}
+
 /// A Disconnect that KMS accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DisconnectAccepted {
@@ -127,6 +151,21 @@ pub trait KeyStoreControl: Send + Sync + 'static {
     /// The account id the target's credentials belong to (from the role ARN, or the caller
     /// identity of the base credentials). Cached.
     fn account(&self, target: &Target) -> impl Future<Output = Result<String, AwsError>> + Send;
+
+    /// DisableKey for one standard key (`key_id`: a key id or key ARN; KMS refuses an alias).
+    /// One attempt: the engine paces and retries.
+    fn disable_key(
+        &self,
+        target: &Target,
+        key_id: &str,
+    ) -> impl Future<Output = Result<DisableKeyAccepted, AwsError>> + Send;
+
+    /// DescribeKey (`key_id` in any form KMS takes: key id, key ARN, alias name, alias ARN).
+    fn describe_key(
+        &self,
+        target: &Target,
+        key_id: &str,
+    ) -> impl Future<Output = Result<KeyMetadata, AwsError>> + Send;
 }
 
 /// A CloudWatch alarm's `StateValue`. An answer without one, or with one this build does not
@@ -204,4 +243,32 @@ pub trait AlarmSource: Send + Sync + 'static {
         alarm_names: &[String],
         since: std::time::SystemTime,
     ) -> impl Future<Output = Result<Vec<AlarmTransition>, AwsError>> + Send;
+}
+
+/// One heartbeat datum: value 1, unit Count, dimension `Host` (DESIGN.md §9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeartbeatDatum {
+    pub namespace: String,
+    pub metric_name: String,
+    pub host: String,
+}
+
+/// SNS Publish and CloudWatch PutMetricData: what notifications and the heartbeat send, after
+/// the fact and never in a lockdown's way. Implemented by the AWS adapter and by test fakes.
+pub trait Messaging: Send + Sync + 'static {
+    /// Publish `message` to the topic; the `MessageId` SNS gave it. One attempt.
+    fn publish(
+        &self,
+        target: &Target,
+        topic_arn: &str,
+        subject: &str,
+        message: &str,
+    ) -> impl Future<Output = Result<Option<String>, AwsError>> + Send;
+
+    /// PutMetricData of one heartbeat datum. One attempt.
+    fn put_heartbeat(
+        &self,
+        target: &Target,
+        datum: &HeartbeatDatum,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
 }

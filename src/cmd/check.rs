@@ -65,8 +65,13 @@ pub fn summary(policy: &Policy) -> String {
     if !policy.triggers.alarms.is_empty() {
         triggers.push(crate::count(policy.triggers.alarms.len(), "alarm"));
     }
+    // Keys are named only when listed, so a policy without them reads as before.
+    let keys = match policy.keys.len() {
+        0 => String::new(),
+        n => format!(" and {}", crate::count(n, "key")),
+    };
     format!(
-        "policy {} OK: {} in {}/{}, triggers: {}",
+        "policy {} OK: {}{keys} in {}/{}, triggers: {}",
         policy.path.display(),
         crate::count(policy.key_stores.len(), "key store"),
         crate::count(accounts, "account"),

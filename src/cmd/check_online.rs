@@ -1,11 +1,15 @@
 //! `kms-killswitch check --online`: with a valid policy, confirm in AWS that the credentials work
 //! for every target (AssumeRole included), that every listed key store exists and can be
 //! described, that every watched alarm exists and can be read, and that every watched queue
-//! exists and can be read (GetQueueAttributes). Reports each missing store,
-//! alarm or permission; exit 1 if any. Changes nothing in AWS.
+//! exists and can be read (GetQueueAttributes). Lists every custom key store of the policy's
+//! account-regions that no entry covers (a problem unless `lockdown.allow_unprotected: true`).
+//! Reports each missing store, alarm, queue or permission; exit 1 if any. Changes nothing in AWS.
 
 use crate::aws::{AlarmSource, ErrorKind, QueueSource};
-use crate::cmd::{Context, Exit, engine, runtime, status_table};
+use crate::cmd::{
+    Context, Exit, engine, key_status_table, key_targets, runtime, status_table, unprotected_table,
+};
+use crate::lockdown::LockdownError;
 use crate::model::Target;
 use crate::policy::Policy;
 use crate::switch;
@@ -35,6 +39,50 @@ pub fn run(_ctx: &Context, policy: &Policy) -> anyhow::Result<Exit> {
                     _ => "cannot check key store",
                 };
                 problems.push(format!("{what}: {}", error.to_line()));
+            }
+        }
+
+        let keys = engine.describe_keys(&policy.keys).await;
+        if !keys.is_empty() {
+            print!("{}", key_status_table(&keys));
+        }
+        for key in &keys {
+            if let Some(error) = &key.error {
+                let what = match error {
+                    LockdownError::AwsManagedKey { .. } => "AWS managed key",
+                    _ => match error.aws_kind() {
+                        Some(ErrorKind::NotFound) => "missing key",
+                        Some(ErrorKind::AccessDenied) => "missing permission",
+                        _ => "cannot check key",
+                    },
+                };
+                problems.push(format!("{what}: {}", error.to_line()));
+            }
+        }
+
+        // Errors of this Describe are the ones the statuses above already reported.
+        let (unprotected, _) = engine
+            .unprotected(&policy.key_stores, &key_targets(policy))
+            .await;
+        if !unprotected.is_empty() {
+            println!("custom key stores that no entry of key_stores covers:");
+            print!("{}", unprotected_table(&unprotected));
+        }
+        if !policy.allow_unprotected {
+            for store in &unprotected {
+                problems.push(format!(
+                    "unprotected key store: {} ({}) in account {}, region {} is covered by no \
+                     entry of key_stores; list it, add `all: true` for its account-region, or set \
+                     `lockdown.allow_unprotected: true`",
+                    store.key_store.custom_key_store_id,
+                    store
+                        .key_store
+                        .custom_key_store_name
+                        .as_deref()
+                        .unwrap_or("no name"),
+                    store.account.as_deref().unwrap_or("unknown"),
+                    store.target.region,
+                ));
             }
         }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use crate::aws::AwsClients;
-use crate::lockdown::{Engine, StoreStatus};
+use crate::lockdown::{Engine, KeyStatus, StoreStatus, UnprotectedStore};
 use crate::model::{KeyStoreSelector, Target};
 use crate::policy::{self, LoadOptions, Policy, PolicyError};
 
@@ -94,13 +94,14 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Every account+region the policy talks to (key stores and alarms), once: for client set-up
+/// Every account+region the policy talks to (key stores, keys and alarms), once: for client set-up
 /// and credential warm-up.
 pub(crate) fn targets(policy: &Policy) -> Vec<Target> {
     let mut targets: Vec<_> = policy
         .key_stores
         .iter()
         .map(|s| s.target.clone())
+        .chain(policy.keys.iter().map(|k| k.target.clone()))
         .chain(policy.triggers.alarms.iter().map(|a| a.target.clone()))
         .chain(policy.triggers.queues.iter().map(|q| q.target.clone()))
         .collect();
@@ -130,6 +131,10 @@ pub(crate) fn status_table(statuses: &[StoreStatus]) -> String {
                 KeyStoreSelector::Name(name) => (
                     store.map_or_else(dash, |s| s.custom_key_store_id.clone()),
                     Some(name.clone()),
+                ),
+                KeyStoreSelector::All => (
+                    store.map_or_else(|| "all".to_string(), |s| s.custom_key_store_id.clone()),
+                    store.and_then(|s| s.custom_key_store_name.clone()),
                 ),
             };
             vec![
@@ -163,6 +168,97 @@ pub(crate) fn status_table(statuses: &[StoreStatus]) -> String {
         ],
         &rows,
     )
+}
+
+/// Account, region, key, entry, manager and state of every standard key, aligned.
+pub(crate) fn key_status_table(statuses: &[KeyStatus]) -> String {
+    let dash = || "-".to_string();
+    let rows: Vec<Vec<String>> = statuses
+        .iter()
+        .map(|status| {
+            let metadata = status.metadata.as_ref();
+            vec![
+                status.account.clone().unwrap_or_else(dash),
+                status.spec.target.region.clone(),
+                metadata.map_or_else(dash, |m| m.key_id.clone()),
+                status.spec.selector.to_string(),
+                metadata
+                    .and_then(|m| m.key_manager.clone())
+                    .unwrap_or_else(dash),
+                match (metadata, &status.error) {
+                    (Some(m), _) => m.key_state.to_string(),
+                    (None, Some(_)) => "ERROR".to_string(),
+                    (None, None) => dash(),
+                },
+            ]
+        })
+        .collect();
+    table(
+        &["ACCOUNT", "REGION", "KEY", "ENTRY", "MANAGER", "STATE"],
+        &rows,
+    )
+}
+
+/// `status --json`'s entry for one standard key.
+pub(crate) fn key_status_json(status: &KeyStatus) -> serde_json::Value {
+    let metadata = status.metadata.as_ref();
+    serde_json::json!({
+        "key_id": metadata.map(|m| m.key_id.clone()),
+        "arn": metadata.and_then(|m| m.arn.clone()),
+        "entry": status.spec.selector.to_string(),
+        "account": status.account,
+        "region": status.spec.target.region,
+        "key_manager": metadata.and_then(|m| m.key_manager.clone()),
+        "key_state": metadata.map(|m| m.key_state.to_string()),
+        "multi_region": metadata.map(|m| m.multi_region),
+        "error": status.error.as_ref().map(|e| e.to_line()),
+    })
+}
+
+/// The targets of the policy's standard keys (account-regions the unprotected-store report
+/// covers too).
+pub(crate) fn key_targets(policy: &Policy) -> Vec<Target> {
+    let mut targets: Vec<Target> = policy.keys.iter().map(|k| k.target.clone()).collect();
+    targets.sort();
+    targets.dedup();
+    targets
+}
+
+/// The custom key stores no policy entry covers: account, region, id, name, type, state.
+pub(crate) fn unprotected_table(stores: &[UnprotectedStore]) -> String {
+    let dash = || "-".to_string();
+    let rows: Vec<Vec<String>> = stores
+        .iter()
+        .map(|u| {
+            let store = &u.key_store;
+            vec![
+                u.account.clone().unwrap_or_else(dash),
+                u.target.region.clone(),
+                store.custom_key_store_id.clone(),
+                store.custom_key_store_name.clone().unwrap_or_else(dash),
+                store.custom_key_store_type.clone().unwrap_or_else(dash),
+                store.connection_state.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &["ACCOUNT", "REGION", "KEY STORE", "NAME", "TYPE", "STATE"],
+        &rows,
+    )
+}
+
+/// `status --json`'s entry for a store no policy entry covers (the fields of `key_stores`).
+pub(crate) fn unprotected_json(u: &UnprotectedStore) -> serde_json::Value {
+    let store = &u.key_store;
+    serde_json::json!({
+        "key_store_id": store.custom_key_store_id,
+        "name": store.custom_key_store_name,
+        "account": u.account,
+        "region": u.target.region,
+        "type": store.custom_key_store_type,
+        "connection_state": store.connection_state.to_string(),
+        "connection_error_code": store.connection_error_code,
+    })
 }
 
 /// A plain text table: columns padded to their widest cell, two spaces apart.

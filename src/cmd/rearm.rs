@@ -4,6 +4,7 @@
 //! take the disconnect lock, `crate::latch`). Otherwise removes the latch and audits
 //! `rearmed {reason, by}`. A running daemon re-reads the latch file every half second and is armed
 //! again within a second (see `crate::daemon`); nothing else is needed. It never calls KMS.
+//! With `notify:` in the policy, it sends `rearmed` to every sink itself (bounded in time).
 
 use clap::Args;
 
@@ -11,8 +12,13 @@ use crate::audit::AuditLog;
 use crate::aws::AwsClients;
 use crate::cmd::{Context, Exit, runtime};
 use crate::latch;
+use crate::notify;
 use crate::policy::Policy;
 use crate::switch;
+
+/// How long `rearm` waits for its `rearmed` notification: one attempt's worth per sink (they run
+/// at once), so an operator is never held up long by a sink that hangs; the attempts are audited.
+const REARM_NOTIFY_TIMEOUT: std::time::Duration = notify::ATTEMPT_TIMEOUT;
 
 #[derive(Debug, Args)]
 pub struct RearmArgs {
@@ -56,6 +62,7 @@ pub fn run(ctx: &Context, args: &RearmArgs) -> anyhow::Result<Exit> {
         "re-armed by {by}: latch of lockdown {} (fired {} by {}) cleared; a running daemon is armed again within a second",
         latch.lockdown_id, latch.fired_at, latch.trigger
     );
+    notify_rearmed(&policy, &audit, &latch, &args.reason, &by);
     if !audit.flush() {
         eprintln!(
             "kms-killswitch: error: the rearm could not be recorded in the audit log {}",
@@ -64,6 +71,44 @@ pub fn run(ctx: &Context, args: &RearmArgs) -> anyhow::Result<Exit> {
         return Ok(Exit::Incomplete);
     }
     Ok(Exit::Success)
+}
+
+/// Send `rearmed` to the policy's sinks (there is no daemon to queue it for us), each attempt
+/// audited; at most [`REARM_NOTIFY_TIMEOUT`]. A sink that fails changes nothing about the rearm.
+fn notify_rearmed(policy: &Policy, audit: &AuditLog, latch: &latch::Latch, reason: &str, by: &str) {
+    if policy.notify.is_empty() {
+        return;
+    }
+    let sinks = match notify::sinks(policy) {
+        Ok(sinks) => sinks,
+        Err(err) => {
+            eprintln!("kms-killswitch: warning: no rearm notification sent: {err}");
+            return;
+        }
+    };
+    let event = crate::audit::Event::Rearmed {
+        reason: reason.to_string(),
+        by: by.to_string(),
+    };
+    let host = notify::hostname();
+    let now = std::time::SystemTime::now();
+    let Some(notification) =
+        notify::build_notification(&event, &host, now, Some(latch.lockdown_id.as_str()))
+    else {
+        return;
+    };
+    let send = async {
+        let targets = sinks.iter().filter_map(|sink| match sink {
+            notify::Sink::Sns { target, .. } => Some(target.clone()),
+            notify::Sink::Webhook(_) => None,
+        });
+        let aws = AwsClients::new(&policy.endpoints, targets.collect::<Vec<_>>()).await;
+        notify::send_now(&notification, &sinks, &aws, audit, REARM_NOTIFY_TIMEOUT).await;
+    };
+    match runtime() {
+        Ok(runtime) => runtime.block_on(send),
+        Err(err) => eprintln!("kms-killswitch: warning: no rearm notification sent: {err:#}"),
+    }
 }
 
 /// `Some(why)` when a watched alarm is in ALARM or cannot be read.

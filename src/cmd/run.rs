@@ -1,6 +1,7 @@
 //! `kms-killswitch run`: the daemon in the foreground. Builds a multi-thread tokio runtime,
 //! loads the policy (exit 78 on error), opens the audit log, builds the AWS clients and warms
-//! their credentials, then hands everything to [`crate::daemon`] until SIGTERM/SIGINT. It spawns
+//! their credentials, starts the notifier ([`crate::notify`], when the policy asks for
+//! notifications or a heartbeat), then hands everything to [`crate::daemon`] until SIGTERM/SIGINT. It spawns
 //! nothing itself (the daemon does) and holds no logic beyond wiring.
 
 use std::sync::Arc;
@@ -11,9 +12,13 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::audit::AuditLog;
 use crate::aws::AwsClients;
 use crate::cmd::{Context, Exit, untrusted_state_path};
-use crate::daemon::{Daemon, DaemonConfig, KeepWarm, SystemdNotifier};
+use crate::daemon::{Daemon, DaemonAudit, DaemonConfig, KeepWarm, SystemdNotifier};
+use crate::notify;
 use crate::policy::Policy;
 use crate::trigger::signal::SignalWatch;
+
+/// How long the exit waits for notifications still queued for systemd.
+const NOTIFY_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub fn run(ctx: &Context) -> anyhow::Result<Exit> {
     // A bad policy never starts a daemon: 78 via the PolicyError in the chain.
@@ -51,19 +56,43 @@ async fn run_daemon(ctx: &Context, policy: Policy) -> anyhow::Result<Exit> {
         );
         return Ok(Exit::Config);
     }
+    // Webhook secrets are read now, like the policy: an unsafe or missing one refuses the start.
+    let sinks = match notify::sinks(&policy) {
+        Ok(sinks) => sinks,
+        Err(err) => {
+            eprintln!(
+                "kms-killswitch: error: policy {}: {err}",
+                policy.path.display()
+            );
+            return Ok(Exit::Config);
+        }
+    };
     let audit = AuditLog::open(&policy.audit_log, &policy.sha256);
     let aws = warmed_clients(&policy).await;
 
     let audit = Arc::new(audit);
+    // Notifications and the heartbeat decorate the audit sink the daemon and the engine write
+    // through: the record first, the notification after it, from its own tasks.
+    let notifier = (!sinks.is_empty() || policy.heartbeat.is_some() || policy.metrics.is_some())
+        .then(|| {
+            let settings = notify::Settings::from_policy(&policy);
+            notify::start(settings, sinks, audit.clone(), aws.clone())
+        });
+    let daemon_audit: Arc<dyn DaemonAudit> = match &notifier {
+        Some(started) => started.audit.clone(),
+        None => audit.clone(),
+    };
     let keep_warm = keep_warm(aws.clone());
     let reload_ctx = ctx.clone();
     let queues: Arc<dyn crate::aws::QueueSource> = aws.clone();
+    let systemd =
+        SystemdNotifier::start().context("cannot start the systemd notification thread")?;
     let daemon = Daemon::new(DaemonConfig {
         policy,
         control: aws.clone(),
         alarms: aws,
-        audit: audit.clone(),
-        notifier: Arc::new(SystemdNotifier),
+        audit: daemon_audit,
+        notifier: Arc::new(systemd.clone()),
         load_policy: Box::new(move || Ok(reload_ctx.load_policy()?)),
         watchdog: sd_notify::watchdog_enabled(),
         signal_watch,
@@ -76,7 +105,14 @@ async fn run_daemon(ctx: &Context, policy: Policy) -> anyhow::Result<Exit> {
             _ = interrupt.recv() => tracing::info!("SIGINT received"),
         }
     };
-    match daemon.run(shutdown, hangup).await {
+    let ran = daemon.run(shutdown, hangup).await;
+    // Notifications still queued (the lockdown's last ones) get a bounded chance to go out, and
+    // STOPPING=1 reaches systemd before the process exits, unless systemd is not reading.
+    if let Some(notifier) = notifier {
+        notifier.stop(notify::DRAIN_TIMEOUT).await;
+    }
+    systemd.drain(NOTIFY_DRAIN_TIMEOUT);
+    match ran {
         // Issue 5: a record that never reached the audit log shows in the exit status.
         Ok(()) if !audit.flushed().await => {
             eprintln!(

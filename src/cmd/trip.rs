@@ -67,10 +67,16 @@ pub fn run(ctx: &Context, args: &TripArgs) -> anyhow::Result<Exit> {
         if std::io::stderr().is_terminal() {
             engine = engine.with_progress(Arc::new(print_progress));
         }
-        engine.lockdown(&request, &audit).await
+        engine
+            .lockdown_with_keys(&request, &policy.keys, &audit)
+            .await
     });
 
     print!("{}", report_table(&report));
+    if !report.keys.is_empty() {
+        println!();
+        print!("{}", key_table(&report));
+    }
     println!("{}", summary(&report));
     for store in &report.stores {
         if let Some(stale) = &store.stale_id {
@@ -308,25 +314,74 @@ fn report_table(report: &LockdownReport) -> String {
     )
 }
 
+/// Account, region, key, state and result of every standard key.
+fn key_table(report: &LockdownReport) -> String {
+    let rows: Vec<Vec<String>> = report
+        .keys
+        .iter()
+        .map(|k| {
+            let result = match (&k.error, k.verified, report.dry_run) {
+                (Some(error), _, _) => format!("FAILED: {}", error.to_line()),
+                (None, true, true) => "already disabled".to_string(),
+                (None, false, true) => "would disable".to_string(),
+                (None, true, false) => format!("verified ({} attempts)", k.attempts),
+                (None, false, false) => "FAILED: not verified".to_string(),
+            };
+            vec![
+                k.account.clone().unwrap_or_else(|| "-".to_string()),
+                k.spec.target.region.clone(),
+                k.key_id
+                    .clone()
+                    .unwrap_or_else(|| k.spec.selector.to_string()),
+                k.key_state
+                    .as_ref()
+                    .map_or_else(|| "-".to_string(), |s| s.to_string()),
+                result,
+            ]
+        })
+        .collect();
+    table(&["ACCOUNT", "REGION", "KEY", "STATE", "RESULT"], &rows)
+}
+
+/// `, 3/3 keys Disabled` when the policy lists keys, else nothing.
+fn keys_summary(report: &LockdownReport) -> String {
+    if report.keys.is_empty() {
+        return String::new();
+    }
+    let verified = report.keys.iter().filter(|k| k.verified).count();
+    format!(
+        "; {verified}/{} keys {}",
+        report.keys.len(),
+        if report.dry_run {
+            "already Disabled"
+        } else {
+            "verified Disabled"
+        }
+    )
+}
+
 fn summary(report: &LockdownReport) -> String {
     let total = report.stores.len();
     let verified = report.stores.iter().filter(|s| s.verified).count();
     let elapsed = report.elapsed.as_secs_f64();
     if report.dry_run {
         format!(
-            "dry run {}: {} of {total} key stores would be disconnected ({verified} already DISCONNECTED); no Disconnect was sent",
+            "dry run {}: {} of {total} key stores would be disconnected ({verified} already DISCONNECTED); no Disconnect was sent{}",
             report.lockdown_id,
-            total - verified
+            total - verified,
+            keys_summary(report)
         )
     } else if report.complete() {
         format!(
-            "lockdown {} COMPLETE: {verified}/{total} key stores verified DISCONNECTED in {elapsed:.1}s",
-            report.lockdown_id
+            "lockdown {} COMPLETE: {verified}/{total} key stores verified DISCONNECTED in {elapsed:.1}s{}",
+            report.lockdown_id,
+            keys_summary(report)
         )
     } else {
         format!(
-            "lockdown {} PARTIAL: only {verified}/{total} key stores verified DISCONNECTED after {elapsed:.1}s; a running daemon keeps enforcing",
-            report.lockdown_id
+            "lockdown {} PARTIAL: only {verified}/{total} key stores verified DISCONNECTED after {elapsed:.1}s{}; a running daemon keeps enforcing",
+            report.lockdown_id,
+            keys_summary(report)
         )
     }
 }

@@ -101,6 +101,32 @@ pub trait DaemonAudit: AuditSink {
     fn holds_none(&self) -> bool {
         true
     }
+
+    /// The main loop turned (every latch poll), with what the daemon knows to be wrong
+    /// (`reasons` empty: nothing): the health watch's input (issue 13).
+    fn loop_turned(&self, _reasons: Vec<String>) {}
+}
+
+impl DaemonAudit for crate::notify::NotifyingAudit {
+    fn set_policy_sha256(&self, policy_sha256: &str) {
+        self.log().set_policy_sha256(policy_sha256);
+    }
+
+    fn healthy(&self) -> bool {
+        self.log().all_durable()
+    }
+
+    fn flush(&self) -> bool {
+        self.log().retry_held()
+    }
+
+    fn holds_none(&self) -> bool {
+        self.log().held() == 0
+    }
+
+    fn loop_turned(&self, reasons: Vec<String>) {
+        self.report_loop_turn(reasons);
+    }
 }
 
 impl DaemonAudit for AuditLog {
@@ -345,8 +371,12 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
         loop {
             let next_enforce = self.state.activity().next_enforce();
             tokio::select! {
-                // Ordered: a queued trigger is handled before a shutdown that arrived with it.
+                // Ordered: SIGTERM first, so a storm of triggers (10,000 SIGUSR1s while latched)
+                // cannot starve it. Nothing queued is lost: `shutdown` stops the watchers and then
+                // handles every event they queued before it stops.
                 biased;
+                // SIGTERM/SIGINT (or the test's own future): stop, finishing any lockdown first.
+                _ = &mut shutdown => break,
                 // A trigger fired, was rejected, or the alarms' health changed.
                 Some(event) = self.events_rx.recv() => self.on_trigger(event),
                 // The lockdown in flight ended (verified, or at its verify_timeout), or an
@@ -355,8 +385,6 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                     TaskEnded::Lockdown(result) => self.on_lockdown_finished(result),
                     TaskEnded::Enforcement(result) => self.on_enforcement_finished(result),
                 },
-                // SIGTERM/SIGINT (or the test's own future): stop, finishing any lockdown first.
-                _ = &mut shutdown => break,
                 // SIGHUP: re-read and swap the policy, or keep the old one.
                 _ = reload.requested() => self.reload().await,
                 // Time for an enforcement round.
@@ -368,6 +396,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                     if !self.audit.healthy() {
                         self.audit.flush();
                     }
+                    self.audit.loop_turned(self.health_reasons());
                 }
                 // Tell systemd the loop is alive.
                 _ = watchdog.tick(), if self.watchdog.is_some() => {
@@ -606,6 +635,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
             activity => activity.stop_enforcement(),
         }
         let request = switch::lockdown_request(&self.policy, lockdown_id, false);
+        let keys = self.policy.keys.clone();
         let engine = self.engine.clone();
         let audit = self.audit.clone();
         let state_file = self.policy.state_file.clone();
@@ -617,7 +647,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                 return None;
             };
             let sink: &dyn AuditSink = &*audit;
-            Some(engine.lockdown(&request, sink).await)
+            Some(engine.lockdown_with_keys(&request, &keys, sink).await)
         });
         *self.state.activity_mut() = Activity::LockingDown {
             task,
@@ -682,6 +712,7 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
         let engine = self.engine.clone();
         let audit = self.audit.clone();
         let key_stores = self.policy.key_stores.clone();
+        let keys = self.policy.keys.clone();
         let lockdown_id = latched.latch.lockdown_id.clone();
         let state_file = self.policy.state_file.clone();
         let require_latch = latched.persisted;
@@ -694,7 +725,13 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                     // Rearmed since this round was scheduled: nothing to enforce.
                     None => (0, 0),
                     Some(_lock) => {
-                        enforce_round(&engine, &key_stores, lockdown_id.as_str(), sink).await
+                        let lockdown_id = lockdown_id.as_str();
+                        let (stores, keys) = tokio::join!(
+                            enforce_round(&engine, &key_stores, lockdown_id, sink),
+                            engine.enforce_keys(&keys, lockdown_id, sink)
+                        );
+                        record_key_enforcement_failures(&keys, lockdown_id, sink);
+                        stores
                     }
                 }
             };
@@ -827,6 +864,15 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
                 new.path.display()
             ));
         }
+        if new.notify != self.policy.notify
+            || new.heartbeat != self.policy.heartbeat
+            || new.metrics != self.policy.metrics
+        {
+            return Err(format!(
+                "policy {}: changing notify, heartbeat or metrics needs a restart",
+                new.path.display()
+            ));
+        }
         let new = Arc::new(new);
         let prepared = self
             .prepare_triggers(&new)
@@ -909,6 +955,28 @@ impl<C: KeyStoreControl, A: AlarmSource> Daemon<C, A> {
         }
     }
 
+    /// What the daemon itself knows to be wrong, for the health watch: every watched alarm
+    /// unreadable (the alarm trigger is blind). Enforcement failures are seen by the notifier in
+    /// the `enforcement_failed` records themselves.
+    fn health_reasons(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        let alarm_regions: std::collections::BTreeSet<&str> = self
+            .policy
+            .triggers
+            .alarms
+            .iter()
+            .map(|alarm| alarm.target.region.as_str())
+            .collect();
+        if !alarm_regions.is_empty()
+            && alarm_regions
+                .iter()
+                .all(|region| self.unreadable_alarms.contains_key(*region))
+        {
+            reasons.push("every alarm unreadable".to_string());
+        }
+        reasons
+    }
+
     fn notify_status(&self) {
         let status = self.status_line();
         self.notifier.notify(&[NotifyState::Status(&status)]);
@@ -967,6 +1035,32 @@ async fn enforce_round<C: KeyStoreControl>(
     (verified, report.stores.len())
 }
 
+/// Audit every standard key an enforcement round could not check or disable (as for stores).
+fn record_key_enforcement_failures(
+    keys: &[crate::lockdown::EnforcedKey],
+    lockdown_id: &str,
+    audit: &dyn AuditSink,
+) {
+    for key in keys {
+        let Some(error) = &key.error else { continue };
+        let key_id = key
+            .key_id
+            .clone()
+            .unwrap_or_else(|| key.spec.selector.to_string());
+        tracing::warn!(key = %key_id, region = %key.spec.target.region, cause = %error, "enforcement round failed for a key");
+        audit
+            .record(Event::KeyEnforcementFailed {
+                lockdown_id: lockdown_id.to_string(),
+                key_id,
+                region: key.spec.target.region.clone(),
+                account: key.account.clone(),
+                key_state: key.key_state.as_ref().map(|s| s.to_string()),
+                error: error.clone(),
+            })
+            .queued();
+    }
+}
+
 /// Audit every store an enforcement round could not check or disconnect (issue 10, item 5:
 /// a round failing for hours must show in the audit log, not only in the journal).
 fn record_enforcement_failures(
@@ -983,6 +1077,7 @@ fn record_enforcement_failures(
                 .unwrap_or_else(|| match &store.spec.selector {
                     KeyStoreSelector::Id(id) => id.clone(),
                     KeyStoreSelector::Name(name) => format!("name:{name}"),
+                    KeyStoreSelector::All => "all".to_string(),
                 });
         tracing::warn!(key_store = %key_store_id, region = %store.spec.target.region, cause = %error, "enforcement round failed for a key store");
         audit

@@ -1,6 +1,7 @@
 //! Enforcement rounds while latched ([`Engine::enforce`]): one paginated Describe per target,
 //! every listed store seen in a state other than DISCONNECTED or DISCONNECTING recorded as drift
-//! and disconnected again (its verification is the next round). Shares the engine's pacers, name
+//! and disconnected again (its verification is the next round); an `all: true` entry covers every
+//! store of that round's Describe. Shares the engine's pacers, name
 //! cache and Disconnect path; knows nothing of the latch or of when the next round runs.
 
 use futures_util::future::join_all;
@@ -73,6 +74,7 @@ impl<C: KeyStoreControl> Engine<C> {
                 return undescribed(stores, &err);
             }
         };
+        let stores = super::all::expand_round(target, stores, &listed);
         let mut results = Vec::with_capacity(stores.len());
         let mut drifted = Vec::new();
         for (index, spec) in stores {

@@ -6,7 +6,8 @@
 //! also re-enforces a latched lockdown ([`Engine::enforce`], in [`enforce`]) and describes stores
 //! without touching them ([`Engine::describe`]). It talks to AWS only through
 //! [`KeyStoreControl`], records through [`AuditSink`], and knows nothing of triggers, latches or
-//! file paths.
+//! file paths. `all.rs` expands `all: true` entries and finds unprotected stores; `keys.rs`
+//! disables and verifies standard KMS keys ([`Engine::lockdown_with_keys`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -16,27 +17,37 @@ use futures_util::future::join_all;
 use tokio::time::{Instant, sleep_until, timeout_at};
 use tracing::{info, warn};
 
-use crate::audit::{AuditSink, DisconnectResult, Event, FailedStore};
+use crate::audit::{AuditSink, DisconnectResult, Event, Failed, FailedStore};
 use crate::aws::{AwsError, DisconnectAccepted, ErrorKind, KeyStore, KeyStoreControl};
-use crate::model::{ConnectionState, KeyStoreSelector, KeyStoreSpec, Target};
+use crate::model::{ConnectionState, KeySpec, KeyStoreSelector, KeyStoreSpec, Target};
 use crate::policy::LockdownSettings;
 
 mod account;
+mod all;
 mod enforce;
+mod keys;
 mod pacing;
 mod report;
 
+pub use all::UnprotectedStore;
 use pacing::{Operation, Pacer};
 pub use report::{
-    EnforceReport, EnforcedStore, LockdownError, LockdownReport, ProgressEvent, ProgressFn,
-    ProgressStep, StoreOutcome, StoreStatus,
+    EnforceReport, EnforcedKey, EnforcedStore, KeyOutcome, KeyStatus, LockdownError,
+    LockdownReport, ProgressEvent, ProgressFn, ProgressStep, StoreOutcome, StoreStatus,
 };
 
-/// First verification poll after the Disconnects: KMS usually reports DISCONNECTING at once and
-/// DISCONNECTED within a second or two, so look early.
-const VERIFY_POLL_FIRST: Duration = Duration::from_millis(250);
-/// Each verification poll waits this much longer than the last (250, 375, 560, 840 ms, …):
-/// quick while KMS is likely finishing, gentle on the quota for a store that takes its time.
+/// Verification polls in the first second after the Disconnects: KMS usually reports
+/// DISCONNECTING at once and DISCONNECTED within a second or two, and a store counts as verified
+/// only when a Describe sees it, so look often while the Describe bucket still has its burst
+/// (10 polls in that second: the burst of 5 and the 5 it earns back).
+const VERIFY_POLL_FAST: Duration = Duration::from_millis(100);
+const VERIFY_FAST_FOR: Duration = Duration::from_secs(1);
+/// Then one Describe per account+region every 250 ms, inside the 5/s quota with room for the
+/// other callers (enforcement, `status`), up to [`VERIFY_STEADY_FOR`] after the Disconnects.
+const VERIFY_POLL_STEADY: Duration = Duration::from_millis(250);
+const VERIFY_STEADY_FOR: Duration = Duration::from_secs(5);
+/// After that each poll waits this much longer than the last (375, 560, 840 ms, …): gentle on
+/// the quota for a store that takes its time.
 const VERIFY_POLL_GROWTH: f64 = 1.5;
 /// Slowest verification poll: one Describe per account+region every 2 s stays far inside the
 /// 5/s Describe quota, even with several lockdown targets in one account.
@@ -45,6 +56,8 @@ const VERIFY_POLL_MAX: Duration = Duration::from_secs(2);
 /// CONNECTED. Only a store that stays connected longer than this is disconnected again.
 const CONSISTENCY_GRACE: Duration = Duration::from_secs(2);
 
+/// Attempts of a store's first Disconnect in a lockdown before verification takes over.
+const FIRST_ATTEMPTS: u32 = 3;
 /// First retry pause after throttling or a transient error (doubled per attempt, jittered).
 const RETRY_BASE: Duration = Duration::from_millis(100);
 /// Longest retry pause: a throttling storm must not push a retry past many verification rounds.
@@ -117,6 +130,7 @@ impl StoreState {
             (Some(id), _) => id.clone(),
             (None, KeyStoreSelector::Id(id)) => id.clone(),
             (None, KeyStoreSelector::Name(name)) => name.clone(),
+            (None, KeyStoreSelector::All) => "all".to_string(),
         }
     }
 
@@ -139,6 +153,8 @@ pub struct Engine<C> {
     settings: LockdownSettings,
     /// Shared by every lockdown and enforcement round of this engine.
     pacer: Pacer,
+    /// DescribeKey requests of the standard keys (see [`keys::DESCRIBE_KEY_RATE`]).
+    key_pacer: Pacer,
     /// (target, name) → custom key store id, from earlier Describes.
     names: Mutex<HashMap<(Target, String), String>>,
     /// Target without a role → its account, from an earlier GetCallerIdentity (audit and
@@ -152,6 +168,7 @@ impl<C: KeyStoreControl> Engine<C> {
         Engine {
             control,
             pacer: Pacer::new(settings.rate_limit),
+            key_pacer: Pacer::new(keys::DESCRIBE_KEY_RATE),
             settings,
             names: Mutex::new(HashMap::new()),
             accounts: Mutex::new(HashMap::new()),
@@ -170,11 +187,23 @@ impl<C: KeyStoreControl> Engine<C> {
         self
     }
 
-    /// Run one lockdown to completion or its `verify_timeout`. Never returns early because one
-    /// store failed.
+    /// Run one lockdown of the request's key stores to completion or its `verify_timeout`.
+    /// Never returns early because one store failed.
     pub async fn lockdown(
         &self,
         request: &LockdownRequest,
+        audit: &dyn AuditSink,
+    ) -> LockdownReport {
+        self.lockdown_with_keys(request, &[], audit).await
+    }
+
+    /// Run one lockdown of the request's key stores and of the standard `keys` (DisableKey,
+    /// verified Disabled, see [`keys`]), all at once, to completion or `verify_timeout`. Never
+    /// returns early because one store or key failed.
+    pub async fn lockdown_with_keys(
+        &self,
+        request: &LockdownRequest,
+        keys: &[KeySpec],
         audit: &dyn AuditSink,
     ) -> LockdownReport {
         let started = Instant::now();
@@ -183,16 +212,26 @@ impl<C: KeyStoreControl> Engine<C> {
             deadline: started + self.settings.verify_timeout,
             audit,
         };
+        // `all: true` entries are resolved first, so that `lockdown_started` lists their stores.
+        let expanded = self.expand_all(&request.key_stores, run.deadline).await;
         audit
             .record(Event::LockdownStarted {
                 lockdown_id: request.lockdown_id.clone(),
-                key_stores: request.key_stores.iter().map(spec_json).collect(),
+                key_stores: expanded
+                    .specs
+                    .iter()
+                    .zip(&expanded.from_all)
+                    .map(|(spec, from_all)| started_json(spec, *from_all))
+                    .collect(),
+                keys: keys.iter().map(keys::key_json).collect(),
                 dry_run: request.dry_run,
             })
-            .await;
-        info!(lockdown_id = %request.lockdown_id, key_stores = request.key_stores.len(), dry_run = request.dry_run, "lockdown started");
+            // Written in order: the first `disconnect_requested`, awaited before its send,
+            // makes this durable in the same batch (one fsync before the first Disconnect).
+            .queued();
+        info!(lockdown_id = %request.lockdown_id, key_stores = expanded.specs.len(), dry_run = request.dry_run, "lockdown started");
 
-        let groups = group_by_target(&request.key_stores);
+        let groups = group_by_target(&expanded.specs);
         let runs = groups.into_iter().map(|(target, stores)| {
             let run = &run;
             async move {
@@ -204,8 +243,11 @@ impl<C: KeyStoreControl> Engine<C> {
                     .await
             }
         });
-        let mut outcomes: Vec<(usize, StoreOutcome)> = join_all(runs)
-            .await
+        let (store_runs, key_outcomes) = tokio::join!(
+            join_all(runs),
+            self.lockdown_keys(keys, request.dry_run, &run, started)
+        );
+        let mut outcomes: Vec<(usize, StoreOutcome)> = store_runs
             .into_iter()
             .flat_map(|(account, states)| {
                 states
@@ -218,6 +260,7 @@ impl<C: KeyStoreControl> Engine<C> {
             lockdown_id: request.lockdown_id.clone(),
             dry_run: request.dry_run,
             stores: outcomes.into_iter().map(|(_, o)| o).collect(),
+            keys: key_outcomes,
             elapsed: started.elapsed(),
         };
         record_finished(&report, audit).await;
@@ -240,7 +283,11 @@ impl<C: KeyStoreControl> Engine<C> {
             let account = self.known_account(&target);
             stores
                 .into_iter()
-                .map(|(index, spec)| {
+                .flat_map(|(index, spec)| {
+                    if spec.selector == KeyStoreSelector::All {
+                        let statuses = all::statuses(&spec, account.as_ref(), &listed);
+                        return statuses.into_iter().map(|s| (index, s)).collect();
+                    }
                     let (key_store, error) = match &listed {
                         Ok(listed) => match find(listed, &spec.selector) {
                             Some(store) => (Some(store.clone()), None),
@@ -253,7 +300,7 @@ impl<C: KeyStoreControl> Engine<C> {
                     {
                         self.remember_name(&target, name, &store.custom_key_store_id);
                     }
-                    (
+                    vec![(
                         index,
                         StoreStatus {
                             spec,
@@ -261,7 +308,7 @@ impl<C: KeyStoreControl> Engine<C> {
                             key_store,
                             error,
                         },
-                    )
+                    )]
                 })
                 .collect::<Vec<_>>()
         });
@@ -290,7 +337,7 @@ impl<C: KeyStoreControl> Engine<C> {
     async fn lockdown_stores(
         &self,
         target: &Target,
-        mut stores: Vec<StoreState>,
+        stores: Vec<StoreState>,
         dry_run: bool,
         run: &Run<'_>,
     ) -> Vec<StoreState> {
@@ -299,12 +346,14 @@ impl<C: KeyStoreControl> Engine<C> {
             || stores.iter().any(|s| match &s.spec.selector {
                 KeyStoreSelector::Id(_) => false,
                 KeyStoreSelector::Name(name) => self.cached_name(target, name).is_none(),
+                KeyStoreSelector::All => true,
             });
         let listed = if needs_describe {
             Some(self.describe_all(target, run.deadline, run.deadline).await)
         } else {
             None
         };
+        let mut stores = self.expand_all_states(target, stores, listed.as_ref());
         for store in &mut stores {
             self.resolve(target, store, listed.as_ref());
         }
@@ -316,12 +365,10 @@ impl<C: KeyStoreControl> Engine<C> {
             return stores;
         }
 
-        // One attempt each: a store refused with a retryable error stays Pending and verification
-        // sends its Disconnect again every round, so it never holds up verifying the others.
         let disconnects = stores
             .iter_mut()
             .filter(|s| s.phase == Phase::Pending)
-            .map(|store| self.disconnect_once(target, store, run));
+            .map(|store| self.disconnect_first(target, store, run));
         join_all(disconnects).await;
 
         self.verify(target, &mut stores, run).await;
@@ -337,6 +384,8 @@ impl<C: KeyStoreControl> Engine<C> {
         listed: Option<&Result<Vec<KeyStore>, AwsError>>,
     ) {
         match (&store.spec.selector, listed) {
+            // Expanded before (`expand_all_states`); what is left failed already.
+            (KeyStoreSelector::All, _) => {}
             (KeyStoreSelector::Id(id), _) => store.custom_key_store_id = Some(id.clone()),
             (KeyStoreSelector::Name(name), None) => {
                 store.custom_key_store_id = self.cached_name(target, name)
@@ -402,12 +451,13 @@ impl<C: KeyStoreControl> Engine<C> {
     /// poll is at the deadline itself. Between polls, send the Disconnect again of every store
     /// that needs it (refused with a retryable error, or still or again connected).
     async fn verify(&self, target: &Target, stores: &mut [StoreState], run: &Run<'_>) {
-        let mut interval = VERIFY_POLL_FIRST;
+        let started = Instant::now();
+        let mut interval = VERIFY_POLL_FAST;
         while !stores.iter().all(StoreState::is_final) {
             let next_poll = (Instant::now() + interval).min(run.deadline);
             let last = next_poll >= run.deadline;
             sleep_until(next_poll).await;
-            interval = interval.mul_f64(VERIFY_POLL_GROWTH).min(VERIFY_POLL_MAX);
+            interval = poll_interval(started.elapsed(), interval);
 
             // Before the last round the rounds are the retries: a failing Describe must not hold
             // up sending again the Disconnects that need it.
@@ -580,17 +630,34 @@ impl<C: KeyStoreControl> Engine<C> {
         }
     }
 
-    /// Send one paced Disconnect. Accepted or already disconnecting/disconnected → Requested;
-    /// refused for good → Failed; a retryable error (or the deadline) leaves it Pending with
-    /// the error kept for the report.
+    /// A lockdown's first Disconnect of one store. Refused with a retryable error, it is sent
+    /// again soon (paced: after a throttle the emptied bucket is the back-off), up to
+    /// [`FIRST_ATTEMPTS`] in all; after that verification sends it again every round, so a
+    /// store that keeps failing never holds up verifying the others.
+    async fn disconnect_first(&self, target: &Target, store: &mut StoreState, run: &Run<'_>) {
+        for attempt in 0..FIRST_ATTEMPTS {
+            if attempt > 0 {
+                let pause = backoff(0);
+                if Instant::now() + pause >= run.deadline {
+                    return;
+                }
+                tokio::time::sleep(pause).await;
+            }
+            self.disconnect_once(target, store, run).await;
+            if store.phase != Phase::Pending {
+                return;
+            }
+        }
+    }
+
+    /// Send one paced Disconnect: its `disconnect_requested` record made durable first, then
+    /// the token, then the request at once, so no fsync sits between a token and its send.
+    /// Accepted or already disconnecting/disconnected → Requested; refused for good → Failed; a
+    /// retryable error (or the deadline) leaves it Pending with the error kept for the report.
     async fn disconnect_once(&self, target: &Target, store: &mut StoreState, run: &Run<'_>) {
         let Some(id) = store.custom_key_store_id.clone() else {
             return;
         };
-        let paced = self.pacer.acquire(target, Operation::Disconnect);
-        if timeout_at(run.deadline, paced).await.is_err() {
-            return; // The deadline: verification reports the store with its last error.
-        }
         store.attempts += 1;
         run.audit
             .record(Event::DisconnectRequested {
@@ -608,10 +675,18 @@ impl<C: KeyStoreControl> Engine<C> {
                 attempt: store.attempts,
             },
         );
-        // At the deadline an unanswered call ends as an error, so every request has a result.
-        let result = timeout_at(run.deadline, self.control.disconnect(target, &id))
+        // At the deadline an unsent or unanswered call ends as an error, so every
+        // `disconnect_requested` has its result.
+        let send = async {
+            self.pacer.acquire(target, Operation::Disconnect).await;
+            self.control.disconnect(target, &id).await
+        };
+        let result = timeout_at(run.deadline, send)
             .await
             .unwrap_or_else(|_| Err(deadline_error("DisconnectCustomKeyStore", target)));
+        if matches!(&result, Err(err) if err.kind == ErrorKind::Throttled) {
+            self.pacer.throttled(target, Operation::Disconnect);
+        }
         let (audit_result, request_id, error) = match &result {
             Ok(accepted) => (
                 DisconnectResult::Accepted,
@@ -709,6 +784,9 @@ impl<C: KeyStoreControl> Engine<C> {
                     }
                 }
                 Err(err) if err.kind.is_retryable() => {
+                    if err.kind == ErrorKind::Throttled {
+                        self.pacer.throttled(target, Operation::Describe);
+                    }
                     let pause = backoff(retries);
                     retries += 1;
                     if Instant::now() + pause >= retry_until.min(deadline) {
@@ -791,26 +869,31 @@ impl<C: KeyStoreControl> Engine<C> {
 
 /// The audit record and log line that close a lockdown.
 async fn record_finished(report: &LockdownReport, audit: &dyn AuditSink) {
-    let failed: Vec<FailedStore> = report
+    let mut failed: Vec<Failed> = report
         .stores
         .iter()
         .filter(|s| !s.verified)
-        .map(|s| FailedStore {
-            key_store_id: s
-                .custom_key_store_id
-                .clone()
-                .unwrap_or_else(|| selector_text(&s.spec)),
-            region: s.spec.target.region.clone(),
-            connection_state: s.connection_state.as_ref().map(|c| c.to_string()),
-            error: s.error.as_ref().map(LockdownError::to_line),
+        .map(|s| {
+            Failed::Store(FailedStore {
+                key_store_id: s
+                    .custom_key_store_id
+                    .clone()
+                    .unwrap_or_else(|| selector_text(&s.spec)),
+                region: s.spec.target.region.clone(),
+                connection_state: s.connection_state.as_ref().map(|c| c.to_string()),
+                error: s.error.as_ref().map(LockdownError::to_line),
+            })
         })
         .collect();
+    failed.extend(keys::failed_keys(&report.keys));
     let verified = report.stores.iter().filter(|s| s.verified).count();
+    let keys_verified = report.keys.iter().filter(|k| k.verified).count();
     audit
         .record(Event::LockdownFinished {
             lockdown_id: report.lockdown_id.clone(),
             outcome: report.outcome(),
             verified,
+            keys_verified,
             failed,
             elapsed_ms: u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX),
         })
@@ -820,9 +903,23 @@ async fn record_finished(report: &LockdownReport, audit: &dyn AuditSink) {
         outcome = ?report.outcome(),
         verified,
         total = report.stores.len(),
+        keys_verified,
+        keys = report.keys.len(),
         elapsed_ms = report.elapsed.as_millis() as u64,
         "lockdown finished"
     );
+}
+
+/// The wait before the next verification poll, `since` the first and after a wait of `last`.
+fn poll_interval(since: Duration, last: Duration) -> Duration {
+    if since < VERIFY_FAST_FOR {
+        VERIFY_POLL_FAST
+    } else if since < VERIFY_STEADY_FOR {
+        VERIFY_POLL_STEADY
+    } else {
+        last.mul_f64(VERIFY_POLL_GROWTH)
+            .clamp(VERIFY_POLL_STEADY, VERIFY_POLL_MAX)
+    }
 }
 
 /// Jittered exponential backoff: half the doubled delay fixed, half random.
@@ -861,6 +958,7 @@ fn find<'a>(listed: &'a [KeyStore], selector: &KeyStoreSelector) -> Option<&'a K
         KeyStoreSelector::Name(name) => listed
             .iter()
             .find(|s| s.custom_key_store_name.as_deref() == Some(name)),
+        KeyStoreSelector::All => None,
     }
 }
 
@@ -872,6 +970,7 @@ fn selector_text(spec: &KeyStoreSpec) -> String {
     match &spec.selector {
         KeyStoreSelector::Id(id) => id.clone(),
         KeyStoreSelector::Name(name) => format!("name:{name}"),
+        KeyStoreSelector::All => "all".to_string(),
     }
 }
 
@@ -898,12 +997,23 @@ fn spec_json(spec: &KeyStoreSpec) -> serde_json::Value {
     match &spec.selector {
         KeyStoreSelector::Id(id) => entry.insert("id".into(), id.clone().into()),
         KeyStoreSelector::Name(name) => entry.insert("name".into(), name.clone().into()),
+        KeyStoreSelector::All => entry.insert("all".into(), true.into()),
     };
     entry.insert("region".into(), spec.target.region.clone().into());
     if let Some(role_arn) = &spec.target.role_arn {
         entry.insert("role_arn".into(), role_arn.clone().into());
     }
     serde_json::Value::Object(entry)
+}
+
+/// A `lockdown_started` entry: the policy entry, or a store an `all: true` entry resolved to
+/// (`"all": true` beside its `id`).
+fn started_json(spec: &KeyStoreSpec, from_all: bool) -> serde_json::Value {
+    let mut entry = spec_json(spec);
+    if let (true, serde_json::Value::Object(map)) = (from_all, &mut entry) {
+        map.insert("all".into(), true.into());
+    }
+    entry
 }
 
 fn outcome(store: StoreState, account: Option<String>, started: Instant) -> StoreOutcome {
@@ -1374,9 +1484,10 @@ mod tests {
                 .contains("last state DISCONNECTING")
         );
         assert!(started.elapsed() >= verify_timeout);
-        // Polling backed off: far fewer rounds than one per 250 ms.
+        // Polling backed off: 10 in the first second, 4/s to 5 s, then slower and slower
+        // (2 s apart at most): far fewer rounds than one per 250 ms (80).
         let rounds = fake.requests(Op::Describe).len();
-        assert!(rounds < 20, "{rounds} describes in {verify_timeout:?}");
+        assert!(rounds <= 40, "{rounds} describes in {verify_timeout:?}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -1615,9 +1726,9 @@ mod tests {
             .await;
 
         assert_eq!(report.stores[0].attempts, 2, "{report:#?}");
-        // Sent again in the first round, not after a Describe retried until the deadline.
+        // Sent again at once, not after a Describe retried until the deadline.
         let order: Vec<Op> = fake.with(|s| s.requests.iter().map(|r| r.op).take(3).collect());
-        assert_eq!(order, vec![Op::Disconnect, Op::Describe, Op::Disconnect]);
+        assert_eq!(order, vec![Op::Disconnect, Op::Disconnect, Op::Describe]);
         assert_eq!(fake.seen(&store_id(1)), ConnectionState::Disconnected);
         // KMS never answered a Describe: disconnected, but not verified.
         assert!(!report.stores[0].verified);

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::audit::LockdownOutcome;
 use crate::aws::{AwsError, ErrorKind, KeyStore};
-use crate::model::{ConnectionState, KeyStoreSpec};
+use crate::model::{ConnectionState, KeySpec, KeyState, KeyStoreSpec};
 
 /// How one store ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,13 +40,16 @@ pub struct LockdownReport {
     pub lockdown_id: String,
     pub dry_run: bool,
     pub stores: Vec<StoreOutcome>,
+    /// Second round: one outcome per listed standard key.
+    pub keys: Vec<KeyOutcome>,
     pub elapsed: Duration,
 }
 
 impl LockdownReport {
-    /// Every store verified DISCONNECTED (never true for a dry run with a store still connected).
+    /// Every store verified DISCONNECTED and every key Disabled (never true for a dry run with a
+    /// store still connected or a key still enabled).
     pub fn complete(&self) -> bool {
-        self.stores.iter().all(|s| s.verified)
+        self.stores.iter().all(|s| s.verified) && self.keys.iter().all(|k| k.verified)
     }
 
     /// How the audit log names this ending.
@@ -59,6 +62,47 @@ impl LockdownReport {
             LockdownOutcome::Partial
         }
     }
+}
+
+/// How one standard key ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyOutcome {
+    pub spec: KeySpec,
+    /// The key's id or ARN as DisableKey takes it (`None` if an alias could not be resolved).
+    pub key_id: Option<String>,
+    pub account: Option<String>,
+    /// The last `KeyState` KMS reported.
+    pub key_state: Option<KeyState>,
+    pub verified: bool,
+    pub error: Option<LockdownError>,
+    /// DisableKey attempts sent.
+    pub attempts: u32,
+    pub request_ids: Vec<String>,
+    /// From the start of the lockdown to verification (or the deadline).
+    pub elapsed: Duration,
+}
+
+/// One standard key as KMS describes it now (for `status` and `check --online`).
+#[derive(Debug, Clone)]
+pub struct KeyStatus {
+    pub spec: KeySpec,
+    pub account: Option<String>,
+    pub metadata: Option<crate::aws::KeyMetadata>,
+    pub error: Option<LockdownError>,
+}
+
+/// One standard key seen by an enforcement round.
+#[derive(Debug, Clone)]
+pub struct EnforcedKey {
+    pub spec: KeySpec,
+    pub key_id: Option<String>,
+    pub account: Option<String>,
+    pub key_state: Option<KeyState>,
+    /// KMS reported it Disabled (or pending deletion) this round.
+    pub verified: bool,
+    /// Seen `Enabled`: disabled again.
+    pub drift: bool,
+    pub error: Option<String>,
 }
 
 /// Why a store could not be resolved, described, disconnected or verified.
@@ -88,22 +132,49 @@ pub enum LockdownError {
         /// `; last error: …` or empty.
         last_error: String,
     },
+    #[error("KMS key {key} in {region}")]
+    KeyAws {
+        key: String,
+        region: String,
+        #[source]
+        source: AwsError,
+    },
+    #[error(
+        "KMS key {key} in {region} is AWS managed: AWS managed keys cannot be disabled by anyone; remove it from keys"
+    )]
+    AwsManagedKey { key: String, region: String },
+    #[error(
+        "KMS key {key} in {region} not Disabled within {verify_timeout:?} (last state {key_state}{last_error})"
+    )]
+    KeyNotVerified {
+        key: String,
+        region: String,
+        key_state: String,
+        verify_timeout: Duration,
+        /// `; last error: …` or empty.
+        last_error: String,
+    },
 }
 
 impl LockdownError {
     /// The AWS error kind behind this error, if AWS refused something.
     pub fn aws_kind(&self) -> Option<ErrorKind> {
         match self {
-            LockdownError::Aws { source, .. } => Some(source.kind),
+            LockdownError::Aws { source, .. } | LockdownError::KeyAws { source, .. } => {
+                Some(source.kind)
+            }
             LockdownError::NotFound { .. } => Some(ErrorKind::NotFound),
-            LockdownError::NotVerified { .. } => None,
+            LockdownError::AwsManagedKey { .. } => Some(ErrorKind::AccessDenied),
+            LockdownError::NotVerified { .. } | LockdownError::KeyNotVerified { .. } => None,
         }
     }
 
     /// The error with its cause, in one line (for reports and audit records).
     pub fn to_line(&self) -> String {
         match self {
-            LockdownError::Aws { source, .. } => format!("{self}: {source}"),
+            LockdownError::Aws { source, .. } | LockdownError::KeyAws { source, .. } => {
+                format!("{self}: {source}")
+            }
             _ => self.to_string(),
         }
     }

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use sha2::Digest;
 
-use crate::model::{KeyStoreSelector, KeyStoreSpec, Target};
+use crate::model::{KeySpec, KeyStoreSelector, KeyStoreSpec, Target};
 
 pub use error::{PolicyError, Position, Problem};
 
@@ -163,6 +163,45 @@ pub struct LockdownSettings {
     pub rate_limit: u32,
 }
 
+/// One entry of `notify:` (DESIGN.md §9): where notifications go, after the fact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotifySink {
+    /// SNS Publish to `topic_arn`, in the topic's region, with `role_arn` (or `aws.role_arn`).
+    Sns { topic_arn: String, target: Target },
+    /// HTTP POST of the JSON document, signed with the secret in `secret_file` when set. The
+    /// secret itself is never part of the policy (read by the notifier at start).
+    Webhook {
+        url: String,
+        secret_file: Option<PathBuf>,
+    },
+}
+
+/// `heartbeat:`: PutMetricData every `interval` while healthy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeartbeatSettings {
+    pub namespace: String,
+    /// `Heartbeat` unless the policy names another.
+    pub metric_name: String,
+    pub interval: Duration,
+    /// `region` / `role_arn`, defaulting to `aws.region` / `aws.role_arn`.
+    pub target: Target,
+}
+
+/// `metrics:`: the Prometheus textfile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// Absolute path ending in `.prom` (node_exporter's textfile collector reads only those).
+    pub textfile: PathBuf,
+}
+
+/// Default heartbeat metric name (DESIGN.md §9).
+pub const DEFAULT_HEARTBEAT_METRIC: &str = "Heartbeat";
+/// Default heartbeat interval: CloudWatch's standard resolution is one minute, so an alarm on
+/// missing data with 1-minute periods sees every beat.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(60);
+/// Shortest heartbeat interval accepted (DESIGN.md §9: "any from 1s").
+pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
 /// A validated policy. Immutable: a reload builds a new one and swaps it in whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
@@ -176,10 +215,19 @@ pub struct Policy {
     pub role_arn: Option<String>,
     pub endpoints: Endpoints,
     pub key_stores: Vec<KeyStoreSpec>,
+    /// `keys:`: standard KMS keys to disable on a trip (empty when the policy lists none).
+    pub keys: Vec<KeySpec>,
+    /// `lockdown.allow_unprotected`: `check --online` passes although a custom key store of a
+    /// listed account-region is covered by no entry (it still lists them).
+    pub allow_unprotected: bool,
     pub triggers: Triggers,
     pub lockdown: LockdownSettings,
     pub state_file: PathBuf,
     pub audit_log: PathBuf,
+    /// `notify:`, in policy order (empty: none).
+    pub notify: Vec<NotifySink>,
+    pub heartbeat: Option<HeartbeatSettings>,
+    pub metrics: Option<MetricsSettings>,
 }
 
 /// How [`load`] treats the file's permissions.

@@ -24,10 +24,14 @@ pub(super) struct RawPolicy {
     pub(super) version: Option<Spanned<u32>>,
     pub(super) aws: Option<Spanned<RawAws>>,
     pub(super) key_stores: Option<Spanned<Vec<Spanned<RawKeyStore>>>>,
+    pub(super) keys: Option<Spanned<Vec<Spanned<RawKey>>>>,
     pub(super) triggers: Option<Spanned<RawTriggers>>,
     pub(super) lockdown: Option<RawLockdown>,
     pub(super) state_file: Option<Spanned<String>>,
     pub(super) audit_log: Option<Spanned<String>>,
+    pub(super) notify: Option<Spanned<Vec<Spanned<RawNotifySink>>>>,
+    pub(super) heartbeat: Option<Spanned<RawHeartbeat>>,
+    pub(super) metrics: Option<Spanned<RawMetrics>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -52,6 +56,18 @@ pub(super) struct RawEndpoints {
 pub(super) struct RawKeyStore {
     pub(super) id: Option<Spanned<String>>,
     pub(super) name: Option<Spanned<String>>,
+    pub(super) region: Option<Spanned<String>>,
+    pub(super) role_arn: Option<Spanned<String>>,
+    pub(super) all: Option<Spanned<bool>>,
+}
+
+/// One entry of `keys:` (a standard KMS key).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKey {
+    pub(super) arn: Option<Spanned<String>>,
+    pub(super) id: Option<Spanned<String>>,
+    pub(super) alias: Option<Spanned<String>>,
     pub(super) region: Option<Spanned<String>>,
     pub(super) role_arn: Option<Spanned<String>>,
 }
@@ -139,6 +155,45 @@ pub(super) struct RawLockdown {
     pub(super) verify_timeout: Option<Spanned<String>>,
     pub(super) enforce_interval: Option<Spanned<String>>,
     pub(super) rate_limit: Option<Spanned<u32>>,
+    pub(super) allow_unprotected: Option<bool>,
+}
+
+/// One entry of `notify:`: exactly one of `sns` / `webhook` (checked by validation).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNotifySink {
+    pub(super) sns: Option<Spanned<RawSns>>,
+    pub(super) webhook: Option<Spanned<RawWebhook>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSns {
+    pub(super) topic_arn: Option<Spanned<String>>,
+    pub(super) role_arn: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWebhook {
+    pub(super) url: Option<Spanned<String>>,
+    pub(super) secret_file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHeartbeat {
+    pub(super) namespace: Option<Spanned<String>>,
+    pub(super) metric_name: Option<Spanned<String>>,
+    pub(super) interval: Option<Spanned<String>>,
+    pub(super) role_arn: Option<Spanned<String>>,
+    pub(super) region: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMetrics {
+    pub(super) textfile: Option<Spanned<String>>,
 }
 
 /// Parser settings: duplicate keys are errors (serde-saphyr's default, restated because the

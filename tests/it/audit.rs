@@ -30,6 +30,7 @@ fn write_log(path: &Path) {
             key_stores: vec![
                 serde_json::json!({"id": "cks-1234567890abcdef0", "region": "eu-west-1"}),
             ],
+            keys: vec![],
             dry_run,
         });
     }
@@ -45,6 +46,7 @@ fn write_log(path: &Path) {
         lockdown_id: "ld-1".into(),
         outcome: LockdownOutcome::Complete,
         verified: 1,
+        keys_verified: 0,
         failed: vec![],
         elapsed_ms: 900,
     });

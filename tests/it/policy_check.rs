@@ -113,7 +113,7 @@ fn example_policy_passes_check() {
     let output = check(&path, &[]);
     assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
     assert!(
-        stdout(&output).contains("OK: 2 key stores in 2 accounts/2 regions, triggers: file /run/kms-killswitch, signal SIGUSR1, 2 alarms"),
+        stdout(&output).contains("OK: 2 key stores and 2 keys in 2 accounts/2 regions, triggers: file /run/kms-killswitch, signal SIGUSR1, 2 alarms"),
         "{}",
         stdout(&output)
     );

@@ -411,7 +411,7 @@ mod iam {
     const NEEDS_NO_PERMISSION: &[&str] = &["sts:GetCallerIdentity"];
 
     /// What the kill switch must never be able to do.
-    const MUST_BE_DENIED: &[&str] = &["kms:ConnectCustomKeyStore"];
+    const MUST_BE_DENIED: &[&str] = &["kms:ConnectCustomKeyStore", "kms:EnableKey"];
 
     /// One statement of an IAM policy, with its string-or-list fields flattened.
     #[derive(Debug)]
@@ -533,8 +533,12 @@ mod iam {
             &[
                 "cloudwatch:DescribeAlarmHistory",
                 "cloudwatch:DescribeAlarms",
+                "cloudwatch:PutMetricData",
                 "kms:DescribeCustomKeyStores",
+                "kms:DescribeKey",
+                "kms:DisableKey",
                 "kms:DisconnectCustomKeyStore",
+                "sns:Publish",
                 "sqs:ChangeMessageVisibility",
                 "sqs:DeleteMessage",
                 "sqs:GetQueueAttributes",
@@ -544,12 +548,46 @@ mod iam {
         );
     }
 
+    /// Issue 13: notifications publish only to named topics, and the heartbeat writes only to
+    /// its namespace.
+    #[test]
+    fn host_policy_names_the_topics_and_limits_the_heartbeat_namespace() {
+        let doc: Value = serde_json::from_str(&read_repo_file(HOST_POLICY)).unwrap();
+        let statements = doc["Statement"].as_array().unwrap();
+        let with = |action: &str| {
+            statements
+                .iter()
+                .filter(|s| strings(s.get("Action")).iter().any(|a| a == action))
+                .collect::<Vec<_>>()
+        };
+        for publish in with("sns:Publish") {
+            let resources = strings(publish.get("Resource"));
+            assert!(
+                !resources.is_empty()
+                    && resources
+                        .iter()
+                        .all(|r| r.starts_with("arn:aws:sns:") && !r.contains('*')),
+                "sns:Publish must name its topics, not {resources:?}"
+            );
+        }
+        let put = with("cloudwatch:PutMetricData");
+        assert!(!put.is_empty());
+        for statement in put {
+            assert!(
+                statement["Condition"]["StringEquals"]["cloudwatch:namespace"].is_string(),
+                "cloudwatch:PutMetricData must be limited by a cloudwatch:namespace condition: {statement}"
+            );
+        }
+    }
+
     #[test]
     fn assumed_role_policy_is_least_privilege_and_denies_reconnecting() {
         assert_least_privilege(
             ROLE_POLICY,
             &[
                 "kms:DescribeCustomKeyStores",
+                "kms:DescribeKey",
+                "kms:DisableKey",
                 "kms:DisconnectCustomKeyStore",
             ],
         );

@@ -199,7 +199,7 @@ impl Validator {
 }
 
 /// Whether the URL's host is this machine: 127.0.0.0/8, ::1 or `localhost`.
-fn is_loopback(url: &url::Url) -> bool {
+pub(super) fn is_loopback(url: &url::Url) -> bool {
     match url.host() {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
@@ -210,7 +210,7 @@ fn is_loopback(url: &url::Url) -> bool {
 
 /// `eu-west-1`, `us-gov-west-1`, `cn-north-1`, `ap-southeast-2`, `us-isob-east-1`,
 /// `eusc-de-east-1`: a 2–4 letter prefix, one or more lowercase words, and a number.
-fn is_region(value: &str) -> bool {
+pub(super) fn is_region(value: &str) -> bool {
     let parts: Vec<&str> = value.split('-').collect();
     let [first, middle @ .., last] = parts.as_slice() else {
         return false;
@@ -235,7 +235,7 @@ const REGION_PARTITIONS: &[(&str, &str)] = &[
     ("eusc-", "aws-eusc"),
 ];
 
-fn region_partition(region: &str) -> &'static str {
+pub(super) fn region_partition(region: &str) -> &'static str {
     REGION_PARTITIONS
         .iter()
         .find(|(prefix, _)| region.starts_with(prefix))

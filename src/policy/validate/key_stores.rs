@@ -1,5 +1,6 @@
-//! `key_stores:`: each entry names one custom key store by `id` or `name`, in a region and
-//! through a role; no store may be listed twice.
+//! `key_stores:`: each entry names one custom key store by `id` or `name`, or every store of its
+//! account-region with `all: true`, in a region and through a role; no store (and no `all: true`
+//! account-region) may be listed twice.
 
 use std::collections::HashMap;
 
@@ -75,13 +76,16 @@ impl Validator {
         })
     }
 
-    /// Exactly one of `id` and `name`.
+    /// Exactly one of `id` and `name`, or `all: true` alone.
     fn key_store_selector(
         &mut self,
         store: &RawKeyStore,
         field: &str,
         location: &Location,
     ) -> Option<KeyStoreSelector> {
+        if let Some(all) = &store.all {
+            return self.all_key_stores(all, store, field);
+        }
         match (&store.id, &store.name) {
             (Some(id), None) => self.key_store_id(id, field),
             (None, Some(name)) => self
@@ -102,11 +106,41 @@ impl Validator {
             (None, None) => {
                 self.problem(
                     Some(location),
-                    format!("{field}: needs exactly one of `id` (cks-…) or `name`"),
+                    format!("{field}: needs exactly one of `id` (cks-…) or `name`, or `all: true`"),
                 );
                 None
             }
         }
+    }
+
+    /// `all: true`: every store of the entry's account-region; it names no store itself.
+    fn all_key_stores(
+        &mut self,
+        all: &Spanned<bool>,
+        store: &RawKeyStore,
+        field: &str,
+    ) -> Option<KeyStoreSelector> {
+        if !all.value {
+            self.problem(
+                Some(&all.referenced),
+                format!(
+                    "{field}.all: only `all: true` has a meaning; remove the key, or list the \
+                     stores by `id` or `name`"
+                ),
+            );
+            return None;
+        }
+        if store.id.is_some() || store.name.is_some() {
+            self.problem(
+                Some(&all.referenced),
+                format!(
+                    "{field}: `all: true` covers every store of its account and region and takes \
+                     no `id` or `name`; list those in an entry of their own"
+                ),
+            );
+            return None;
+        }
+        Some(KeyStoreSelector::All)
     }
 
     fn key_store_id(&mut self, id: &Spanned<String>, field: &str) -> Option<KeyStoreSelector> {
@@ -139,6 +173,8 @@ impl Validator {
 struct ListedKeyStores {
     ids: HashMap<String, u64>,
     names: HashMap<(String, Target), u64>,
+    /// Targets with an `all: true` entry.
+    all: HashMap<Target, u64>,
 }
 
 impl ListedKeyStores {
@@ -167,6 +203,12 @@ impl ListedKeyStores {
                     );
                     (what, earlier)
                 }),
+            (Some(KeyStoreSelector::All), Some(target)) => {
+                self.all.insert(target.clone(), line).map(|earlier| {
+                    let what = format!("`all: true` in {} with the same role", target.region);
+                    (what, earlier)
+                })
+            }
             _ => None,
         }
     }
@@ -247,6 +289,55 @@ mod tests {
                 ),
             );
         }
+    }
+
+    #[test]
+    fn all_true_covers_an_account_region_and_stands_alone() {
+        let policy = parse_ok(
+            "version: 1
+aws:
+  region: eu-west-1
+key_stores:
+  - all: true
+  - all: true
+    region: us-east-1
+    role_arn: arn:aws:iam::444455556666:role/k
+  - id: cks-1234567890abcdef0
+",
+        );
+        assert_eq!(policy.key_stores[0].selector, KeyStoreSelector::All);
+        assert_eq!(policy.key_stores[0].target.region, "eu-west-1");
+        assert_eq!(policy.key_stores[1].selector, KeyStoreSelector::All);
+        assert_eq!(
+            policy.key_stores[1].target.role_account(),
+            Some("444455556666")
+        );
+        assert_one_problem(
+            &MINIMAL.replace(
+                "  - id: cks-1234567890abcdef0",
+                "  - all: true\n    id: cks-1234567890abcdef0",
+            ),
+            Some(5),
+            "`all: true` covers every store of its account and region and takes no `id` or `name`",
+        );
+        assert_one_problem(
+            &MINIMAL.replace("  - id: cks-1234567890abcdef0", "  - all: false"),
+            Some(5),
+            "key_stores[0].all: only `all: true` has a meaning",
+        );
+        assert_one_problem(
+            &MINIMAL.replace("  - id: cks-1234567890abcdef0", "  - all: yes"),
+            Some(5),
+            "true or false",
+        );
+        assert_one_problem(
+            &MINIMAL.replace(
+                "  - id: cks-1234567890abcdef0",
+                "  - all: true\n  - all: true\n    region: eu-west-1",
+            ),
+            Some(6),
+            "key_stores[1]: `all: true` in eu-west-1 with the same role is already listed at line 5",
+        );
     }
 
     #[test]

@@ -161,4 +161,13 @@ mod tests {
             20
         );
     }
+
+    #[test]
+    fn allow_unprotected_is_off_unless_set_true() {
+        assert!(!parse_ok(MINIMAL).allow_unprotected);
+        let with = |value: &str| format!("{MINIMAL}lockdown:\n  allow_unprotected: {value}\n");
+        assert!(parse_ok(&with("true")).allow_unprotected);
+        assert!(!parse_ok(&with("false")).allow_unprotected);
+        assert_one_problem(&with("yes"), Some(7), "true or false");
+    }
 }

@@ -10,7 +10,9 @@
 
 mod aws;
 mod key_stores;
+mod keys;
 mod lockdown;
+mod notify;
 mod queues;
 mod triggers;
 
@@ -79,11 +81,20 @@ impl Validator {
             role_arn: role_arn.as_deref(),
         };
         let key_stores = self.key_stores(raw.key_stores, defaults);
+        let keys = self.keys(raw.keys, defaults);
         let triggers = self.triggers(raw.triggers, defaults);
+        let allow_unprotected = raw
+            .lockdown
+            .as_ref()
+            .and_then(|lockdown| lockdown.allow_unprotected)
+            .unwrap_or(false);
         let lockdown = self.lockdown(raw.lockdown);
         let state_file = self.absolute_path(raw.state_file, "state_file", DEFAULT_STATE_FILE);
         let audit_log = self.absolute_path(raw.audit_log, "audit_log", DEFAULT_AUDIT_LOG);
         self.distinct_files(triggers.as_ref(), state_file.as_ref(), audit_log.as_ref());
+        let notify = self.notify(raw.notify, defaults);
+        let heartbeat = self.heartbeat(raw.heartbeat, defaults);
+        let metrics = self.metrics(raw.metrics);
         Some(Policy {
             path: path.to_owned(),
             sha256: String::new(),
@@ -91,10 +102,15 @@ impl Validator {
             role_arn,
             endpoints,
             key_stores: key_stores?,
+            keys: keys?,
+            allow_unprotected,
             triggers: triggers?,
             lockdown: lockdown?,
             state_file: state_file?.0,
             audit_log: audit_log?.0,
+            notify: notify?,
+            heartbeat: heartbeat?,
+            metrics: metrics?,
         })
     }
 

@@ -278,6 +278,17 @@ impl Env {
             .count()
     }
 
+    /// `kms-killswitch status --json`, parsed.
+    pub fn run_status_json(&self) -> serde_json::Value {
+        let output = self
+            .command()
+            .args(["status", "--json"])
+            .output()
+            .expect("status runs");
+        serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|err| panic!("status --json is not JSON ({err}): {output:?}"))
+    }
+
     /// `kms-killswitch rearm --reason …`.
     pub fn rearm(&self, reason: &str) -> std::process::Output {
         self.command()
@@ -393,6 +404,13 @@ impl Daemon {
             );
             std::thread::sleep(POLL);
         }
+    }
+
+    /// The exit status if the process has exited (never waits).
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        self.child = None;
+        Some(status)
     }
 
     /// SIGKILL, as a crash would.

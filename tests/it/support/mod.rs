@@ -4,6 +4,7 @@
 
 pub mod daemon;
 pub mod sim;
+pub mod webhook;
 
 use std::path::Path;
 use std::process::{Command, Output};
