@@ -4,7 +4,9 @@
 //! The real engine, the real audit writer on a real file (in a tempdir) and the real latch write,
 //! the real AWS SDK against kms-sim over loopback: 20 ms per request, 500 ms DISCONNECTING →
 //! DISCONNECTED, 5 requests/s per account, region and operation with a burst of 5. Scenarios:
-//! 1 store; 10 in one account-region; 500 (50 account-regions × 10, half through AssumeRole); the
+//! 1 store; 10 in one account-region; 10 stores + 10 standard keys in one account-region (the keys
+//! disabled and verified alongside, on their own DisableKey quota); 500 (50 account-regions × 10,
+//! half through AssumeRole); the
 //! 500 with 20 % throttling + 5 % HTTP 500s; 5,000 (100 accounts × 5 regions × 10, 99 accounts
 //! through AssumeRole). Each at a sync delay of 0, 1 and 5 ms: every fsync of the audit writer and
 //! the latch sleeps that long first (through `kms_killswitch::durability`, a seam the shipped
@@ -12,7 +14,7 @@
 //!
 //! The simulator runs in this (parent) process; every run is a child process of this binary (so
 //! its peak RSS and CPU time are its own), which builds its clients, warms its credentials, says
-//! `ready`, and on `go` writes the latch, records `trigger_fired` and runs `Engine::lockdown`. The
+//! `ready`, and on `go` writes the latch, records `trigger_fired` and runs the engine's lockdown. The
 //! time is trigger → `lockdown_finished` durable. The floor, per account-region: the admission of
 //! its last Disconnect under a 5/s bucket of 5, one round trip, the transition, one Describe round
 //! trip; the maximum over account-regions.
@@ -41,7 +43,8 @@ use kms_killswitch::durability::Durability;
 use kms_killswitch::latch::{self, Latch};
 use kms_killswitch::lockdown::{Engine, LockdownRequest};
 use kms_killswitch::model::{
-    ConnectionState, KeyStoreSelector, KeyStoreSpec, LockdownId, Target, TriggerSource,
+    ConnectionState, KeySelector, KeySpec, KeyStoreSelector, KeyStoreSpec, LockdownId, Target,
+    TriggerSource,
 };
 use kms_killswitch::policy::{Endpoints, LockdownSettings};
 use kms_sim::{FaultRule, Faults, SimHandle, World};
@@ -95,16 +98,19 @@ struct Scenario {
     accounts: usize,
     regions: usize,
     stores: usize,
+    /// Standard keys per account-region, disabled alongside the stores (issue 15).
+    keys: usize,
     faults: bool,
     runs: usize,
 }
 
-const SCENARIOS: [Scenario; 5] = [
+const SCENARIOS: [Scenario; 6] = [
     Scenario {
         name: "1 store",
         accounts: 1,
         regions: 1,
         stores: 1,
+        keys: 0,
         faults: false,
         runs: 5,
     },
@@ -113,6 +119,16 @@ const SCENARIOS: [Scenario; 5] = [
         accounts: 1,
         regions: 1,
         stores: 10,
+        keys: 0,
+        faults: false,
+        runs: 5,
+    },
+    Scenario {
+        name: "10 stores + 10 keys",
+        accounts: 1,
+        regions: 1,
+        stores: 10,
+        keys: 10,
         faults: false,
         runs: 5,
     },
@@ -121,6 +137,7 @@ const SCENARIOS: [Scenario; 5] = [
         accounts: 2,
         regions: 25,
         stores: 10,
+        keys: 0,
         faults: false,
         runs: 3,
     },
@@ -129,6 +146,7 @@ const SCENARIOS: [Scenario; 5] = [
         accounts: 2,
         regions: 25,
         stores: 10,
+        keys: 0,
         faults: true,
         runs: 3,
     },
@@ -137,6 +155,7 @@ const SCENARIOS: [Scenario; 5] = [
         accounts: 100,
         regions: 5,
         stores: 10,
+        keys: 0,
         faults: false,
         runs: 1,
     },
@@ -175,12 +194,43 @@ impl Scenario {
         out
     }
 
+    /// (account, region, key id, target) of every standard key.
+    fn keys(&self) -> Vec<(String, &'static str, String, Target)> {
+        let mut out = Vec::new();
+        for a in 0..self.accounts {
+            for (r, region) in REGIONS.iter().enumerate().take(self.regions) {
+                for k in 0..self.keys {
+                    out.push((
+                        account(a),
+                        *region,
+                        key_id(a, r, k),
+                        Target {
+                            region: region.to_string(),
+                            role_arn: (a > 0).then(|| role(a)),
+                        },
+                    ));
+                }
+            }
+        }
+        out
+    }
+
     /// The floor: per account-region, the last Disconnect's admission under a bucket of
-    /// `BURST` refilled at `RATE`/s, one round trip, the transition, one Describe round trip.
+    /// `BURST` refilled at `RATE`/s, one round trip, the transition, one Describe round trip;
+    /// for keys (their own DisableKey quota), the last DisableKey's admission, one round trip and
+    /// one DescribeKey round trip (KMS disables at once). The slower of the two.
     fn floor(&self) -> Duration {
         let last_admission = self.stores.saturating_sub(BURST) as f64 / RATE;
-        Duration::from_secs_f64(last_admission)
-            + Duration::from_millis(LATENCY_MS + TRANSITION_MS + LATENCY_MS)
+        let stores = Duration::from_secs_f64(last_admission)
+            + Duration::from_millis(LATENCY_MS + TRANSITION_MS + LATENCY_MS);
+        let keys = match self.keys {
+            0 => Duration::ZERO,
+            n => {
+                Duration::from_secs_f64(n.saturating_sub(BURST) as f64 / RATE)
+                    + Duration::from_millis(2 * LATENCY_MS)
+            }
+        };
+        stores.max(keys)
     }
 
     fn faults(&self) -> Faults {
@@ -204,6 +254,10 @@ fn role(a: usize) -> String {
     format!("arn:aws:iam::{}:role/kms-killswitch", account(a))
 }
 
+fn key_id(a: usize, r: usize, k: usize) -> String {
+    format!("{a:08x}-{r:04x}-4000-8000-{k:012x}")
+}
+
 fn store_id(a: usize, r: usize, s: usize) -> String {
     format!("cks-{a:06x}{r:02x}{s:09x}")
 }
@@ -217,6 +271,7 @@ fn world() -> World {
     );
     let accounts = SCENARIOS.iter().map(|s| s.accounts).max().unwrap_or(1);
     let regions = SCENARIOS.iter().map(|s| s.regions).max().unwrap_or(1);
+    let keys = SCENARIOS.iter().map(|s| s.keys).max().unwrap_or(0);
     for a in 1..accounts {
         yaml.push_str(&format!(
             "  - arn: {}\n    assumable_by: [{ACCESS_KEY}]\n",
@@ -233,6 +288,15 @@ fn world() -> World {
                     "        - id: {}\n          name: bench-{s}\n          type: EXTERNAL_KEY_STORE\n          connection_state: CONNECTED\n",
                     store_id(a, r, s)
                 ));
+            }
+            if a == 0 && r == 0 && keys > 0 {
+                yaml.push_str("      keys:\n");
+                for k in 0..keys {
+                    yaml.push_str(&format!(
+                        "        - id: {}\n          key_state: Enabled\n",
+                        key_id(a, r, k)
+                    ));
+                }
             }
         }
     }
@@ -353,6 +417,14 @@ fn child(endpoint: &str, scenario: Scenario, delay: Duration) {
             target: target.clone(),
         })
         .collect();
+    let keys: Vec<KeySpec> = scenario
+        .keys()
+        .into_iter()
+        .map(|(_, _, id, target)| KeySpec {
+            selector: KeySelector::Id(id),
+            target,
+        })
+        .collect();
     let settings = LockdownSettings {
         verify_timeout: Duration::from_secs(120),
         enforce_interval: None,
@@ -396,7 +468,7 @@ fn child(endpoint: &str, scenario: Scenario, delay: Duration) {
             })
             .queued();
         let sink: &dyn AuditSink = &audit;
-        engine.lockdown(&request, sink).await
+        engine.lockdown_with_keys(&request, &keys, sink).await
     });
     let elapsed = started.elapsed();
     let value = json!({
@@ -419,6 +491,10 @@ fn run_once(sim: &SimHandle, scenario: Scenario, delay_ms: u64) -> Value {
     for (account, region, id, _) in scenario.stores() {
         sim.set_connection_state(&account, region, &id, "CONNECTED")
             .expect("store exists");
+    }
+    for (account, region, id, _) in scenario.keys() {
+        sim.set_key_state(&account, region, &id, "Enabled")
+            .expect("key exists");
     }
     sim.set_faults(Faults {
         rules: vec![FaultRule {
