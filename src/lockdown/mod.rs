@@ -1643,8 +1643,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn verifies_at_the_deadline_a_store_that_disconnects_after_the_last_regular_poll() {
-        // DISCONNECTED 9.5 s after the Disconnect: after the poll at ~9.2 s, before the deadline.
-        let fake = Arc::new(FakeAws::new(Duration::from_millis(9500)));
+        // DISCONNECTED 9.99 s after the Disconnect: after the poll at ~9.95 s (the schedule: 8 in
+        // the first second, 4/s to 5 s, then 375, 563, 844, 1266, 1898 ms apart), before the
+        // deadline.
+        let fake = Arc::new(FakeAws::new(Duration::from_millis(9990)));
         fake.add(&store_id(1), DEFAULT_ACCOUNT, ConnectionState::Connected);
         let verify_timeout = Duration::from_secs(10);
         let started = Instant::now();
