@@ -14,8 +14,8 @@ use tracing::{info, warn};
 use super::pacing::Operation;
 use super::report::{EnforcedKey, KeyOutcome, KeyStatus, LockdownError};
 use super::{
-    CONSISTENCY_GRACE, Engine, FINAL_CHECK_ALLOWANCE, Run, VERIFY_POLL_FAST, backoff,
-    deadline_error, poll_interval,
+    Answer, CONSISTENCY_GRACE, Engine, FINAL_CHECK_ALLOWANCE, Run, VERIFY_POLL_FAST, answer,
+    backoff, deadline_error, poll_interval,
 };
 use crate::audit::{AuditSink, Event, Failed, FailedKey, KeyDisableResult};
 use crate::aws::{AwsError, DisableKeyAccepted, ErrorKind, KeyMetadata, KeyStoreControl};
@@ -297,32 +297,16 @@ impl<C: KeyStoreControl> Engine<C> {
             .await;
         info!(key = %key_id, region = %target.region, attempt = key.attempts, "disable key requested");
         // The token right before the send, after the record is durable (as for Disconnects).
-        let send = async {
-            self.pacer.acquire(target, Operation::DisableKey).await;
-            self.control.disable_key(target, &key_id).await
-        };
-        let result: Result<DisableKeyAccepted, AwsError> = timeout_at(run.deadline, send)
-            .await
-            .unwrap_or_else(|_| Err(deadline_error("DisableKey", target)));
-        if matches!(&result, Err(err) if err.kind == ErrorKind::Throttled) {
-            self.pacer.throttled(target, Operation::DisableKey);
-        }
-        let (audit_result, request_id, error) = match &result {
-            Ok(accepted) => (
-                KeyDisableResult::Accepted,
-                accepted.request_id.clone(),
-                None,
-            ),
-            Err(err) if err.kind == ErrorKind::InvalidState => (
-                KeyDisableResult::AlreadyDisabled,
-                err.request_id.clone(),
-                None,
-            ),
-            Err(err) => (
-                KeyDisableResult::Error,
-                err.request_id.clone(),
-                Some(err.to_string()),
-            ),
+        let result: Result<DisableKeyAccepted, AwsError> = self
+            .paced_send(target, Operation::DisableKey, "DisableKey", run, {
+                self.control.disable_key(target, &key_id)
+            })
+            .await;
+        let (answer, request_id, error) = answer(&result, |a| a.request_id.clone());
+        let audit_result = match answer {
+            Answer::Accepted => KeyDisableResult::Accepted,
+            Answer::AlreadyDone => KeyDisableResult::AlreadyDisabled,
+            Answer::Error => KeyDisableResult::Error,
         };
         run.audit
             .record(Event::KeyDisableResult {

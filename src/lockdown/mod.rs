@@ -676,34 +676,20 @@ impl<C: KeyStoreControl> Engine<C> {
                 attempt: store.attempts,
             },
         );
-        // At the deadline an unsent or unanswered call ends as an error, so every
-        // `disconnect_requested` has its result.
-        let send = async {
-            self.pacer.acquire(target, Operation::Disconnect).await;
-            self.control.disconnect(target, &id).await
-        };
-        let result = timeout_at(run.deadline, send)
-            .await
-            .unwrap_or_else(|_| Err(deadline_error("DisconnectCustomKeyStore", target)));
-        if matches!(&result, Err(err) if err.kind == ErrorKind::Throttled) {
-            self.pacer.throttled(target, Operation::Disconnect);
-        }
-        let (audit_result, request_id, error) = match &result {
-            Ok(accepted) => (
-                DisconnectResult::Accepted,
-                accepted.request_id.clone(),
-                None,
-            ),
-            Err(err) if err.kind == ErrorKind::InvalidState => (
-                DisconnectResult::AlreadyDisconnected,
-                err.request_id.clone(),
-                None,
-            ),
-            Err(err) => (
-                DisconnectResult::Error,
-                err.request_id.clone(),
-                Some(err.to_string()),
-            ),
+        let result = self
+            .paced_send(
+                target,
+                Operation::Disconnect,
+                "DisconnectCustomKeyStore",
+                run,
+                self.control.disconnect(target, &id),
+            )
+            .await;
+        let (answer, request_id, error) = answer(&result, |a| a.request_id.clone());
+        let audit_result = match answer {
+            Answer::Accepted => DisconnectResult::Accepted,
+            Answer::AlreadyDone => DisconnectResult::AlreadyDisconnected,
+            Answer::Error => DisconnectResult::Error,
         };
         run.audit
             .record(Event::DisconnectResult {
@@ -717,6 +703,30 @@ impl<C: KeyStoreControl> Engine<C> {
             .await;
         store.request_ids.extend(request_id);
         self.take_disconnect_result(target, store, result);
+    }
+
+    /// Take `operation`'s token for `target` right before `call` is sent, and the answer; at the
+    /// deadline an unsent or unanswered call ends as an error (so every request recorded has its
+    /// result). A ThrottlingException teaches the bucket (see [`Pacer::throttled`]).
+    async fn paced_send<T>(
+        &self,
+        target: &Target,
+        operation: Operation,
+        name: &'static str,
+        run: &Run<'_>,
+        call: impl Future<Output = Result<T, AwsError>>,
+    ) -> Result<T, AwsError> {
+        let send = async {
+            self.pacer.acquire(target, operation).await;
+            call.await
+        };
+        let result = timeout_at(run.deadline, send)
+            .await
+            .unwrap_or_else(|_| Err(deadline_error(name, target)));
+        if matches!(&result, Err(err) if err.kind == ErrorKind::Throttled) {
+            self.pacer.throttled(target, operation);
+        }
+        result
     }
 
     /// Move the store on by KMS's answer to its Disconnect.
@@ -909,6 +919,29 @@ async fn record_finished(report: &LockdownReport, audit: &dyn AuditSink) {
         elapsed_ms = report.elapsed.as_millis() as u64,
         "lockdown finished"
     );
+}
+
+/// How KMS answered a Disconnect or a DisableKey, as the audit record says it.
+enum Answer {
+    Accepted,
+    /// `KMSInvalidStateException`: already disconnecting/disconnected, disabled or pending
+    /// deletion: success, verification reads the state.
+    AlreadyDone,
+    Error,
+}
+
+/// The answer, its request id and (for an error) its text.
+fn answer<T>(
+    result: &Result<T, AwsError>,
+    request_id: impl Fn(&T) -> Option<String>,
+) -> (Answer, Option<String>, Option<String>) {
+    match result {
+        Ok(accepted) => (Answer::Accepted, request_id(accepted), None),
+        Err(err) if err.kind == ErrorKind::InvalidState => {
+            (Answer::AlreadyDone, err.request_id.clone(), None)
+        }
+        Err(err) => (Answer::Error, err.request_id.clone(), Some(err.to_string())),
+    }
 }
 
 /// The wait before the next verification poll, `since` the first and after a wait of `last`.
