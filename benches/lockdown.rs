@@ -546,6 +546,19 @@ fn run_once(sim: &SimHandle, scenario: Scenario, delay_ms: u64) -> Value {
             ))
             .count()
     );
+    let mut throttled_by_operation = serde_json::Map::new();
+    for r in requests.iter().filter(|r| {
+        matches!(
+            r.error_code.as_deref(),
+            Some("ThrottlingException" | "Throttling")
+        )
+    }) {
+        let count = throttled_by_operation
+            .entry(r.operation.clone())
+            .or_insert(json!(0));
+        *count = json!(count.as_u64().unwrap_or(0) + 1);
+    }
+    result["throttled_by_operation"] = Value::Object(throttled_by_operation);
     result["server_errors"] = json!(requests.iter().filter(|r| r.status >= 500).count());
     let all_disconnected = scenario.stores().iter().all(|(account, region, id, _)| {
         sim.connection_state(account, region, id).as_deref() == Some("DISCONNECTED")
@@ -556,6 +569,20 @@ fn run_once(sim: &SimHandle, scenario: Scenario, delay_ms: u64) -> Value {
         eprintln!("{} did not complete: {result}", scenario.name);
     }
     result
+}
+
+/// The throttled responses of all `results`, summed per operation.
+fn throttled_by_operation(results: &[Value]) -> Value {
+    let mut sum = serde_json::Map::new();
+    for result in results {
+        if let Some(ops) = result["throttled_by_operation"].as_object() {
+            for (op, n) in ops {
+                let total = sum.entry(op.clone()).or_insert(json!(0));
+                *total = json!(total.as_u64().unwrap_or(0) + n.as_u64().unwrap_or(0));
+            }
+        }
+    }
+    Value::Object(sum)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -731,6 +758,7 @@ fn main() {
                 "first_disconnect_ms_max": pick("first_disconnect_ms").into_iter().fold(0.0, f64::max),
                 "requests": median(pick("requests")),
                 "throttled": pick("throttled").into_iter().sum::<f64>(),
+                "throttled_by_operation": throttled_by_operation(&results),
                 "server_errors": pick("server_errors").into_iter().sum::<f64>(),
                 "fsyncs": median(pick("fsyncs")),
                 "peak_rss_mb": pick("vmhwm_kb").into_iter().fold(0.0, f64::max) / 1024.0,
@@ -749,6 +777,12 @@ fn main() {
                 row["peak_rss_mb"].as_f64().unwrap_or(0.0),
                 row["cpu_s"].as_f64().unwrap_or(0.0),
             );
+            if row["throttled"] != json!(0.0) {
+                println!(
+                    "  {:<13} sync {delay} ms: throttled (all runs) by operation: {}",
+                    scenario.name, row["throttled_by_operation"]
+                );
+            }
             if row["incomplete_runs"] != json!(0) {
                 println!(
                     "  {:<13} sync {delay} ms: {} of {runs} runs INCOMPLETE (not every store verified by verify_timeout)",
