@@ -12,7 +12,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::audit::AuditLog;
 use crate::aws::AwsClients;
 use crate::cmd::{Context, Exit, untrusted_state_path};
-use crate::daemon::{Daemon, DaemonAudit, DaemonConfig, KeepWarm, SystemdNotifier};
+use crate::daemon::{Daemon, DaemonAudit, DaemonConfig, DaemonError, KeepWarm, SystemdNotifier};
 use crate::notify;
 use crate::policy::Policy;
 use crate::trigger::signal::SignalWatch;
@@ -46,14 +46,7 @@ async fn run_daemon(ctx: &Context, policy: Policy) -> anyhow::Result<Exit> {
         None => None,
     };
 
-    // The latch and the audit log live in directories only root or the daemon's user may
-    // change, and are regular files: anyone else could delete the latch (re-arming the switch)
-    // or put a FIFO there (hanging the daemon). Refused at start like an insecure policy.
-    if let Some(refusal) = untrusted_state_path(&policy) {
-        eprintln!(
-            "kms-killswitch: error: policy {}: {refusal}; whoever can change it can re-arm the switch or hang the daemon (fix: `chown root: DIR && chmod go-w DIR` for it and every directory above it)",
-            policy.path.display(),
-        );
+    if refuse_untrusted_state(&policy) {
         return Ok(Exit::Config);
     }
     // Webhook secrets are read now, like the policy: an unsafe or missing one refuses the start.
@@ -112,8 +105,27 @@ async fn run_daemon(ctx: &Context, policy: Policy) -> anyhow::Result<Exit> {
         notifier.stop(notify::DRAIN_TIMEOUT).await;
     }
     systemd.drain(NOTIFY_DRAIN_TIMEOUT);
+    exit_status(ran, &audit).await
+}
+
+/// The latch and the audit log live in directories only root or the daemon's user may change,
+/// and are regular files: anyone else could delete the latch (re-arming the switch) or put a FIFO
+/// there (hanging the daemon). Refused at start like an insecure policy; true (and said) if so.
+fn refuse_untrusted_state(policy: &Policy) -> bool {
+    let Some(refusal) = untrusted_state_path(policy) else {
+        return false;
+    };
+    eprintln!(
+        "kms-killswitch: error: policy {}: {refusal}; whoever can change it can re-arm the switch or hang the daemon (fix: `chown root: DIR && chmod go-w DIR` for it and every directory above it)",
+        policy.path.display(),
+    );
+    true
+}
+
+/// The exit status of a daemon that has stopped: a record that never reached the audit log
+/// shows in it (issue 5), a configuration error is 78.
+async fn exit_status(ran: Result<(), DaemonError>, audit: &AuditLog) -> anyhow::Result<Exit> {
     match ran {
-        // Issue 5: a record that never reached the audit log shows in the exit status.
         Ok(()) if !audit.flushed().await => {
             eprintln!(
                 "kms-killswitch: error: {} audit records could not be written to {}; they are lost with this process",

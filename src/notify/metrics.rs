@@ -27,6 +27,14 @@ pub const WRITE_INTERVAL: Duration = Duration::from_secs(5);
 
 type Labels = Vec<(String, String)>;
 
+/// A series' labels from `(name, value)` pairs.
+fn label(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// The last attempt for one sink, for `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LastNotification {
@@ -147,28 +155,6 @@ impl Metrics {
 
     /// Count what one audit record says.
     pub fn observe(&self, event: &Event) {
-        let label = |pairs: &[(&str, &str)]| -> Labels {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        };
-        let lock = |m: &Mutex<BTreeMap<(String, String), String>>| {
-            m.lock().unwrap_or_else(|p| p.into_inner()).clone()
-        };
-        let store = |id: &str, region: &str, value: i64| {
-            let account = lock(&self.accounts)
-                .get(&(id.to_string(), region.to_string()))
-                .cloned()
-                .unwrap_or_default();
-            self.disconnected
-                .get_or_create(&label(&[
-                    ("key_store_id", id),
-                    ("region", region),
-                    ("account", &account),
-                ]))
-                .set(value);
-        };
         match event {
             Event::DisconnectRequested {
                 key_store_id,
@@ -182,52 +168,24 @@ impl Metrics {
                     .insert((key_store_id.clone(), region.clone()), account.clone());
             }
             Event::DisconnectResult { result, error, .. } => {
-                let result = match result {
-                    DisconnectResult::Accepted => "accepted",
-                    DisconnectResult::AlreadyDisconnected => "already_disconnected",
-                    DisconnectResult::Error => "error",
-                };
-                self.aws_requests
-                    .get_or_create(&label(&[
-                        ("operation", "DisconnectCustomKeyStore"),
-                        ("result", result),
-                    ]))
-                    .inc();
-                if error.as_deref().is_some_and(|e| e.contains("Throttl")) {
-                    self.throttled.inc();
-                }
+                self.observe_disconnect_result(*result, error.as_deref())
             }
             Event::StoreVerified {
                 key_store_id,
                 region,
                 ..
-            } => store(key_store_id, region, 1),
+            } => self.set_store(key_store_id, region, 1),
             Event::DriftDetected {
                 key_store_id,
                 region,
                 ..
-            } => store(key_store_id, region, 0),
+            } => self.set_store(key_store_id, region, 0),
             Event::LockdownFinished {
                 outcome,
                 failed,
                 elapsed_ms,
                 ..
-            } => {
-                let outcome = match outcome {
-                    crate::audit::LockdownOutcome::Complete => "complete",
-                    crate::audit::LockdownOutcome::Partial => "partial",
-                    crate::audit::LockdownOutcome::DryRun => "dry_run",
-                };
-                self.lockdowns
-                    .get_or_create(&label(&[("outcome", outcome)]))
-                    .inc();
-                self.last_lockdown_seconds.set(*elapsed_ms as f64 / 1000.0);
-                for failed in failed {
-                    if let crate::audit::Failed::Store(failed) = failed {
-                        store(&failed.key_store_id, &failed.region, 0);
-                    }
-                }
-            }
+            } => self.observe_lockdown_finished(*outcome, failed, *elapsed_ms),
             Event::AlarmPollFailed { .. } => {
                 self.alarm_poll_failures.inc();
             }
@@ -239,29 +197,90 @@ impl Metrics {
                 error,
                 attempt,
             } => {
-                let result_text = match result {
-                    NotificationResult::Delivered => "delivered",
-                    NotificationResult::Failed => "failed",
+                let last = LastNotification {
+                    notified: notified.clone(),
+                    result: *result,
+                    attempt: *attempt,
+                    message_id: message_id.clone(),
+                    error: error.clone(),
+                    ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
                 };
-                self.notifications
-                    .get_or_create(&label(&[("sink", sink), ("result", result_text)]))
-                    .inc();
-                self.last.lock().unwrap_or_else(|p| p.into_inner()).insert(
-                    sink.clone(),
-                    LastNotification {
-                        notified: notified.clone(),
-                        result: *result,
-                        attempt: *attempt,
-                        message_id: message_id.clone(),
-                        error: error.clone(),
-                        ts: humantime::format_rfc3339_millis(std::time::SystemTime::now())
-                            .to_string(),
-                    },
-                );
+                self.observe_notification(sink, last);
             }
             _ => return,
         }
         self.changed.notify_one();
+    }
+
+    /// `key_store_disconnected` of one store, labelled with the account its Disconnect named.
+    fn set_store(&self, key_store_id: &str, region: &str, value: i64) {
+        let account = self
+            .accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(key_store_id.to_string(), region.to_string()))
+            .cloned()
+            .unwrap_or_default();
+        self.disconnected
+            .get_or_create(&label(&[
+                ("key_store_id", key_store_id),
+                ("region", region),
+                ("account", &account),
+            ]))
+            .set(value);
+    }
+
+    fn observe_disconnect_result(&self, result: DisconnectResult, error: Option<&str>) {
+        let result = match result {
+            DisconnectResult::Accepted => "accepted",
+            DisconnectResult::AlreadyDisconnected => "already_disconnected",
+            DisconnectResult::Error => "error",
+        };
+        self.aws_requests
+            .get_or_create(&label(&[
+                ("operation", "DisconnectCustomKeyStore"),
+                ("result", result),
+            ]))
+            .inc();
+        if error.is_some_and(|e| e.contains("Throttl")) {
+            self.throttled.inc();
+        }
+    }
+
+    fn observe_lockdown_finished(
+        &self,
+        outcome: crate::audit::LockdownOutcome,
+        failed: &[crate::audit::Failed],
+        elapsed_ms: u64,
+    ) {
+        let outcome = match outcome {
+            crate::audit::LockdownOutcome::Complete => "complete",
+            crate::audit::LockdownOutcome::Partial => "partial",
+            crate::audit::LockdownOutcome::DryRun => "dry_run",
+        };
+        self.lockdowns
+            .get_or_create(&label(&[("outcome", outcome)]))
+            .inc();
+        self.last_lockdown_seconds.set(elapsed_ms as f64 / 1000.0);
+        for failed in failed {
+            if let crate::audit::Failed::Store(failed) = failed {
+                self.set_store(&failed.key_store_id, &failed.region, 0);
+            }
+        }
+    }
+
+    fn observe_notification(&self, sink: &str, last: LastNotification) {
+        let result = match last.result {
+            NotificationResult::Delivered => "delivered",
+            NotificationResult::Failed => "failed",
+        };
+        self.notifications
+            .get_or_create(&label(&[("sink", sink), ("result", result)]))
+            .inc();
+        self.last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(sink.to_string(), last);
     }
 
     /// The Prometheus text exposition: the crate's OpenMetrics text without `# EOF`, and with
