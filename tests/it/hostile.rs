@@ -1,6 +1,7 @@
-//! Hostile local inputs against the real daemon: signal storms (every handled signal 10,000 times
-//! in a burst). Each case ends in a correct outcome — one lockdown, the daemon up, the chain
-//! verifying — never a hang (every wait bounded) nor a panic. Owns no support code of others.
+//! Hostile local inputs against the real daemon: signal storms (every handled signal — SIGUSR1,
+//! SIGHUP, SIGTERM, SIGINT — 10,000 times in a burst). Each case ends in a correct outcome — one
+//! lockdown, the daemon up, the chain verifying — never a hang (every wait bounded) nor a panic.
+//! Owns no support code of others.
 
 use std::process::Command;
 
@@ -52,4 +53,16 @@ fn ten_thousand_of_each_signal_one_lockdown_chain_verifies() {
         "{}",
         String::from_utf8_lossy(&verify.stderr)
     );
+}
+
+#[test]
+/// SIGINT is handled like SIGTERM: 10,000 of them at once stop the daemon once, cleanly.
+fn ten_thousand_sigints_stop_the_daemon_once_with_daemon_stopped() {
+    let env = Env::new();
+    let mut daemon = env.start();
+    burst("INT", daemon.pid(), 10_000);
+    let status = daemon.wait_exit();
+    assert_eq!(status.code(), Some(0), "{}", daemon.log());
+    assert_eq!(env.events("daemon_stopped").len(), 1, "{}", daemon.log());
+    assert!(env.events("lockdown_started").is_empty(), "{}", daemon.log());
 }
