@@ -189,7 +189,7 @@ fn alias_bomb(site: &str, depth: usize, width: usize) -> String {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases().min(2_000), ..config() })]
+    #![proptest_config(config())]
 
     /// Alias bombs of any shape, at any place: refused, with a short message (no expansion).
     #[test]
