@@ -56,7 +56,7 @@ pub fn classify(body: &str, matches: &[QueueMatch]) -> Verdict {
     if let Some(kind) = sns_subscription_message(&outer) {
         let topic = outer.get("TopicArn").and_then(Value::as_str).unwrap_or("?");
         return ignore(format!(
-            "an SNS {kind} for topic {}, not a trip (confirm the subscription from the queue's account)",
+            "an SNS {kind} for topic {}, not a trip (subscribe from the queue's account: no confirmation is needed then)",
             cut(topic)
         ));
     }
