@@ -1,7 +1,8 @@
 //! `kms-killswitch check [--online]`: load and validate the policy (syntax, schema, values, file
 //! permissions) and print a one-line summary; exit 0, or 78 through the CLI edge when the policy is
-//! missing, unreadable, insecure or invalid, and 78 too for what `run` would refuse (state or audit
-//! paths others can change, an untrusted flag directory) or a squatted flag. With `--online` it then hands the valid policy to
+//! missing, unreadable, insecure or invalid, and 78 too for what `run` would refuse (state, audit
+//! or metrics paths others can change, an unsafe webhook secret, an untrusted flag directory) or
+//! a squatted flag. With `--online` it then hands the valid policy to
 //! [`crate::cmd::check_online`], which owns everything that talks to AWS. Nothing here calls AWS.
 
 use clap::Args;
@@ -32,12 +33,17 @@ pub fn run(ctx: &Context, args: &CheckArgs) -> anyhow::Result<Exit> {
     Ok(Exit::Success)
 }
 
-/// What `run` would refuse at start (78), or a flag already squatted: state and audit paths in
-/// directories others can change or not regular files, an untrusted flag directory, a flag at
-/// the path that would be rejected (then root's `touch` fires nothing).
+/// What `run` would refuse at start (78), or a flag already squatted: state, audit and metrics
+/// paths in directories others can change or not regular files, a webhook secret that is
+/// unsafe or unreadable, an untrusted flag directory, a flag at the path that would be rejected
+/// (then root's `touch` fires nothing).
 fn local_problem(policy: &Policy) -> Option<String> {
     if let Some(refusal) = untrusted_state_path(policy) {
         return Some(refusal);
+    }
+    // The webhook secrets, read as `run` reads them (never shown).
+    if let Err(err) = crate::notify::sinks(policy) {
+        return Some(err.to_string());
     }
     let file = policy.triggers.file.as_ref()?;
     if let Err(err) = crate::trigger::file::check_flag_dir(file) {

@@ -71,14 +71,21 @@ pub fn exit_for_error(err: &anyhow::Error) -> Exit {
     }
 }
 
-/// What `run` refuses at start (and `check` reports, 78 both): the latch or the audit log in a
-/// directory others can change, or not a regular file. `refusing state_file PATH: why`.
+/// What `run` refuses at start (and `check` reports, 78 both): the latch, the audit log or the
+/// metrics textfile in a directory others can change, or not a regular file (the daemon writes
+/// them as its user, root: a symlink or a directory others control would let them aim its
+/// writes). `refusing state_file PATH: why`.
 pub(crate) fn untrusted_state_path(policy: &Policy) -> Option<String> {
+    let metrics = policy
+        .metrics
+        .as_ref()
+        .map(|m| ("metrics.textfile", &m.textfile));
     [
         ("state_file", &policy.state_file),
         ("audit_log", &policy.audit_log),
     ]
     .into_iter()
+    .chain(metrics)
     .find_map(|(what, path)| {
         crate::fs_trust::check_state_file(path)
             .err()

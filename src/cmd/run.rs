@@ -108,15 +108,16 @@ async fn run_daemon(ctx: &Context, policy: Policy) -> anyhow::Result<Exit> {
     exit_status(ran, &audit).await
 }
 
-/// The latch and the audit log live in directories only root or the daemon's user may change,
-/// and are regular files: anyone else could delete the latch (re-arming the switch) or put a FIFO
-/// there (hanging the daemon). Refused at start like an insecure policy; true (and said) if so.
+/// The latch, the audit log and the metrics textfile live in directories only root or the
+/// daemon's user may change, and are regular files: anyone else could delete the latch
+/// (re-arming the switch), put a FIFO there (hanging the daemon) or swap the metrics (hiding a
+/// lockdown). Refused at start like an insecure policy; true (and said) if so.
 fn refuse_untrusted_state(policy: &Policy) -> bool {
     let Some(refusal) = untrusted_state_path(policy) else {
         return false;
     };
     eprintln!(
-        "kms-killswitch: error: policy {}: {refusal}; whoever can change it can re-arm the switch or hang the daemon (fix: `chown root: DIR && chmod go-w DIR` for it and every directory above it)",
+        "kms-killswitch: error: policy {}: {refusal}; whoever can change it can re-arm the switch, hang the daemon or forge what it reports (fix: `chown root: DIR && chmod go-w DIR` for it and every directory above it)",
         policy.path.display(),
     );
     true

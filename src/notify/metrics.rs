@@ -370,13 +370,27 @@ pub(super) async fn write_files(
 }
 
 /// Write `bytes` to a temp file beside `path`, then rename it over `path`: a reader sees the
-/// old file or the new one, never half of one.
+/// old file or the new one, never half of one. The temp file is created new (`O_EXCL`, which
+/// follows no symlink): whatever is at its name (a symlink planted there, a leftover of a
+/// crashed daemon with this pid) is removed first, never written through.
 fn publish(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut temp = path.as_os_str().to_owned();
     temp.push(format!(".{}.tmp", std::process::id()));
     let temp = PathBuf::from(temp);
-    let mut file = std::fs::File::create(&temp)?;
+    let create = || {
+        std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+    };
+    let mut file = match create() {
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(&temp)?;
+            create()?
+        }
+        other => other?,
+    };
     file.write_all(bytes)?;
     file.sync_data()?;
     drop(file);
@@ -387,6 +401,31 @@ fn publish(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use crate::audit::{FailedStore, LockdownOutcome};
+
+    #[test]
+    fn publish_never_writes_through_a_symlink_at_its_temp_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").expect("victim");
+        let path = dir.path().join("kms_killswitch.prom");
+        let temp = dir
+            .path()
+            .join(format!("kms_killswitch.prom.{}.tmp", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &temp).expect("symlink");
+        publish(&path, b"kms_killswitch_up 1\n").expect("published");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "kms_killswitch_up 1\n"
+        );
+        assert!(!temp.exists());
+        assert!(
+            std::fs::symlink_metadata(&path)
+                .unwrap()
+                .file_type()
+                .is_file()
+        );
+    }
 
     #[test]
     fn counts_lockdowns_stores_and_notifications_from_the_records() {

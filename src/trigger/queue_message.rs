@@ -2,8 +2,9 @@
 //! and the queue's `match:` entries to [`Verdict::Fire`] (with what the message carried, cut to a
 //! bounded size) or [`Verdict::Ignore`] (with the reason). An SNS notification envelope is
 //! unwrapped (its `Message`) first; the fields read are an EventBridge event's (`source`,
-//! `detail-type`, `id`, `detail.severity`, `detail.eventName`). Any input, however malformed or
-//! large, yields a verdict: never a panic. No I/O, no tokio, no AWS.
+//! `detail-type`, `id`, `detail.severity`, `detail.eventName`). SNS's own subscription messages
+//! (`SubscriptionConfirmation`, `UnsubscribeConfirmation`) are never a trip. Any input, however
+//! malformed or large, yields a verdict: never a panic. No I/O, no tokio, no AWS.
 
 use serde_json::{Map, Value, json};
 
@@ -17,6 +18,10 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 pub const MAX_CARRIED_CHARS: usize = 256;
 /// The CloudTrail events that re-attach a custom key store while latched.
 const KEY_STORE_EVENTS: [&str; 2] = ["ConnectCustomKeyStore", "UpdateCustomKeyStore"];
+/// The envelope types SNS itself sends to a subscribed queue: a topic in another account
+/// subscribing the queue delivers a `SubscriptionConfirmation` to it. Tripping on one would lock
+/// down every store of a host because a fleet topic was set up.
+const SNS_SUBSCRIPTION_TYPES: [&str; 2] = ["SubscriptionConfirmation", "UnsubscribeConfirmation"];
 
 /// What a message means.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +53,13 @@ pub fn classify(body: &str, matches: &[QueueMatch]) -> Verdict {
         Ok(value) => value,
         Err(err) => return ignore(format!("not JSON: {}", cut(&err.to_string()))),
     };
+    if let Some(kind) = sns_subscription_message(&outer) {
+        let topic = outer.get("TopicArn").and_then(Value::as_str).unwrap_or("?");
+        return ignore(format!(
+            "an SNS {kind} for topic {}, not a trip (subscribe from the queue's account: no confirmation is needed then)",
+            cut(topic)
+        ));
+    }
     let mut carried = Map::new();
     let event = match sns_message(&outer) {
         Some(message) => {
@@ -94,6 +106,12 @@ fn sns_message(value: &Value) -> Option<&str> {
     (object.get("Type")?.as_str()? == "Notification")
         .then(|| object.get("Message")?.as_str())
         .flatten()
+}
+
+/// `SubscriptionConfirmation` or `UnsubscribeConfirmation` if `value` is SNS's envelope of one.
+fn sns_subscription_message(value: &Value) -> Option<&'static str> {
+    let kind = value.as_object()?.get("Type")?.as_str()?;
+    SNS_SUBSCRIPTION_TYPES.into_iter().find(|t| *t == kind)
 }
 
 /// The fields `match:` looks at.
@@ -256,6 +274,27 @@ mod tests {
             classify("not json", &[]),
             Verdict::Ignore { reason } if reason.starts_with("not JSON")
         ));
+    }
+
+    #[test]
+    fn an_sns_subscription_confirmation_never_fires() {
+        // What SNS delivers to a queue that a topic of another account subscribes.
+        let confirmation = json!({
+            "Type": "SubscriptionConfirmation", "MessageId": "sns-2", "Token": "2336412f37",
+            "TopicArn": "arn:aws:sns:eu-west-1:111111111111:fleet",
+            "Message": "You have chosen to subscribe to the topic arn:aws:sns:eu-west-1:111111111111:fleet.",
+            "SubscribeURL": "https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription&Token=2336412f37"
+        });
+        for kind in SNS_SUBSCRIPTION_TYPES {
+            let mut message = confirmation.clone();
+            message["Type"] = json!(kind);
+            let verdict = classify(&message.to_string(), &[]);
+            assert!(
+                matches!(&verdict, Verdict::Ignore { reason }
+                    if reason.contains(kind) && reason.contains(":fleet") && !reason.contains("2336412f37")),
+                "{verdict:?}"
+            );
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! hostile input — no panic, a refusal or a value, bounded input sizes. Short runs here (cases
 //! from `KMS_KILLSWITCH_FUZZ_CASES`, default 2,000); the long run is
 //! `KMS_KILLSWITCH_FUZZ_CASES=1000000 cargo test --release --test it fuzz:: -- --include-ignored`.
-//! The queue-message parser (issue 14) is not on main yet: no target for it here.
+//! The queue-message parser has its own targets in `fuzz_queue.rs`.
 
 use std::io::Write;
 use std::path::Path;
@@ -154,4 +154,64 @@ fn audit_verify_refuses_a_huge_line() {
     let path = dir.path().join("audit.jsonl");
     std::fs::write(&path, vec![b'x'; 8 * 1024 * 1024]).unwrap();
     assert!(kms_killswitch::audit::verify(&path).is_err());
+}
+
+/// Where a generated alias bomb sits: under an unknown key, or in a field of the schema (which
+/// never accepts the nested value, but must refuse it without replaying the aliases).
+/// `{bomb}` is replaced by list items indented to fit.
+const BOMB_SITES: [&str; 5] = [
+    "{bomb}",
+    "key_stores:\n  - id: cks-1234567890abcdef0\n{bomb}",
+    "triggers:\n  alarms:\n{bomb}",
+    "triggers:\n  queues:\n    - url: https://sqs.eu-west-1.amazonaws.com/111111111111/q\n      match:\n{bomb:8}",
+    "notify:\n{bomb}",
+];
+
+/// A billion-laughs document of `depth` levels of `width` aliases each, the last level used as a
+/// list item at `site`; `width^depth` nodes if expanded.
+fn alias_bomb(site: &str, depth: usize, width: usize) -> String {
+    let (marker, indent) = match site.contains("{bomb:8}") {
+        true => ("{bomb:8}", " ".repeat(8)),
+        false => ("{bomb}", " ".repeat(2)),
+    };
+    let mut anchors = format!("{indent}- &l0 [lol, lol]\n");
+    for level in 1..depth {
+        let items = vec![format!("*l{}", level - 1); width].join(", ");
+        anchors.push_str(&format!("{indent}- &l{level} [{items}]\n"));
+    }
+    let body = site.replace(marker, &anchors);
+    let head = "version: 1\naws:\n  region: eu-west-1\n";
+    if site == "{bomb}" {
+        format!("{head}key_stores:\n  - id: cks-1234567890abcdef0\nlol:\n{body}")
+    } else {
+        format!("{head}{body}")
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Alias bombs of any shape, at any place: refused, with a short message (no expansion).
+    #[test]
+    fn alias_bombs_are_refused_anywhere(
+        site in prop::sample::select(&BOMB_SITES[..]),
+        depth in 2usize..16,
+        width in 2usize..16,
+    ) {
+        let text = alias_bomb(site, depth, width);
+        let err = policy::parse(&text, Path::new("bomb.yaml")).expect_err("a bomb is refused");
+        prop_assert!(err.to_string().len() < 4096, "{} bytes of error", err.to_string().len());
+        prop_assert!(!err.to_string().contains("while parsing"), "not the bomb: {}", err);
+    }
+}
+
+#[test]
+fn the_classic_billion_laughs_is_refused_in_every_site() {
+    for site in BOMB_SITES {
+        let text = alias_bomb(site, 10, 10);
+        let err = policy::parse(&text, Path::new("lol.yaml")).expect_err("refused");
+        // Refused for what it is, not for a mistake of this test's YAML.
+        assert!(!err.to_string().contains("while parsing"), "{site}: {err}");
+        assert!(err.to_string().lines().count() <= 3, "{site}: {err}");
+    }
 }

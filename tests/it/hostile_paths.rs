@@ -1,8 +1,8 @@
 //! Hostile local inputs as a table (issue 17): every path the daemon opens — the policy, the
-//! flag, the state file (latch) and the audit log — given as a FIFO, a device (`/dev/null`'s and
-//! `/dev/zero`'s), a symlink, a directory, a hard link, a file owned by another user (uid 65534),
-//! or inside a directory others can write; and for each, `check`, `run` and `trip` run against
-//! it. Every run is bounded (a hang is a failure, not a stuck suite); every outcome is either a
+//! flag, the state file (latch), the audit log, the webhook's secret file and the metrics
+//! textfile — given as a FIFO, a device (`/dev/null`'s and `/dev/zero`'s), a symlink, a
+//! directory, a hard link, a file owned by another user (uid 65534), or inside a directory others
+//! can write; and for each, `check`, `run` and `trip` run against it. Every run is bounded (a hang is a failure, not a stuck suite); every outcome is either a
 //! clear one-line refusal with the exit code of DESIGN §4 or a correct result; never a panic.
 //! One `#[test]` per path (they run in parallel); the table of expectations is [`expected`].
 
@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Instant;
 
-use crate::support::daemon::{DEADLINE, Env, POLL};
+use crate::support::daemon::{DEADLINE, Env, POLL, PolicyOptions};
+use crate::support::webhook::Receiver;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Which {
@@ -19,6 +20,11 @@ enum Which {
     Flag,
     State,
     Audit,
+    /// `notify: [webhook: {secret_file}]` (the policy of these rows has a webhook to a local
+    /// receiver and a metrics textfile).
+    WebhookSecret,
+    /// `metrics: {textfile}`.
+    MetricsFile,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +71,30 @@ fn path_of(env: &Env, which: Which) -> PathBuf {
         Which::Flag => env.flag(),
         Which::State => env.state_file(),
         Which::Audit => env.audit_log(),
+        Which::WebhookSecret => env.dir.path().join("secrets/webhook.secret"),
+        Which::MetricsFile => env.dir.path().join("metrics/kms_killswitch.prom"),
     }
+}
+
+/// For the webhook and metrics rows: the default policy plus a webhook (signed with a valid
+/// secret file) to `receiver` and a metrics textfile in a directory of its own.
+fn add_notify_and_metrics(env: &Env, receiver: &Receiver) {
+    for dir in ["secrets", "metrics"] {
+        let dir = env.dir.path().join(dir);
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    }
+    let secret = path_of(env, Which::WebhookSecret);
+    std::fs::write(&secret, "s3cret\n").expect("secret");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let text = format!(
+        "{}notify:\n  - webhook: {{url: \"{}\", secret_file: \"{}\"}}\nmetrics:\n  textfile: \"{}\"\n",
+        env.policy_text(&PolicyOptions::default()),
+        receiver.url,
+        secret.display(),
+        path_of(env, Which::MetricsFile).display(),
+    );
+    env.write_policy_text(&text);
 }
 
 fn mknod(path: &Path, kind: rustix::fs::FileType, dev: u64) {
@@ -217,7 +246,7 @@ fn expected(which: Which, kind: Kind, cmd: Cmd) -> Expect {
     match (which, kind, cmd) {
         // A hard-linked policy, latch or audit log can only be made by root or the daemon's user
         // in a trusted directory (backup tools do): accepted. A flag must be a file of its own.
-        (Policy | State | Audit, HardLink, _) => Works,
+        (Policy | State | Audit | WebhookSecret | MetricsFile, HardLink, _) => Works,
         (Policy, _, _) => Refused,
         // `trip` never looks at the flag; `run` starts and rejects the hostile flag (reported in
         // STATUS and the audit log, never fired), unless its directory itself is open.
@@ -230,6 +259,12 @@ fn expected(which: Which, kind: Kind, cmd: Cmd) -> Expect {
         (Audit, Fifo | NullDevice | ZeroDevice | Symlink | Directory, Trip) => LockedDownUnaudited,
         (Audit, ForeignOwner | OpenDir, Trip) => Works,
         (State | Audit, _, Check | Run) => Refused,
+        // `trip` sends no notification and writes no metrics: neither can delay the lockdown.
+        // `check` and `run` refuse a secret or textfile that is not a regular file of root or
+        // the daemon's user in a directory only they can change (the daemon writes the
+        // textfile as root: a symlink or an open directory would let others aim that write).
+        (WebhookSecret | MetricsFile, _, Trip) => Works,
+        (WebhookSecret | MetricsFile, _, Check | Run) => Refused,
     }
 }
 
@@ -261,6 +296,10 @@ fn refusal_lines(stderr: &str, cmd: Cmd) -> usize {
 /// One case in a fresh world: plant, run, judge. `Err` describes a mismatch.
 fn one(which: Which, kind: Kind, cmd: Cmd) -> Result<(), String> {
     let env = Env::new();
+    let receiver = Receiver::answering();
+    if matches!(which, Which::WebhookSecret | Which::MetricsFile) {
+        add_notify_and_metrics(&env, &receiver);
+    }
     plant(&env, which, kind);
     let outcome = run_cmd(&env, cmd);
     let expect = expected(which, kind, cmd);
@@ -286,7 +325,9 @@ fn one(which: Which, kind: Kind, cmd: Cmd) -> Result<(), String> {
             // A trip disconnects everything; a run with no trigger nothing — except a run on an
             // existing (here: empty, unparseable) latch, which fails closed and locks down.
             let locked = cmd == Cmd::Trip || (which == Which::State && cmd == Cmd::Run);
-            code_ok && all(if locked { "DISCONNECTED" } else { "CONNECTED" })
+            code_ok
+                && all(if locked { "DISCONNECTED" } else { "CONNECTED" })
+                && metrics_replaced_not_written_through(&env, which, cmd)
         }
         Expect::LockedDownUnaudited => outcome.code == Some(1) && all("DISCONNECTED"),
     };
@@ -298,6 +339,19 @@ fn one(which: Which, kind: Kind, cmd: Cmd) -> Result<(), String> {
             outcome.code
         ))
     }
+}
+
+/// A run with a hard-linked textfile leaves a fresh regular file with the metrics at its path
+/// and the other name of the old file untouched (the write is a rename, never through it).
+fn metrics_replaced_not_written_through(env: &Env, which: Which, cmd: Cmd) -> bool {
+    if which != Which::MetricsFile || cmd != Cmd::Run {
+        return true;
+    }
+    let path = path_of(env, which);
+    let written = std::fs::read_to_string(&path).unwrap_or_default();
+    let other_name = path.with_file_name("real-file");
+    written.contains("kms_killswitch_up ")
+        && std::fs::read(other_name).is_ok_and(|old| old.is_empty())
 }
 
 /// Every kind × every command for one path; fails listing every mismatch at once.
@@ -325,4 +379,12 @@ fn hostile_state_file_path() {
 #[test]
 fn hostile_audit_log_path() {
     table(Which::Audit);
+}
+#[test]
+fn hostile_webhook_secret_path() {
+    table(Which::WebhookSecret);
+}
+#[test]
+fn hostile_metrics_textfile_path() {
+    table(Which::MetricsFile);
 }

@@ -11,6 +11,7 @@ mod daemon;
 mod fs_trust;
 mod fuzz;
 mod fuzz_audit;
+mod fuzz_queue;
 mod hostile;
 mod hostile_paths;
 mod keys;
