@@ -1,7 +1,7 @@
 //! Fuzzing with proptest (cargo-fuzz needs nightly): the policy loader and the audit verifier on
 //! hostile input — no panic, a refusal or a value, bounded input sizes. Short runs here (cases
 //! from `KMS_KILLSWITCH_FUZZ_CASES`, default 2,000); the long run is
-//! `KMS_KILLSWITCH_FUZZ_CASES=1000000 cargo test --release --test it fuzz:: -- --include-ignored`.
+//! `KMS_KILLSWITCH_FUZZ_CASES=1000000 cargo test --release --test it fuzz::`.
 //! The queue-message parser has its own targets in `fuzz_queue.rs`.
 
 use std::io::Write;

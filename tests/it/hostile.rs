@@ -64,5 +64,9 @@ fn ten_thousand_sigints_stop_the_daemon_once_with_daemon_stopped() {
     let status = daemon.wait_exit();
     assert_eq!(status.code(), Some(0), "{}", daemon.log());
     assert_eq!(env.events("daemon_stopped").len(), 1, "{}", daemon.log());
-    assert!(env.events("lockdown_started").is_empty(), "{}", daemon.log());
+    assert!(
+        env.events("lockdown_started").is_empty(),
+        "{}",
+        daemon.log()
+    );
 }
