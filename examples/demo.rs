@@ -12,6 +12,9 @@
 //!
 //! It owns nothing but itself: it must not change the library, the simulator or the policy file.
 
+#[path = "support/binary.rs"]
+mod binary;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -92,7 +95,7 @@ impl Demo {
 
         step(1, "building the daemon binary");
         let build_started = Instant::now();
-        let binary = build_daemon().context("building the kms-killswitch binary")?;
+        let binary = binary::build_daemon().context("building the kms-killswitch binary")?;
         println!(
             "      {} ({:.1} s)",
             binary.display(),
@@ -405,68 +408,13 @@ impl DemoFiles {
     }
 }
 
-/// Build `kms-killswitch` with the profile this example was built with, and return its path.
-///
-/// `cargo run --example` does not build the package's binaries, and examples get no
-/// `CARGO_BIN_EXE_*`; so the demo asks the cargo that runs it (`$CARGO`) for the binary. It is a
-/// no-op when the binary is fresh. The binary sits next to `examples/`, in the same target
-/// directory and profile as this example, wherever CARGO_TARGET_DIR points.
-fn build_daemon() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating the demo executable")?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("the demo does not run from <target>/<profile>/examples")?;
-    let profile = profile_dir
-        .file_name()
-        .and_then(|name| name.to_str())
-        .context("the demo's profile directory")?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-    let mut build = Command::new(cargo);
-    build
-        .args([
-            "build",
-            "--quiet",
-            "--bin",
-            "kms-killswitch",
-            "--manifest-path",
-        ])
-        .arg(&manifest);
-    match profile {
-        "debug" => {}
-        "release" => {
-            build.arg("--release");
-        }
-        other => {
-            build.args(["--profile", other]);
-        }
-    }
-    let status = build.status().context("running cargo build")?;
-    if !status.success() {
-        bail!("cargo build --bin kms-killswitch failed with {status}");
-    }
-    let binary = profile_dir.join("kms-killswitch");
-    if !binary.is_file() {
-        bail!("cargo built no binary at {}", binary.display());
-    }
-    Ok(binary)
-}
-
 /// The binary with the demo's policy and a hermetic AWS environment: the demo's credentials
 /// (which exist only in kms-sim), no instance metadata probing, nothing from the machine.
 fn daemon_command(binary: &Path, files: &DemoFiles) -> Command {
-    let mut command = Command::new(binary);
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy();
-        if key.starts_with("AWS_") || key.starts_with("KMS_KILLSWITCH") || key == "NOTIFY_SOCKET" {
-            command.env_remove(key.as_ref());
-        }
-    }
+    let mut command = binary::hermetic(binary);
     command
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID)
         .env("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_CONFIG_FILE", &files.aws_config)
         .env("AWS_SHARED_CREDENTIALS_FILE", &files.aws_config)
         .env("RUST_LOG", "warn")

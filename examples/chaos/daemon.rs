@@ -50,18 +50,11 @@ impl Paths {
 
 /// A hermetic command for the binary on the run's policy and the world's base credentials.
 pub fn command(binary: &Path, paths: &Paths) -> Command {
-    let mut command = Command::new(binary);
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy();
-        if key.starts_with("AWS_") || key.starts_with("KMS_KILLSWITCH") || key == "NOTIFY_SOCKET" {
-            command.env_remove(key.as_ref());
-        }
-    }
+    let mut command = crate::binary::hermetic(binary);
     command
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID)
         .env("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY)
         .env("AWS_REGION", REGION)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_CONFIG_FILE", paths.aws_config())
         .env("AWS_SHARED_CREDENTIALS_FILE", paths.aws_config())
         .env("RUST_LOG", "info")

@@ -12,6 +12,8 @@
 //! contract. Map: `world` (what is simulated and the policy), `faults` (AWS windows), `daemon`
 //! (the processes), `checks` (the invariants), `events` (what can happen), this file (the loop).
 
+#[path = "../support/binary.rs"]
+mod binary;
 mod checks;
 mod daemon;
 mod events;
@@ -82,7 +84,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args, seed: u64) -> anyhow::Result<Report> {
-    let binary = build_daemon()?;
+    let binary = binary::build_daemon()?;
     let shim = build_shim()?;
     let world = kms_sim::World::from_yaml_str(&world::world_yaml()).context("the chaos world")?;
     let sim = kms_sim::spawn(world).context("starting kms-sim")?;
@@ -471,36 +473,6 @@ impl Report {
             println!("  {detail}");
         }
     }
-}
-
-/// Build the daemon binary in this example's profile (as the demo does).
-fn build_daemon() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating the chaos executable")?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("chaos does not run from <target>/<profile>/examples")?;
-    let release = profile_dir.file_name().is_some_and(|n| n == "release");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-    let mut build = Command::new(cargo);
-    build.args([
-        "build",
-        "--quiet",
-        "--locked",
-        "--bin",
-        "kms-killswitch",
-        "--manifest-path",
-    ]);
-    build.arg(&manifest);
-    if release {
-        build.arg("--release");
-    }
-    let status = build.status().context("running cargo build")?;
-    if !status.success() {
-        bail!("cargo build --bin kms-killswitch failed with {status}");
-    }
-    Ok(profile_dir.join("kms-killswitch"))
 }
 
 /// Build `examples/chaos/full_disk.c` with the system's C compiler.

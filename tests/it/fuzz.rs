@@ -10,19 +10,8 @@ use std::path::Path;
 use kms_killswitch::policy::{self, LoadOptions, MAX_POLICY_BYTES};
 use proptest::prelude::*;
 
-fn cases() -> u32 {
-    std::env::var("KMS_KILLSWITCH_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2_000)
-}
-
 fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: cases(),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
+    crate::support::fuzz_config()
 }
 
 const VALID: &str = "version: 1\naws:\n  region: eu-west-1\nkey_stores:\n  - id: cks-1234567890abcdef0\n\

@@ -15,14 +15,7 @@ use proptest::prelude::*;
 const POLICY: &str = "2222222222222222222222222222222222222222222222222222222222222222";
 
 fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: std::env::var("KMS_KILLSWITCH_FUZZ_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(2_000),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
+    crate::support::fuzz_config()
 }
 
 /// Six valid lines (without newlines), written once by the real writer.

@@ -16,25 +16,14 @@ use kms_killswitch::trigger::queue_message::{
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
-fn cases() -> u32 {
-    std::env::var("KMS_KILLSWITCH_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2_000)
-}
-
 fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: cases(),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
+    crate::support::fuzz_config()
 }
 
 /// For the properties whose every case parses a body near 256 KiB.
 fn big_config() -> ProptestConfig {
     ProptestConfig {
-        cases: (cases() / 50).max(16),
+        cases: (crate::support::fuzz_cases() / 50).max(16),
         ..config()
     }
 }

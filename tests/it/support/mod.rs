@@ -55,3 +55,26 @@ pub fn write_policy_file(path: &Path, text: &str) {
     std::fs::write(path, text).expect("write policy");
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod policy");
 }
+
+/// The fuzz targets' case count: `KMS_KILLSWITCH_FUZZ_CASES` (default 2,000).
+pub fn fuzz_cases() -> u32 {
+    std::env::var("KMS_KILLSWITCH_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000)
+}
+
+/// The fuzz targets' proptest configuration: [`fuzz_cases`] cases, nothing persisted, and room
+/// for the rejects a filtered strategy makes in proportion to the cases. With proptest's fixed
+/// defaults (65,536 local and 1,024 global rejects) the first 1M-case runs stopped with "Too
+/// many local rejects" after ~660,000 cases: a limit of the harness, not a finding.
+pub fn fuzz_config() -> proptest::test_runner::Config {
+    let cases = fuzz_cases();
+    proptest::test_runner::Config {
+        cases,
+        failure_persistence: None,
+        max_local_rejects: cases.saturating_mul(4).max(65_536),
+        max_global_rejects: cases.max(1_024),
+        ..proptest::test_runner::Config::default()
+    }
+}
