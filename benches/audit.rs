@@ -1,6 +1,7 @@
 //! How long one audit record takes (build, flock, append, fdatasync): 1000 records appended to a
 //! fresh log, p50/p99/max. `cargo bench --bench audit`; set AUDIT_BENCH_DIR to measure on the
 //! filesystem the daemon will use (default: a temporary directory).
+#![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
 

@@ -27,6 +27,7 @@
 //!
 //! Results: a table on stdout and `target/bench/lockdown.json`. Env: `RUNS` scales the runs per
 //! scenario (default 1 = 5/5/3/3/1).
+#![forbid(unsafe_code)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

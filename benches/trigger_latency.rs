@@ -20,6 +20,7 @@
 //!
 //! Env: `TRIPS` (default 50), `IDLE_SECS` (default 60). The state and audit files live in a
 //! temporary directory (set `TMPDIR` to measure on the daemon's real filesystem).
+#![forbid(unsafe_code)]
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;

@@ -11,6 +11,7 @@
 //! or overruns its timeout ends the demo with a message and exit status 1.
 //!
 //! It owns nothing but itself: it must not change the library, the simulator or the policy file.
+#![forbid(unsafe_code)]
 
 #[path = "support/binary.rs"]
 mod binary;

@@ -11,6 +11,7 @@
 //! It owns nothing but itself: it must not change the library, the simulator or the policy
 //! contract. Map: `world` (what is simulated and the policy), `faults` (AWS windows), `daemon`
 //! (the processes), `checks` (the invariants), `events` (what can happen), this file (the loop).
+#![forbid(unsafe_code)]
 
 #[path = "../support/binary.rs"]
 mod binary;

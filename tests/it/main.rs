@@ -1,5 +1,6 @@
 //! Integration tests: the real `kms-killswitch` binary, against the real kms-sim over HTTP with
 //! the real AWS SDK. One test binary (faster to build and link); one module per capability.
+#![forbid(unsafe_code)]
 
 mod support;
 

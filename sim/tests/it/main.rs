@@ -2,6 +2,7 @@
 //! aws-sdk-sqs, aws-sdk-sns,
 //! aws-config's AssumeRoleProvider), the official AWS CLI, raw HTTP for the control API, and the
 //! real `kms-sim` binary. One test binary: faster to build and link.
+#![forbid(unsafe_code)]
 
 mod support;
 
