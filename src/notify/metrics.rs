@@ -323,6 +323,7 @@ pub(super) async fn write_files(
     state_file: PathBuf,
     stop: CancellationToken,
 ) {
+    let mut last_failures = String::new();
     loop {
         let stopping = tokio::select! {
             _ = stop.cancelled() => true,
@@ -351,22 +352,52 @@ pub(super) async fn write_files(
         let written = tokio::task::spawn_blocking(move || {
             let latched = matches!(crate::latch::read(&state_file), Ok(Some(_)));
             metrics.latched.set(i64::from(latched));
-            if let Some(textfile) = &textfile {
-                publish(textfile, metrics.exposition().as_bytes())?;
-            }
             let json = serde_json::to_vec_pretty(&status).unwrap_or_default();
-            publish(&status_file, &json)
+            let exposition = metrics.exposition();
+            publish_each(
+                textfile.as_deref(),
+                exposition.as_bytes(),
+                &status_file,
+                &json,
+            )
         })
         .await;
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => tracing::warn!(cause = %err, "cannot write the metrics or status file"),
-            Err(err) => tracing::warn!(cause = %err, "metrics writer failed"),
+        let failures = written.unwrap_or_else(|err| format!("metrics writer failed: {err}"));
+        if failures != last_failures {
+            if failures.is_empty() {
+                tracing::info!("the metrics and status files are written again");
+            } else {
+                tracing::warn!(cause = %failures, "cannot write the metrics or status file; retrying every change and every 5 s (said again only if the cause changes)");
+            }
+            last_failures = failures;
         }
         if stopping {
             return;
         }
     }
+}
+
+/// Publish the textfile (if any) and the status file, each whatever became of the other (a
+/// missing node_exporter directory must not stop `status` from seeing health); the failures, one
+/// `path: cause` each, joined, or empty.
+fn publish_each(
+    textfile: Option<&Path>,
+    exposition: &[u8],
+    status_file: &Path,
+    json: &[u8],
+) -> String {
+    let files = textfile
+        .map(|t| (t, exposition))
+        .into_iter()
+        .chain([(status_file, json)]);
+    files
+        .filter_map(|(path, bytes)| {
+            publish(path, bytes)
+                .err()
+                .map(|err| format!("{}: {err}", path.display()))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Write `bytes` to a temp file beside `path`, then rename it over `path`: a reader sees the
@@ -401,6 +432,20 @@ fn publish(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use crate::audit::{FailedStore, LockdownOutcome};
+
+    #[test]
+    fn a_textfile_that_cannot_be_written_does_not_stop_the_status_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let textfile = dir.path().join("no-such-dir/kms_killswitch.prom");
+        let status = dir.path().join("notify.json");
+        let failures = publish_each(Some(&textfile), b"up 1\n", &status, b"{}");
+        assert!(failures.contains("no-such-dir"), "{failures}");
+        assert_eq!(
+            std::fs::read_to_string(&status).expect("status written"),
+            "{}"
+        );
+        assert_eq!(publish_each(None, b"", &status, b"{\"a\":1}"), "");
+    }
 
     #[test]
     fn publish_never_writes_through_a_symlink_at_its_temp_name() {
