@@ -165,11 +165,19 @@ fn copy(carried: &mut Map<String, Value>, key: &str, value: Option<&Value>) {
 }
 
 /// At most [`MAX_CARRIED_CHARS`] characters, control characters replaced, `…` when cut.
+/// Characters a carried field never holds (each becomes U+FFFD): control characters, and the
+/// Unicode bidirectional formatting characters, which make an audit line or a log line display
+/// otherwise than it reads ("Trojan Source", CVE-2021-42574).
+fn is_hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 fn cut(text: &str) -> String {
     let mut out: String = text
         .chars()
         .take(MAX_CARRIED_CHARS)
-        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .map(|c| if is_hidden(c) { '\u{fffd}' } else { c })
         .collect();
     if text.chars().nth(MAX_CARRIED_CHARS).is_some() {
         out.push('…');
@@ -274,6 +282,17 @@ mod tests {
             classify("not json", &[]),
             Verdict::Ignore { reason } if reason.starts_with("not JSON")
         ));
+    }
+
+    #[test]
+    fn bidi_overrides_never_reach_a_carried_field() {
+        let body =
+            json!({"source": "aws.guardduty\u{202e}gnp.exe", "detail-type": "a\u{2066}b\u{200f}"});
+        let Verdict::Fire { carried, .. } = classify(&body.to_string(), &[]) else {
+            panic!("a readable message without match: fires");
+        };
+        assert_eq!(carried["source"], "aws.guardduty\u{fffd}gnp.exe");
+        assert_eq!(carried["detail_type"], "a\u{fffd}b\u{fffd}");
     }
 
     #[test]

@@ -88,7 +88,7 @@ fn ignore_promises(
     subscription: Option<&str>,
     reason: &str,
 ) -> Result<(), String> {
-    if reason.chars().any(char::is_control) || reason.chars().count() > MAX_REASON_CHARS {
+    if reason.chars().any(hidden) || reason.chars().count() > MAX_REASON_CHARS {
         return Err(format!(
             "reason unbounded or with control characters: {} chars",
             reason.chars().count()
@@ -133,18 +133,28 @@ fn fire_promises(carried: &Value, key_store_event: bool) -> Result<(), String> {
 }
 
 /// A carried string: at most [`MAX_CARRIED_CHARS`] characters (plus `…` when cut), no control
-/// character.
+/// or bidirectional formatting character.
 fn carried_text_is_cut(text: &str) -> Result<(), String> {
     let count = text.chars().count();
     let cut_ok =
         count <= MAX_CARRIED_CHARS || (count == MAX_CARRIED_CHARS + 1 && text.ends_with('…'));
-    if !cut_ok || text.chars().any(char::is_control) {
+    if !cut_ok || text.chars().any(hidden) {
         return Err(format!(
             "carried text of {count} chars: {:?}",
             cut_for_message(text)
         ));
     }
     Ok(())
+}
+
+/// What a carried field must never hold: control characters and the Unicode bidirectional
+/// formatting characters (listed here, not taken from the module, so the model is independent).
+fn hidden(c: char) -> bool {
+    const BIDI: [char; 12] = [
+        '\u{061c}', '\u{200e}', '\u{200f}', '\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}',
+        '\u{202e}', '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}',
+    ];
+    c.is_control() || BIDI.contains(&c)
 }
 
 fn cut_for_message(text: &str) -> String {
@@ -498,7 +508,7 @@ proptest! {
                     let want: String = decoded
                         .chars()
                         .take(MAX_CARRIED_CHARS)
-                        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+                        .map(|c| if hidden(c) { '\u{fffd}' } else { c })
                         .collect();
                     let have = carried["source"].as_str().unwrap_or_default();
                     prop_assert!(have.starts_with(&want), "{:?} vs {:?}", have, want);
