@@ -717,88 +717,117 @@ fn main() {
     );
 
     let mut rows = Vec::new();
-    // `SCENARIOS=10,500` runs only the scenarios named (baselines always run).
-    let only = std::env::var("SCENARIOS").ok();
-    let scenarios: Vec<Scenario> = if benching {
-        SCENARIOS
-            .iter()
-            .filter(|s| {
-                only.as_deref()
-                    .is_none_or(|o| o.split(',').any(|n| n == s.name))
-            })
-            .copied()
-            .collect()
-    } else {
-        SCENARIOS[..2].to_vec()
-    };
     let delays: &[u64] = if benching { &SYNC_DELAYS_MS } else { &[1] };
-    for scenario in &scenarios {
+    for scenario in selected_scenarios(benching) {
         for &delay in delays {
             let runs = if benching { scenario.runs * scale } else { 1 };
-            let results: Vec<Value> = (0..runs)
-                .map(|_| run_once(&sim, *scenario, delay))
-                .collect();
-            let pick = |key: &str| -> Vec<f64> {
-                results
-                    .iter()
-                    .map(|r| r[key].as_f64().unwrap_or(0.0))
-                    .collect()
-            };
-            let elapsed = median(pick("elapsed_ms"));
-            let floor = scenario.floor().as_secs_f64() * 1000.0;
-            let row = json!({
-                "scenario": scenario.name,
-                "stores": scenario.total(),
-                "sync_delay_ms": delay,
-                "runs": runs,
-                "elapsed_ms": elapsed,
-                "elapsed_ms_max": pick("elapsed_ms").into_iter().fold(0.0, f64::max),
-                "floor_ms": floor,
-                "ratio": elapsed / floor,
-                "first_disconnect_ms": median(pick("first_disconnect_ms")),
-                "first_disconnect_ms_max": pick("first_disconnect_ms").into_iter().fold(0.0, f64::max),
-                "requests": median(pick("requests")),
-                "throttled": pick("throttled").into_iter().sum::<f64>(),
-                "throttled_by_operation": throttled_by_operation(&results),
-                "server_errors": pick("server_errors").into_iter().sum::<f64>(),
-                "fsyncs": median(pick("fsyncs")),
-                "peak_rss_mb": pick("vmhwm_kb").into_iter().fold(0.0, f64::max) / 1024.0,
-                "cpu_s": median(pick("cpu_s")),
-                "incomplete_runs": results.iter().filter(|r| r["complete"] != json!(true)).count(),
-            });
-            println!(
-                "  {:<13} sync {delay} ms: {:>7.0} ms (floor {floor:.0}, ratio {:.2}), first Disconnect {:.1} ms, {} requests, {} throttled, {} fsyncs, {:.1} MB, {:.2} CPU s",
-                scenario.name,
-                elapsed,
-                elapsed / floor,
-                row["first_disconnect_ms"].as_f64().unwrap_or(0.0),
-                row["requests"],
-                row["throttled"],
-                row["fsyncs"],
-                row["peak_rss_mb"].as_f64().unwrap_or(0.0),
-                row["cpu_s"].as_f64().unwrap_or(0.0),
-            );
-            if row["throttled"] != json!(0.0) {
-                println!(
-                    "  {:<13} sync {delay} ms: throttled (all runs) by operation: {}",
-                    scenario.name, row["throttled_by_operation"]
-                );
-            }
-            if row["incomplete_runs"] != json!(0) {
-                println!(
-                    "  {:<13} sync {delay} ms: {} of {runs} runs INCOMPLETE (not every store verified by verify_timeout)",
-                    scenario.name, row["incomplete_runs"]
-                );
-            }
-            rows.push(row);
+            rows.push(measure(&sim, scenario, delay, runs));
         }
     }
+    let baselines = baselines(&sim, &runtime, benching);
+    let ours = |name: &str| -> f64 {
+        rows.iter()
+            .filter(|r| r["scenario"] == name)
+            .filter_map(|r| r["elapsed_ms"].as_f64())
+            .fold(0.0, f64::max)
+    };
+    print_table(&rows, &baselines, &ours);
+    write_results(&load, rows, baselines);
+}
 
+/// The scenarios to run: all (or those `SCENARIOS=10,500` names) under `cargo bench`, the first
+/// two for the smoke run.
+fn selected_scenarios(benching: bool) -> Vec<Scenario> {
+    if !benching {
+        return SCENARIOS[..2].to_vec();
+    }
+    let only = std::env::var("SCENARIOS").ok();
+    SCENARIOS
+        .iter()
+        .filter(|s| {
+            only.as_deref()
+                .is_none_or(|o| o.split(',').any(|n| n == s.name))
+        })
+        .copied()
+        .collect()
+}
+
+/// `runs` lockdowns of one scenario at one sync delay: the row of medians (printed too).
+fn measure(sim: &SimHandle, scenario: Scenario, delay: u64, runs: usize) -> Value {
+    let results: Vec<Value> = (0..runs).map(|_| run_once(sim, scenario, delay)).collect();
+    let pick = |key: &str| -> Vec<f64> {
+        results
+            .iter()
+            .map(|r| r[key].as_f64().unwrap_or(0.0))
+            .collect()
+    };
+    let elapsed = median(pick("elapsed_ms"));
+    let floor = scenario.floor().as_secs_f64() * 1000.0;
+    let row = json!({
+        "scenario": scenario.name,
+        "stores": scenario.total(),
+        "sync_delay_ms": delay,
+        "runs": runs,
+        "elapsed_ms": elapsed,
+        "elapsed_ms_max": pick("elapsed_ms").into_iter().fold(0.0, f64::max),
+        "floor_ms": floor,
+        "ratio": elapsed / floor,
+        "first_disconnect_ms": median(pick("first_disconnect_ms")),
+        "first_disconnect_ms_max": pick("first_disconnect_ms").into_iter().fold(0.0, f64::max),
+        "requests": median(pick("requests")),
+        "throttled": pick("throttled").into_iter().sum::<f64>(),
+        "throttled_by_operation": throttled_by_operation(&results),
+        "server_errors": pick("server_errors").into_iter().sum::<f64>(),
+        "fsyncs": median(pick("fsyncs")),
+        "peak_rss_mb": pick("vmhwm_kb").into_iter().fold(0.0, f64::max) / 1024.0,
+        "cpu_s": median(pick("cpu_s")),
+        "incomplete_runs": results.iter().filter(|r| r["complete"] != json!(true)).count(),
+    });
+    print_row(&row, scenario, delay, runs);
+    row
+}
+
+fn print_row(row: &Value, scenario: Scenario, delay: u64, runs: usize) {
+    let elapsed = row["elapsed_ms"].as_f64().unwrap_or(0.0);
+    let floor = row["floor_ms"].as_f64().unwrap_or(1.0);
+    println!(
+        "  {:<13} sync {delay} ms: {:>7.0} ms (floor {floor:.0}, ratio {:.2}), first Disconnect {:.1} ms, {} requests, {} throttled, {} fsyncs, {:.1} MB, {:.2} CPU s",
+        scenario.name,
+        elapsed,
+        elapsed / floor,
+        row["first_disconnect_ms"].as_f64().unwrap_or(0.0),
+        row["requests"],
+        row["throttled"],
+        row["fsyncs"],
+        row["peak_rss_mb"].as_f64().unwrap_or(0.0),
+        row["cpu_s"].as_f64().unwrap_or(0.0),
+    );
+    if row["throttled"] != json!(0.0) {
+        println!(
+            "  {:<13} sync {delay} ms: throttled (all runs) by operation: {}",
+            scenario.name, row["throttled_by_operation"]
+        );
+    }
+    if row["incomplete_runs"] != json!(0) {
+        println!(
+            "  {:<13} sync {delay} ms: {} of {runs} runs INCOMPLETE (not every store verified by verify_timeout)",
+            scenario.name, row["incomplete_runs"]
+        );
+    }
+}
+
+/// The alternatives: a naive Disconnect loop (10 stores; 50, and 500 extrapolated, under `cargo
+/// bench`) and the AWS CLI (10 stores) when installed.
+fn baselines(
+    sim: &SimHandle,
+    runtime: &tokio::runtime::Runtime,
+    benching: bool,
+) -> serde_json::Map<String, Value> {
     let mut baselines = serde_json::Map::new();
-    let naive_10 = naive_loop(&sim, &runtime, 10);
+    let naive_10 = naive_loop(sim, runtime, 10);
     baselines.insert("naive_10_ms".into(), json!(naive_10.as_secs_f64() * 1000.0));
     if benching {
-        let naive_50 = naive_loop(&sim, &runtime, 50);
+        let naive_50 = naive_loop(sim, runtime, 50);
         baselines.insert("naive_50_ms".into(), json!(naive_50.as_secs_f64() * 1000.0));
         baselines.insert(
             "naive_500_ms_extrapolated".into(),
@@ -807,18 +836,16 @@ fn main() {
     }
     match aws_cli() {
         Some(aws) => {
-            let cli = cli_loop(&sim, &aws);
+            let cli = cli_loop(sim, &aws);
             baselines.insert("aws_cli_10_ms".into(), json!(cli.as_secs_f64() * 1000.0));
         }
         None => println!("  AWS CLI baseline skipped: AWS CLI not installed (target/awscli-venv)"),
     }
-    let ours = |name: &str| -> f64 {
-        rows.iter()
-            .filter(|r| r["scenario"] == name)
-            .filter_map(|r| r["elapsed_ms"].as_f64())
-            .fold(0.0, f64::max)
-    };
-    print_table(&rows, &baselines, &ours);
+    baselines
+}
+
+/// target/bench/lockdown.json: the load, every row and the baselines.
+fn write_results(load: &str, rows: Vec<Value>, baselines: serde_json::Map<String, Value>) {
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&out).expect("target/bench");
     let doc = json!({
