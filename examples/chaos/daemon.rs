@@ -64,6 +64,17 @@ pub fn command(binary: &Path, paths: &Paths) -> Command {
     command
 }
 
+/// [`command`] with the full-disk shim preloaded: the daemon and the `trip` and `rearm` it runs
+/// beside it all meet the same full disk.
+fn command_on_disk(binary: &Path, shim: &Path, paths: &Paths) -> Command {
+    let mut command = command(binary, paths);
+    command
+        .env("LD_PRELOAD", shim)
+        .env("FULL_DISK_FLAG", paths.disk_full_flag())
+        .env("FULL_DISK_DIR", paths.audit_dir());
+    command
+}
+
 /// The daemon process, its notify socket and its story.
 pub struct Daemon {
     binary: PathBuf,
@@ -72,6 +83,8 @@ pub struct Daemon {
     notify: UnixDatagram,
     /// When the current process sent READY=1 (None while starting or stopped).
     pub ready_at: Option<Instant>,
+    /// When the current process was started, until READY=1 (or its deadline) is seen.
+    pub started_at: Option<Instant>,
     pub starts: u32,
 }
 
@@ -88,6 +101,7 @@ impl Daemon {
             child: None,
             notify,
             ready_at: None,
+            started_at: None,
             starts: 0,
         })
     }
@@ -96,29 +110,52 @@ impl Daemon {
         &self.binary
     }
 
+    /// Spawn `kms-killswitch ARGS` beside the daemon, on the same (possibly full) disk, output
+    /// discarded (the audit log says what it did).
+    pub fn spawn_cli(
+        &self,
+        paths: &Paths,
+        what: &'static str,
+        args: &[&str],
+    ) -> anyhow::Result<Running> {
+        let child = command_on_disk(&self.binary, &self.shim, paths)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting `kms-killswitch {}`", args.join(" ")))?;
+        Ok(Running {
+            what,
+            child,
+            started: Instant::now(),
+            started_us: crate::now_us(),
+        })
+    }
+
     pub fn pid(&self) -> Option<i32> {
         self.child.as_ref().map(|c| c.id() as i32)
     }
 
     /// Start `kms-killswitch run` (READY=1 is picked up by [`Daemon::poll`]).
     pub fn start(&mut self, paths: &Paths) -> anyhow::Result<()> {
+        // Whatever a killed process sent (a READY=1 after a reload) is not this one's.
+        let mut stale = [0u8; 4096];
+        while self.notify.recv(&mut stale).is_ok() {}
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(paths.daemon_log())
             .context("opening daemon.log")?;
-        let child = command(&self.binary, paths)
+        let child = command_on_disk(&self.binary, &self.shim, paths)
             .arg("run")
             .env("NOTIFY_SOCKET", paths.notify_socket())
-            .env("LD_PRELOAD", &self.shim)
-            .env("FULL_DISK_FLAG", paths.disk_full_flag())
-            .env("FULL_DISK_DIR", paths.audit_dir())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .context("starting `kms-killswitch run`")?;
         self.child = Some(child);
         self.ready_at = None;
+        self.started_at = Some(Instant::now());
         self.starts += 1;
         Ok(())
     }
@@ -130,6 +167,7 @@ impl Daemon {
             let message = String::from_utf8_lossy(&buffer[..len]);
             if message.lines().any(|l| l == "READY=1") && self.ready_at.is_none() {
                 self.ready_at = Some(Instant::now());
+                self.started_at = None;
             }
         }
         let child = self.child.as_mut()?;
@@ -184,27 +222,6 @@ pub struct Running {
     pub started: Instant,
     /// Wall-clock µs at start.
     pub started_us: u64,
-}
-
-/// Spawn `kms-killswitch ARGS` with output discarded (the audit log says what it did).
-pub fn spawn_cli(
-    binary: &Path,
-    paths: &Paths,
-    what: &'static str,
-    args: &[&str],
-) -> anyhow::Result<Running> {
-    let child = command(binary, paths)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting `kms-killswitch {}`", args.join(" ")))?;
-    Ok(Running {
-        what,
-        child,
-        started: Instant::now(),
-        started_us: crate::now_us(),
-    })
 }
 
 /// `kms-killswitch audit verify` on the run's log: Ok, or its stderr.

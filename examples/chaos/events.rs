@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use rustix::process::Signal;
 
-use crate::daemon::spawn_cli;
 use crate::faults::Misbehaviour;
 use crate::world::{self, ACCOUNT, ALARM, KEYS, QUEUE, REGION, STORES};
 use crate::{Chaos, now_us, write_policy};
@@ -42,15 +41,23 @@ const EVENTS: [(&str, u32); 18] = [
 impl Chaos {
     /// Pick one event and do it (one that cannot happen now is counted under "skipped").
     pub fn inject(&mut self) -> anyhow::Result<()> {
-        let total: u32 = EVENTS.iter().map(|(_, w)| w).sum();
+        // While latched a trip only says `latched: true`: trips are rarer then, so the armed
+        // spells (where a wrong Disconnect would show) are long and see noise and the attacker.
+        let latched = self.latched_for().is_some();
+        let weight = |name: &str, weight: u32| match name {
+            _ if latched && name.starts_with("trip ") => weight.div_ceil(4),
+            _ => weight,
+        };
+        let total: u32 = EVENTS.iter().map(|(n, w)| weight(n, *w)).sum();
         let mut roll = self.rng.u32(0..total);
         let mut chosen = EVENTS[0].0;
-        for (name, weight) in EVENTS {
-            if roll < weight {
+        for (name, w) in EVENTS {
+            let w = weight(name, w);
+            if roll < w {
                 chosen = name;
                 break;
             }
-            roll -= weight;
+            roll -= w;
         }
         let done = self.act(chosen)?;
         *self
@@ -65,6 +72,11 @@ impl Chaos {
     }
 
     fn act(&mut self, event: &str) -> anyhow::Result<bool> {
+        // No trigger while a rearm runs: a trigger it clears the latch of would be lost by
+        // design, not by the daemon.
+        if event.starts_with("trip ") && self.running("rearm") {
+            return Ok(false);
+        }
         match event {
             "trip file" => self.trip_file(),
             "trip signal" => Ok(self.trip_signal()),
@@ -82,18 +94,18 @@ impl Chaos {
     }
 
     fn trip_file(&mut self) -> anyhow::Result<bool> {
-        self.triggering();
+        self.triggering("trip file");
         std::fs::write(self.paths.flag(), "chaos\n").context("creating the flag")?;
         Ok(true)
     }
 
     fn trip_signal(&mut self) -> bool {
-        self.triggering();
+        self.triggering("trip signal");
         self.daemon.signal(Signal::USR1)
     }
 
     fn trip_alarm(&mut self) -> anyhow::Result<bool> {
-        self.triggering();
+        self.triggering("trip alarm");
         self.sim
             .set_alarm_state(ACCOUNT, REGION, ALARM, "ALARM", "chaos: red button")
             .context("setting the alarm")?;
@@ -103,7 +115,7 @@ impl Chaos {
     /// A GuardDuty finding on the queue: severity ≥ 7 fires, below is ignored (noise).
     fn send_finding(&mut self, severity: u32, fires: bool) -> anyhow::Result<bool> {
         if fires {
-            self.triggering();
+            self.triggering("trip queue");
         }
         self.queue_sequence += 1;
         let body = world::finding(self.queue_sequence, severity);
@@ -113,13 +125,15 @@ impl Chaos {
         Ok(true)
     }
 
+    /// `trip` from a shell; not while a bad policy is on disk (it would refuse to start).
     fn trip_cli(&mut self) -> anyhow::Result<bool> {
-        if self.running("trip") {
+        if self.running("trip") || self.restore_policy_at.is_some() {
             return Ok(false);
         }
-        self.triggering();
-        let binary = self.daemon.binary().to_owned();
-        let trip = spawn_cli(&binary, &self.paths, "trip", &["trip", "--reason", "chaos"])?;
+        self.triggering("trip cli");
+        let trip = self
+            .daemon
+            .spawn_cli(&self.paths, "trip", &["trip", "--reason", "chaos"])?;
         self.running.push(trip);
         Ok(true)
     }
@@ -133,20 +147,18 @@ impl Chaos {
             .map(|m| !m.is_empty())
             .unwrap_or(true);
         let long_enough = self.latched_for().is_some_and(|d| d >= MIN_LATCHED);
-        if !long_enough || queued || self.running("trip") || self.running("rearm") {
+        let busy =
+            self.running("trip") || self.running("rearm") || self.restore_policy_at.is_some();
+        if !long_enough || queued || busy {
             return Ok(false);
         }
         let _ = std::fs::remove_file(self.paths.flag());
         self.sim
             .set_alarm_state(ACCOUNT, REGION, ALARM, "OK", "chaos: all clear")
             .context("clearing the alarm")?;
-        let binary = self.daemon.binary().to_owned();
-        let rearm = spawn_cli(
-            &binary,
-            &self.paths,
-            "rearm",
-            &["rearm", "--reason", "chaos"],
-        )?;
+        let rearm = self
+            .daemon
+            .spawn_cli(&self.paths, "rearm", &["rearm", "--reason", "chaos"])?;
         self.running.push(rearm);
         Ok(true)
     }
@@ -188,8 +200,7 @@ impl Chaos {
             _ => None,
         };
         if let Some((misbehaviour, length)) = window {
-            self.faults.open(&self.sim, misbehaviour, length);
-            return true;
+            return self.faults.open(&self.sim, misbehaviour, length);
         }
         match event {
             "sessions expire" => {
@@ -220,25 +231,34 @@ impl Chaos {
         std::fs::write(self.paths.disk_full_flag(), "").context("filling the disk")?;
         self.disk_full_until =
             Some(Instant::now() + Duration::from_millis(self.rng.u64(2_000..=15_000)));
-        self.disk_full_began_us = Some(now_us());
+        self.disk_full_spell_us = Some((now_us(), None));
         Ok(true)
     }
 
     /// SIGKILL the daemon and start it again. A kill while the audit disk is full (or within
-    /// 5 s of it freeing, before the writer's retry lands) may lose records still held in memory:
-    /// that span is excused, and counted.
+    /// 5 s of it freeing: the writer retries held records every second) may lose records still
+    /// held in memory: that span is excused, and counted. A signal sent just before may die
+    /// with the process: it no longer has to give a latch.
     fn kill_restart(&mut self) -> anyhow::Result<bool> {
         if self.restore_policy_at.is_some() {
             self.restore_policy()?;
         }
+        if self.daemon.poll().is_some() {
+            self.checks.violate(
+                self.started,
+                "the daemon exited unasked (seen at a kill)".into(),
+            );
+        }
         self.daemon.kill();
         let killed_us = now_us();
-        if let Some(began) = self.disk_full_began_us {
-            let freed_recently = self.disk_full_until.is_some() || killed_us < began + 20_000_000;
-            if freed_recently {
-                self.excused
-                    .push((began.saturating_sub(1_000_000), killed_us));
-            }
+        self.kills_us.push(killed_us);
+        self.pending_triggers
+            .retain(|(what, _)| *what != "trip signal");
+        if let Some((began, freed)) = self.disk_full_spell_us
+            && freed.is_none_or(|freed| killed_us < freed + 5_000_000)
+        {
+            self.excused
+                .push((began.saturating_sub(1_000_000), killed_us));
         }
         self.daemon.start(&self.paths)?;
         Ok(true)

@@ -1,7 +1,7 @@
 //! AWS misbehaving, as windows of time: outages (every connection dropped), 500s, throttling
 //! storms and eventual-consistency lag, composed into the simulator's fault rules whenever one
-//! opens or closes. Also answers the invariant's question "has AWS been reachable, and
-//! consistent, since when?". Owns only the simulator's fault rules; it must not touch the daemon.
+//! opens or closes. Also answers the invariant's questions "has AWS been reachable, and
+//! consistent, since when?" and "how many attempts does one success take since then?". Owns only the simulator's fault rules; it must not touch the daemon.
 
 use std::time::{Duration, Instant};
 
@@ -28,11 +28,21 @@ struct Window {
     until: Instant,
 }
 
-/// The windows open now, and when AWS last became fully reachable and consistent.
+/// The windows open now, when AWS last became reachable and consistent, and the error storms
+/// seen (which do not stop the invariant's clock but stretch its bound).
 pub struct FaultWindows {
     open: Vec<Window>,
-    /// When the last window closed (or the run started): the invariant's clock starts here.
+    /// When the last outage or lag window closed (or the run started): the clock starts here.
     calm_since: Instant,
+    /// Every 500 or throttling storm: (opened, closes, how many attempts one success takes).
+    storms: Vec<(Instant, Instant, f64)>,
+}
+
+impl Misbehaviour {
+    /// An outage or a lag hides the truth from the daemon: the clock waits for them to end.
+    fn blinds(self) -> bool {
+        matches!(self, Misbehaviour::Outage | Misbehaviour::ConsistencyLag(_))
+    }
 }
 
 impl FaultWindows {
@@ -40,29 +50,53 @@ impl FaultWindows {
         let windows = FaultWindows {
             open: Vec::new(),
             calm_since: Instant::now(),
+            storms: Vec::new(),
         };
         sim.set_faults(windows.rules());
         windows
     }
 
-    /// Open a window for `length` from now.
-    pub fn open(&mut self, sim: &SimHandle, misbehaviour: Misbehaviour, length: Duration) {
+    /// Open a window for `length` from now; false (nothing opened) for an outage while one is
+    /// open, so AWS is never unreachable for longer than one outage's 30 s.
+    pub fn open(&mut self, sim: &SimHandle, misbehaviour: Misbehaviour, length: Duration) -> bool {
+        if misbehaviour == Misbehaviour::Outage && self.is_outage() {
+            return false;
+        }
+        let now = Instant::now();
+        if let Misbehaviour::InternalErrors(rate) | Misbehaviour::ThrottlingStorm(rate) =
+            misbehaviour
+        {
+            self.storms
+                .push((now, now + length, 1.0 / (1.0 - rate.min(0.99))));
+        }
         self.open.push(Window {
             misbehaviour,
-            until: Instant::now() + length,
+            until: now + length,
         });
         sim.set_faults(self.rules());
+        true
+    }
+
+    /// How much the error storms overlapping `since..now` stretch the bound: each multiplies the
+    /// attempts one success takes (1 when none).
+    pub fn stretch(&self, since: Instant) -> f64 {
+        self.storms
+            .iter()
+            .filter(|(opened, closes, _)| *closes >= since && *opened <= Instant::now())
+            .map(|(_, _, factor)| *factor)
+            .product()
     }
 
     /// Close the windows whose time is up; true when the rules changed.
     pub fn expire(&mut self, sim: &SimHandle) -> bool {
         let now = Instant::now();
         let before = self.open.len();
+        let blinded = self.open.iter().any(|w| w.misbehaviour.blinds());
         self.open.retain(|w| w.until > now);
         if self.open.len() == before {
             return false;
         }
-        if self.open.is_empty() {
+        if blinded && !self.open.iter().any(|w| w.misbehaviour.blinds()) {
             self.calm_since = now;
         }
         sim.set_faults(self.rules());
@@ -71,19 +105,19 @@ impl FaultWindows {
 
     /// Close every window now (the end of the run).
     pub fn close_all(&mut self, sim: &SimHandle) {
-        if !self.open.is_empty() {
-            self.open.clear();
+        if self.open.iter().any(|w| w.misbehaviour.blinds()) {
             self.calm_since = Instant::now();
         }
+        self.open.clear();
         sim.set_faults(self.rules());
     }
 
-    /// `None` while any window is open; otherwise when the last one closed.
+    /// `None` while an outage or lag window is open; otherwise when the last one closed.
     pub fn calm_since(&self) -> Option<Instant> {
-        if self.open.is_empty() {
-            Some(self.calm_since)
-        } else {
+        if self.open.iter().any(|w| w.misbehaviour.blinds()) {
             None
+        } else {
+            Some(self.calm_since)
         }
     }
 

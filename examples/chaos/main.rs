@@ -34,12 +34,20 @@ use checks::Checks;
 use daemon::{Daemon, Paths, Running};
 use faults::FaultWindows;
 
+/// A SIGKILL this soon after a request may come before its result record is written.
+const KILL_LOSES_US: u64 = 10_000_000;
 /// How often the loop looks at everything.
 const TICK: Duration = Duration::from_millis(100);
 /// How often the audit chain is verified while the run goes on.
 const VERIFY_EVERY: Duration = Duration::from_secs(15);
 /// Every CLI command is given this long before it counts as hung.
 const CLI_PATIENCE: Duration = Duration::from_secs(60);
+/// A started daemon sends READY=1 within this long once AWS is reachable.
+const READY_DEADLINE: Duration = Duration::from_secs(30);
+/// A trigger gives a latch within this long once AWS is reachable and the daemon READY: the
+/// slowest is a queue message received just before a SIGKILL, delivered again after its 5 s
+/// visibility timeout, or an alarm seen on the next 1 s poll after a long-poll backoff.
+const LATCH_DEADLINE: Duration = Duration::from_secs(20);
 
 #[derive(Parser)]
 #[command(about = "Random faults against the real kms-killswitch daemon and kms-sim")]
@@ -150,9 +158,13 @@ pub struct Chaos {
     pub events: BTreeMap<&'static str, u32>,
     /// CLI commands running beside the daemon.
     pub running: Vec<Running>,
-    /// Wall-clock µs of the last successful rearm, while no trigger has been injected since
-    /// (the daemon starts armed and untriggered).
-    pub armed_since_us: Option<u64>,
+    /// When the switch was armed with no trigger injected (the daemon starts so; each
+    /// successful rearm opens a span, the next trigger closes it).
+    pub armed: checks::ArmedSpans,
+    /// Triggers injected while no latch was there, and when: each must give a latch.
+    pub pending_triggers: Vec<(&'static str, Instant)>,
+    /// Wall-clock µs of every SIGKILL.
+    pub kills_us: Vec<u64>,
     /// Wall-clock µs of the last trigger injected.
     pub last_trigger_us: u64,
     latched_since: Option<Instant>,
@@ -160,8 +172,8 @@ pub struct Chaos {
     pub disk_full_until: Option<Instant>,
     /// Wall-clock µs spans in which a record may be lost (a SIGKILL while the disk was full).
     pub excused: Vec<(u64, u64)>,
-    /// Wall-clock µs the current full-disk spell began (kept until a while after it ends).
-    pub disk_full_began_us: Option<u64>,
+    /// Wall-clock µs the last full-disk spell began and ended (None while it lasts).
+    pub disk_full_spell_us: Option<(u64, Option<u64>)>,
     /// When to put the good policy back after a bad reload.
     pub restore_policy_at: Option<Instant>,
     pub policy_variant: u32,
@@ -194,12 +206,14 @@ impl Chaos {
             length,
             events: BTreeMap::new(),
             running: Vec::new(),
-            armed_since_us: Some(now_us()),
+            armed: vec![(now_us(), None)],
+            pending_triggers: Vec::new(),
+            kills_us: Vec::new(),
             last_trigger_us: 0,
             latched_since: None,
             disk_full_until: None,
             excused: Vec::new(),
-            disk_full_began_us: None,
+            disk_full_spell_us: None,
             restore_policy_at: None,
             policy_variant: 0,
             queue_sequence: 0,
@@ -226,11 +240,7 @@ impl Chaos {
 
     /// One look at everything: the daemon alive, windows closing, children done, invariants.
     fn tick(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.daemon.poll() {
-            let what = format!("the daemon exited unasked ({status}); restarting it");
-            self.checks.violate(self.started, what);
-            self.daemon.start(&self.paths)?;
-        }
+        self.watch_daemon()?;
         self.faults.expire(&self.sim);
         self.end_disk_full(false);
         if self
@@ -252,17 +262,67 @@ impl Chaos {
             (Some(latched), Some(calm), Some(ready)) => Some(latched.max(calm).max(ready)),
             _ => None,
         };
-        self.checks.exposure(&self.sim, clock_from, self.started);
+        let faults = &self.faults;
+        self.checks.exposure(
+            &self.sim,
+            clock_from,
+            |since| faults.stretch(since),
+            self.started,
+        );
+        self.watch_triggers();
         if self.last_requests.elapsed() >= Duration::from_secs(1) {
             self.last_requests = Instant::now();
-            self.checks
-                .requests(&self.sim, self.armed_since_us, self.started);
+            self.checks.requests(&self.sim, &self.armed, self.started);
         }
         if self.last_verify.elapsed() >= VERIFY_EVERY {
             self.last_verify = Instant::now();
             self.verify_chain();
         }
         Ok(())
+    }
+
+    /// The daemon must never exit unasked (it is restarted on the good policy if it does), and
+    /// must be READY within [`READY_DEADLINE`] of a start once AWS is reachable.
+    fn watch_daemon(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.daemon.poll() {
+            let what = format!("the daemon exited unasked ({status}); restarting it");
+            self.checks.violate(self.started, what);
+            self.restore_policy()?;
+            self.daemon.start(&self.paths)?;
+        }
+        let calm = self.faults.calm_since();
+        if let (None, Some(started), Some(calm)) =
+            (self.daemon.ready_at, self.daemon.started_at, calm)
+            && started.max(calm).elapsed() > READY_DEADLINE
+        {
+            let what = format!("no READY=1 {} s after the start", READY_DEADLINE.as_secs());
+            self.checks.violate(self.started, what);
+            self.daemon.started_at = None;
+        }
+        Ok(())
+    }
+
+    /// Every trigger injected while armed must give a latch within [`LATCH_DEADLINE`] once AWS
+    /// is reachable and the daemon READY.
+    fn watch_triggers(&mut self) {
+        if self.latched_since.is_some() {
+            self.pending_triggers.clear();
+            return;
+        }
+        let (Some(calm), Some(ready)) = (self.faults.calm_since(), self.daemon.ready_at) else {
+            return;
+        };
+        let late: Vec<&'static str> = self
+            .pending_triggers
+            .iter()
+            .filter(|(_, at)| (*at).max(calm).max(ready).elapsed() > LATCH_DEADLINE)
+            .map(|(what, _)| *what)
+            .collect();
+        for what in late {
+            let why = format!("{what} gave no latch within {} s", LATCH_DEADLINE.as_secs());
+            self.checks.violate(self.started, why);
+            self.pending_triggers.retain(|(w, _)| *w != what);
+        }
     }
 
     /// The chain must verify at any moment; a line being appended right now may be read half
@@ -311,14 +371,21 @@ impl Chaos {
             .or_default() += 1;
         if running.what == "rearm" && status.success() && self.last_trigger_us < running.started_us
         {
-            self.armed_since_us = Some(now_us());
+            self.armed.push((now_us(), None));
         }
     }
 
-    /// A trigger is about to be injected: from now on a Disconnect is expected.
-    pub fn triggering(&mut self) {
-        self.armed_since_us = None;
-        self.last_trigger_us = now_us();
+    /// A trigger (`what`) is about to be injected: from now on a Disconnect is expected, and
+    /// if the switch is armed, a latch must follow.
+    pub fn triggering(&mut self, what: &'static str) {
+        let now = now_us();
+        if let Some((_, until @ None)) = self.armed.last_mut() {
+            *until = Some(now);
+        }
+        self.last_trigger_us = now;
+        if self.latched_since.is_none() {
+            self.pending_triggers.push((what, Instant::now()));
+        }
     }
 
     /// How long the latch file has been there (None: armed).
@@ -353,6 +420,9 @@ impl Chaos {
         if now || Instant::now() >= until {
             let _ = std::fs::remove_file(self.paths.disk_full_flag());
             self.disk_full_until = None;
+            if let Some((_, freed @ None)) = &mut self.disk_full_spell_us {
+                *freed = Some(now_us());
+            }
         }
     }
 
@@ -371,8 +441,7 @@ impl Chaos {
             self.tick()?;
             std::thread::sleep(TICK);
         }
-        self.checks
-            .requests(&self.sim, self.armed_since_us, self.started);
+        self.checks.requests(&self.sim, &self.armed, self.started);
         match self
             .daemon
             .stop(Duration::from_secs(checks::ROUND.as_secs() + 10))
@@ -392,15 +461,22 @@ impl Chaos {
     fn check_records(&mut self) -> anyhow::Result<()> {
         let audit =
             std::fs::read_to_string(self.paths.audit_log()).context("reading the audit log")?;
-        let records = checks::requested_records(&audit);
-        let excused = self.excused.clone();
-        let (missing, excused_count) = checks::unrecorded(&self.sim.requests(), &records, |ts| {
+        let records = checks::step_records(&audit);
+        let (excused, kills) = (&self.excused, &self.kills_us);
+        let (missing, excused_count) = checks::unrecorded(&self.checks.served, records, |ts| {
             excused.iter().any(|(from, to)| (*from..=*to).contains(&ts))
+                || kills
+                    .iter()
+                    .any(|kill| (ts..=ts + KILL_LOSES_US).contains(kill))
         });
         *self
             .outcomes
-            .entry("records excused (SIGKILL while the disk was full)".into())
+            .entry("requests excused (SIGKILL before the result, or on a full disk)".into())
             .or_default() += excused_count as u32;
+        if !missing.is_empty() {
+            let served = serde_json::to_string_pretty(&self.checks.served).unwrap_or_default();
+            let _ = std::fs::write(self.paths.dir.join("served-requests.json"), served);
+        }
         for what in missing.into_iter().take(20) {
             self.checks
                 .violate(self.started, format!("no audit record for {what}"));
@@ -428,7 +504,7 @@ impl Chaos {
             worst_exposure: self.checks.worst_exposure,
             starts: self.daemon.starts,
             verifies: self.verifies,
-            disconnects: self.checks.disconnects_seen,
+            disconnects: self.checks.served.len(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Shared by the examples (`demo`, `chaos`; each includes it with `#[path]`): build the
 //! `kms-killswitch` binary in the example's own profile, and a hermetic `Command` for it (nothing
-//! of the machine's AWS settings, no config override, no instance metadata). Owns nothing else.
+//! of the machine's AWS settings, no config override, no instance metadata). Owns nothing else:
+//! it must not start, configure or check anything.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
