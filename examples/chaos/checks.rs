@@ -41,8 +41,8 @@ pub struct Checks {
     /// Since when each covered store (by id) / key has been CONNECTED / Enabled, and whether that
     /// spell has already been reported.
     exposed: BTreeMap<String, (Instant, bool)>,
-    /// The longest a covered resource stayed exposed while the invariant's clock ran.
-    pub worst_exposure: Duration,
+    /// The exposure nearest its bound while the invariant's clock ran: (exposed, bound).
+    pub worst_exposure: (Duration, Duration),
     /// The newest request timestamp looked at (the simulator's log is a bounded ring: an index
     /// into it stops meaning anything once it wraps).
     last_request_us: u64,
@@ -87,7 +87,12 @@ impl Checks {
             let from = since.max(clock_from);
             let running = now.saturating_duration_since(from);
             let allowed = bound().mul_f64(stretch(from));
-            self.worst_exposure = self.worst_exposure.max(running);
+            let (worst, worst_allowed) = self.worst_exposure;
+            if running.as_secs_f64() / allowed.as_secs_f64()
+                > worst.as_secs_f64() / worst_allowed.as_secs_f64().max(1e-9)
+            {
+                self.worst_exposure = (running, allowed);
+            }
             if running > allowed && !reported {
                 self.exposed.insert(name.clone(), (since, true));
                 let what = format!(
