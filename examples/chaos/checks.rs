@@ -216,14 +216,17 @@ fn take(list: &mut Vec<(String, u64)>, target: &str, window: (u64, u64)) -> bool
 
 /// Pair every served Disconnect / DisableKey one to one with its `*_requested` record (written
 /// durably before the send, so at most `SLACK` after the arrival the log stamps, and at most a
-/// pacing wait before it) and its `*_result` record (after it, and before the next request for
-/// the same store or key: one is in flight per store at a time). `excused(ts)`: a request whose
-/// records may be lost — a SIGKILL before its result was written, or while the disk was full.
-/// Returns (missing, excused).
+/// pacing wait before it) and its `*_result` record (after it, and more than `SLACK` before the
+/// next request for the same store or key: one is in flight per store at a time; the records'
+/// timestamps are cut to the millisecond). Excused, and counted: a missing `*_requested`
+/// record only when `lost_on_full_disk(ts)` (a SIGKILL while the disk was full: the record was
+/// held in memory, the send could not wait for it); a missing result also when
+/// `killed_before_result(ts)`. Returns (missing, excused).
 pub fn unrecorded(
     served: &[RequestRecord],
     mut records: StepRecords,
-    excused: impl Fn(u64) -> bool,
+    lost_on_full_disk: impl Fn(u64) -> bool,
+    killed_before_result: impl Fn(u64) -> bool,
 ) -> (Vec<String>, usize) {
     // Millisecond timestamps in the log; a pacing wait (throttling storms) before the send.
     const SLACK_US: u64 = 1_000;
@@ -237,21 +240,24 @@ pub fn unrecorded(
         let next = served[i + 1..]
             .iter()
             .find(|r| names(&target(r), &id))
-            .map_or(ts + PACING_US, |r| r.ts_us);
+            .map_or(ts + PACING_US, |r| r.ts_us.saturating_sub(SLACK_US));
         let requested = take(
             &mut records.requested,
             &id,
             (ts.saturating_sub(PACING_US), ts + SLACK_US),
         );
-        let result = take(
-            &mut records.results,
-            &id,
-            (ts.saturating_sub(SLACK_US), next),
-        );
+        // A request whose `*_requested` record is missing is excused or reported already; it
+        // must not take the next request's result.
+        let result = requested
+            && take(
+                &mut records.results,
+                &id,
+                (ts.saturating_sub(SLACK_US), next),
+            );
         if requested && result {
             continue;
         }
-        if excused(ts) {
+        if lost_on_full_disk(ts) || (requested && killed_before_result(ts)) {
             excused_count += 1;
             continue;
         }

@@ -463,12 +463,16 @@ impl Chaos {
             std::fs::read_to_string(self.paths.audit_log()).context("reading the audit log")?;
         let records = checks::step_records(&audit);
         let (excused, kills) = (&self.excused, &self.kills_us);
-        let (missing, excused_count) = checks::unrecorded(&self.checks.served, records, |ts| {
-            excused.iter().any(|(from, to)| (*from..=*to).contains(&ts))
-                || kills
+        let (missing, excused_count) = checks::unrecorded(
+            &self.checks.served,
+            records,
+            |ts| excused.iter().any(|(from, to)| (*from..=*to).contains(&ts)),
+            |ts| {
+                kills
                     .iter()
                     .any(|kill| (ts..=ts + KILL_LOSES_US).contains(kill))
-        });
+            },
+        );
         *self
             .outcomes
             .entry("requests excused (SIGKILL before the result, or on a full disk)".into())
