@@ -110,18 +110,23 @@ impl Daemon {
         &self.binary
     }
 
-    /// Spawn `kms-killswitch ARGS` beside the daemon, on the same (possibly full) disk, output
-    /// discarded (the audit log says what it did).
+    /// Spawn `kms-killswitch ARGS` beside the daemon, on the same (possibly full) disk, its
+    /// output appended to the run directory's `cli.log`.
     pub fn spawn_cli(
         &self,
         paths: &Paths,
         what: &'static str,
         args: &[&str],
     ) -> anyhow::Result<Running> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(paths.dir.join("cli.log"))
+            .context("opening cli.log")?;
         let child = command_on_disk(&self.binary, &self.shim, paths)
             .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
             .spawn()
             .with_context(|| format!("starting `kms-killswitch {}`", args.join(" ")))?;
         Ok(Running {
