@@ -164,7 +164,6 @@ fn copy(carried: &mut Map<String, Value>, key: &str, value: Option<&Value>) {
     carried.insert(key.to_string(), Value::String(text));
 }
 
-/// At most [`MAX_CARRIED_CHARS`] characters, control characters replaced, `…` when cut.
 /// Characters a carried field never holds (each becomes U+FFFD): control characters, and the
 /// Unicode bidirectional formatting characters, which make an audit line or a log line display
 /// otherwise than it reads ("Trojan Source", CVE-2021-42574).
@@ -173,6 +172,7 @@ fn is_hidden(c: char) -> bool {
         || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
+/// At most [`MAX_CARRIED_CHARS`] characters, [`is_hidden`] ones replaced, `…` when cut.
 fn cut(text: &str) -> String {
     let mut out: String = text
         .chars()
