@@ -235,31 +235,19 @@ impl Chaos {
         Ok(true)
     }
 
-    /// SIGKILL the daemon and start it again. A kill while the audit disk is full (or within
-    /// 5 s of it freeing: the writer retries held records every second) may lose records still
-    /// held in memory: that span is excused, and counted. A signal sent just before may die
-    /// with the process: it no longer has to give a latch.
+    /// SIGKILL the daemon and start it again (a kill on the full disk excuses the records it held:
+    /// [`Chaos::ended_on_full_disk`]). A signal sent just before may die with the process: it no longer has to give a latch.
     fn kill_restart(&mut self) -> anyhow::Result<bool> {
         if self.restore_policy_at.is_some() {
             self.restore_policy()?;
         }
-        if self.daemon.poll().is_some() {
-            self.checks.violate(
-                self.started,
-                "the daemon exited unasked (seen at a kill)".into(),
-            );
-        }
+        self.exited_unasked();
         self.daemon.kill();
         let killed_us = now_us();
         self.kills_us.push(killed_us);
         self.pending_triggers
             .retain(|(what, _)| *what != "trip signal");
-        if let Some((began, freed)) = self.disk_full_spell_us
-            && freed.is_none_or(|freed| killed_us < freed + 5_000_000)
-        {
-            self.excused
-                .push((began.saturating_sub(1_000_000), killed_us));
-        }
+        self.ended_on_full_disk(killed_us);
         self.daemon.start(&self.paths)?;
         Ok(true)
     }

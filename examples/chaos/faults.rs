@@ -1,7 +1,8 @@
 //! AWS misbehaving, as windows of time: outages (every connection dropped), 500s, throttling
 //! storms and eventual-consistency lag, composed into the simulator's fault rules whenever one
 //! opens or closes. Also answers the invariant's questions "has AWS been reachable, and
-//! consistent, since when?" and "how many attempts does one success take since then?". Owns only the simulator's fault rules; it must not touch the daemon.
+//! consistent, since when?" and "how many attempts does one success take since then?". Owns only
+//! the simulator's fault rules; it must not touch the daemon.
 
 use std::time::{Duration, Instant};
 

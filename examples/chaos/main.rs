@@ -284,9 +284,7 @@ impl Chaos {
     /// The daemon must never exit unasked (it is restarted on the good policy if it does), and
     /// must be READY within [`READY_DEADLINE`] of a start once AWS is reachable.
     fn watch_daemon(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.daemon.poll() {
-            let what = format!("the daemon exited unasked ({status}); restarting it");
-            self.checks.violate(self.started, what);
+        if self.exited_unasked() {
             self.restore_policy()?;
             self.daemon.start(&self.paths)?;
         }
@@ -300,6 +298,16 @@ impl Chaos {
             self.daemon.started_at = None;
         }
         Ok(())
+    }
+
+    /// True (and a violation) if the daemon has exited without being told to.
+    pub fn exited_unasked(&mut self) -> bool {
+        let Some(status) = self.daemon.poll() else {
+            return false;
+        };
+        let what = format!("the daemon exited unasked ({status})");
+        self.checks.violate(self.started, what);
+        true
     }
 
     /// Every trigger injected while armed must give a latch within [`LATCH_DEADLINE`] once AWS
@@ -372,6 +380,23 @@ impl Chaos {
         if running.what == "rearm" && status.success() && self.last_trigger_us < running.started_us
         {
             self.armed.push((now_us(), None));
+        }
+        // A `trip` that ends while its records are held on the full disk says so and exits 1:
+        // they are only in its own log output (`cli.log`), like a SIGKILLed daemon's.
+        if running.what == "trip" && !status.success() {
+            self.ended_on_full_disk(now_us());
+        }
+    }
+
+    /// A process that ends (SIGKILL, or a `trip` giving up) while the audit disk is full, or
+    /// within 5 s of it freeing (the writer retries held records every second), may take
+    /// records held in memory with it: the span from the spell's start is excused, and counted.
+    pub fn ended_on_full_disk(&mut self, ended_us: u64) {
+        if let Some((began, freed)) = self.disk_full_spell_us
+            && freed.is_none_or(|freed| ended_us < freed + 5_000_000)
+        {
+            self.excused
+                .push((began.saturating_sub(1_000_000), ended_us));
         }
     }
 
